@@ -1,0 +1,299 @@
+//! `cloudio`: the one binary. Serves the platform and administers its database.
+
+use std::io::{BufRead, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use server::auth::password::Hasher;
+use server::{Config, Secret, Server};
+use store::NewUser;
+
+#[derive(Parser)]
+#[command(name = "cloudio", version, about = "An open, self-hostable CloudIO Platform server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Embedded database and secrets.
+    #[arg(long, env = "CLOUDIO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://DIR or postgres://...; overrides --data-dir's database.
+    #[arg(long, env = "CLOUDIO_DATABASE_URL")]
+    database_url: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "CLOUDIO_CONFIG")]
+    config: Option<PathBuf>,
+    /// The user's org.
+    #[arg(long, default_value = "cloudio")]
+    org: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Bind address; port 0 picks a free port.
+        #[arg(long, env = "CLOUDIO_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Load (or update) the app in DIR at start (repeatable).
+        #[arg(long = "app-dir")]
+        app_dirs: Vec<PathBuf>,
+        /// Also load the demo app.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply the platform's pending migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Grant or revoke roles.
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Ask a running server for its status.
+    Status {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:3090")]
+        server: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user (password from stdin with --password-stdin, else prompted).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password; ends the user's sessions.
+    Passwd {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user; ends the user's sessions.
+    Disable {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: String,
+    },
+    /// List the org's users.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    Grant {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        role: String,
+    },
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+/// Defaults, then the TOML file, then environment and flags.
+fn config(db: &DbArgs) -> Result<Config> {
+    let mut c = match &db.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(d) = &db.data_dir {
+        c.data_dir = d.clone();
+    }
+    if let Some(u) = &db.database_url {
+        c.database_url = Some(u.clone());
+    }
+    if let Ok(s) = std::env::var("CLOUDIO_JWT_SECRET") {
+        c.jwt_secret = Some(Secret::new(s));
+    }
+    if let Err(problems) = c.validate() {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    Ok(c)
+}
+
+fn read_password(from_stdin: bool) -> Result<String> {
+    let mut line = String::new();
+    if from_stdin {
+        std::io::stdin().read_to_string(&mut line)?;
+    } else {
+        eprint!("password: ");
+        std::io::stderr().flush()?;
+        std::io::stdin().lock().read_line(&mut line)?;
+    }
+    let p = line.trim_end_matches(['\n', '\r']).to_string();
+    if p.is_empty() {
+        bail!("the password must not be empty");
+    }
+    Ok(p)
+}
+
+async fn admin_tools(db: &DbArgs) -> Result<(store::Store, Hasher)> {
+    let c = config(db)?;
+    let store = server::startup::open_store(&c).await?;
+    let hasher = Hasher::new(&c).map_err(anyhow::Error::msg)?;
+    server::startup::bootstrap(&store, &hasher, std::env::var("CLOUDIO_ADMIN_PASSWORD").ok().as_deref()).await?;
+    Ok((store, hasher))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    match Cli::parse().command {
+        Command::Serve { db, listen, app_dirs, demo } => {
+            let mut c = config(&db)?;
+            if let Some(l) = listen {
+                c.listen = l;
+            }
+            if !app_dirs.is_empty() || demo {
+                tracing::warn!("--app-dir and --demo are not implemented yet; ignoring them");
+            }
+            let server = Server::build(c, std::env::var("CLOUDIO_ADMIN_PASSWORD").ok()).await?;
+            if let Some(p) = &server.generated_admin_password {
+                // Printed once, never logged.
+                println!("first start: user `admin` created with password: {p}");
+            }
+            server.run_until(server::startup::shutdown_signal()).await?;
+        }
+        Command::Migrate { db } => {
+            admin_tools(&db).await?;
+            println!("migrations applied");
+        }
+        Command::User { command } => match command {
+            UserCommand::Create { db, user, display_name, email, password_stdin } => {
+                let (store, hasher) = admin_tools(&db).await?;
+                let hash = hasher.hash_blocking(&read_password(password_stdin)?).map_err(anyhow::Error::msg)?;
+                store
+                    .create_user(&NewUser {
+                        org_uid: &db.org,
+                        user_name: &user,
+                        display_name: display_name.as_deref(),
+                        email_address: email.as_deref(),
+                        password_hash: &hash,
+                        created_by: "cli",
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        store::StoreError::Duplicate(_) => anyhow::anyhow!("user `{user}` already exists"),
+                        e => e.into(),
+                    })?;
+                println!("user `{user}` created");
+            }
+            UserCommand::Passwd { db, user, password_stdin } => {
+                let (store, hasher) = admin_tools(&db).await?;
+                let hash = hasher.hash_blocking(&read_password(password_stdin)?).map_err(anyhow::Error::msg)?;
+                if !store.set_password(&db.org, &user, &hash, "cli").await? {
+                    bail!("no user `{user}`");
+                }
+                println!("password changed; sessions of `{user}` ended");
+            }
+            UserCommand::Disable { db, user } => {
+                let (store, _) = admin_tools(&db).await?;
+                if !store.set_enabled(&db.org, &user, false, "cli").await? {
+                    bail!("no user `{user}`");
+                }
+                println!("user `{user}` disabled; sessions ended");
+            }
+            UserCommand::List { db } => {
+                let (store, _) = admin_tools(&db).await?;
+                for u in store.list_users(&db.org).await? {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        u.user_name,
+                        u.display_name.unwrap_or_default(),
+                        u.email_address.unwrap_or_default(),
+                        if u.enabled { "enabled" } else { "disabled" }
+                    );
+                }
+            }
+        },
+        Command::Role { command } => match command {
+            RoleCommand::Grant { db, user, app, role } => {
+                let (store, _) = admin_tools(&db).await?;
+                store.grant_role(&db.org, &user, &app, &role, "cli").await?;
+                println!("granted `{role}` in `{app}` to `{user}`");
+            }
+            RoleCommand::Revoke { db, user, app, role } => {
+                let (store, _) = admin_tools(&db).await?;
+                if !store.revoke_role(&db.org, &user, &app, &role).await? {
+                    bail!("`{user}` does not hold `{role}` in `{app}`");
+                }
+                println!("revoked `{role}` in `{app}` from `{user}`");
+            }
+        },
+        Command::Status { server } => {
+            let body = http_get(&server, "/v1/status").await?;
+            println!("{body}");
+        }
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 GET, enough for `status` without an HTTP client dependency.
+async fn http_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{}\n{body}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}

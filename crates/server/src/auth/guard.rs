@@ -1,0 +1,164 @@
+//! The request guard every authenticated endpoint uses, as an extractor.
+//!
+//! A request passes when: a `Bearer` JWT is in `Authorization` (or `Authentication`), it verifies
+//! (HS256, expiry, iat), the csrf from `?csrf=` or `X-CSRF-Token` equals the token's and the
+//! session's, the session exists and is neither idle nor past its absolute lifetime, and its user
+//! is enabled and inside its date range. Anything else is a 401.
+//!
+//! A bounded cache keyed by the token skips the crypto and the database for a repeated token;
+//! each entry is re-checked against the database at most every `token_recheck_millis`, which
+//! bounds how long a revocation made on another node (or by the CLI) takes to be seen. Revocations
+//! made through this node drop the entries at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::Utc;
+use moka::sync::Cache;
+use subtle::ConstantTimeEq;
+
+use crate::auth::header::{credential_header, parse_bearer};
+use crate::auth::jwt::{Claims, SKEW_SECS};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Authed {
+    pub token: String,
+    pub claims: Claims,
+}
+
+impl Authed {
+    pub fn user_name(&self) -> &str {
+        &self.claims.sub
+    }
+    pub fn org_uid(&self) -> &str {
+        &self.claims.org_uid
+    }
+    pub fn session_id(&self) -> &str {
+        &self.claims.session
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    claims: Claims,
+    checked_at: Instant,
+}
+
+/// Validated tokens, bounded in size.
+pub struct TokenCache {
+    cache: Cache<String, Arc<Entry>>,
+    recheck: Duration,
+}
+
+impl TokenCache {
+    pub fn new(capacity: u64, recheck: Duration, max_ttl: Duration) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(max_ttl)
+            .support_invalidation_closures()
+            .build();
+        TokenCache { cache, recheck }
+    }
+
+    pub fn forget(&self, token: &str) {
+        self.cache.invalidate(token);
+    }
+
+    pub fn forget_user(&self, org: &str, user: &str) {
+        let (org, user) = (org.to_string(), user.to_string());
+        // Only fails when closures are unsupported, which the builder enables.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, e| e.claims.org_uid == org && e.claims.sub == user);
+    }
+}
+
+fn unauthorized(msg: &str) -> ApiError {
+    ApiError::Unauthorized(msg.to_string())
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The csrf from `?csrf=` (first occurrence) or `X-CSRF-Token`.
+fn csrf_of(parts: &Parts) -> Option<String> {
+    if let Some(q) = parts.uri.query() {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("csrf=") {
+                return Some(v.to_string());
+            }
+        }
+    }
+    parts
+        .headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = credential_header(&parts.headers).map_err(|e| unauthorized(&e.to_string()))?;
+        let token = parse_bearer(header)
+            .map_err(|_| unauthorized("a `Bearer` token is required"))?
+            .to_string();
+        let csrf = csrf_of(parts).ok_or_else(|| unauthorized("the csrf token is missing"))?;
+        let now = Utc::now();
+
+        if let Some(entry) = state.tokens.cache.get(&token)
+            && entry.checked_at.elapsed() < state.tokens.recheck
+            && entry.claims.exp + SKEW_SECS >= now.timestamp()
+        {
+            if !same(&entry.claims.csrf, &csrf) {
+                return Err(unauthorized("the csrf token does not match the session"));
+            }
+            return Ok(Authed { token, claims: entry.claims.clone() });
+        }
+
+        let claims = state.keys.verify(&token, now.timestamp()).map_err(|e| unauthorized(&e.to_string()))?;
+        if !same(&claims.csrf, &csrf) {
+            return Err(unauthorized("the csrf token does not match the session"));
+        }
+        let live = state
+            .store
+            .live_session(&claims.session, now.date_naive())
+            .await?
+            .ok_or_else(|| unauthorized("the session has ended"))?;
+        let s = &live.session;
+        let now_us = now.timestamp_micros();
+        let idle_us = micros(state.config.session_idle());
+        let absolute_us = micros(state.config.session_absolute());
+        if !same(&s.csrf, &csrf) || s.user_name != claims.sub || s.org_uid != claims.org_uid {
+            return Err(unauthorized("the token does not belong to this session"));
+        }
+        if !live.user_may_log_in {
+            return Err(unauthorized("the user may no longer sign in"));
+        }
+        if now_us - s.last_seen_at > idle_us || now_us - s.created_at > absolute_us {
+            state.store.delete_session(&s.session_id).await?;
+            state.tokens.forget(&token);
+            return Err(unauthorized("the session has expired"));
+        }
+        // Slide the idle timeout, writing at most once a minute per session.
+        if now_us - s.last_seen_at > 60_000_000 {
+            state.store.touch_session(&s.session_id, now_us).await?;
+        }
+        state
+            .tokens
+            .cache
+            .insert(token.clone(), Arc::new(Entry { claims: claims.clone(), checked_at: Instant::now() }));
+        Ok(Authed { token, claims })
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

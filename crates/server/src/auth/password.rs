@@ -1,0 +1,64 @@
+//! Argon2id password hashing, always off the async threads.
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+#[derive(Clone, Debug)]
+pub struct Hasher {
+    params: Params,
+    /// Verified against when the user does not exist, so both paths cost the same.
+    dummy_hash: String,
+}
+
+impl Hasher {
+    pub fn new(config: &Config) -> Result<Hasher, String> {
+        let params = Params::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            config.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| format!("argon2 parameters: {e}"))?;
+        let mut h = Hasher { params, dummy_hash: String::new() };
+        h.dummy_hash = h.hash_blocking("not a real password")?;
+        Ok(h)
+    }
+
+    fn argon(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    pub fn hash_blocking(&self, password: &str) -> Result<String, String> {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
+        self.argon()
+            .hash_password_with_salt(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Hashes on the blocking pool.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.hash_blocking(&password))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::Internal)
+    }
+
+    /// Verifies on the blocking pool. `None` (no such user, or no password) verifies against the
+    /// dummy hash and fails, taking the same time.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let real = hash.is_some();
+            let hash = hash.unwrap_or_else(|| this.dummy_hash.clone());
+            let ok = this.argon().verify_password(password.as_bytes(), hash.as_str()).is_ok();
+            ok && real
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}

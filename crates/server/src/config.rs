@@ -1,0 +1,149 @@
+//! Typed configuration: defaults, then a TOML file, then `CLOUDIO_*` environment variables and
+//! flags (applied by the binary). Validated once; tests build it in code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A secret that never prints.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub max_connections: u32,
+    /// The org used when `/v1/auth` names none.
+    pub default_org: String,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    pub session_idle_secs: u64,
+    pub session_absolute_secs: u64,
+    /// HS256 secret; when absent, generated at first start and kept in `data_dir/jwt.secret`.
+    pub jwt_secret: Option<Secret>,
+    /// Earlier secrets, still accepted for verification after a rotation.
+    pub jwt_previous_secrets: Vec<Secret>,
+    pub login_max_failures: i64,
+    pub login_window_secs: u64,
+    /// Guard cache: how many validated tokens are kept, and how long a validation is trusted
+    /// before the session is re-read (bounds revocation delay across nodes).
+    pub token_cache_capacity: u64,
+    pub token_recheck_millis: u64,
+    /// Argon2id cost for new password hashes (OWASP minimum: 19 MiB, 2 passes, 1 lane).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3090)),
+            data_dir: PathBuf::from("cloudio-data"),
+            database_url: None,
+            max_connections: 16,
+            default_org: "cloudio".into(),
+            body_limit_bytes: 10 * 1024 * 1024,
+            session_idle_secs: 30 * 60,
+            session_absolute_secs: 12 * 3600,
+            jwt_secret: None,
+            jwt_previous_secrets: Vec::new(),
+            login_max_failures: 10,
+            login_window_secs: 300,
+            token_cache_capacity: 100_000,
+            token_recheck_millis: 1000,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reports every problem at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.body_limit_bytes < 1024 {
+            problems.push("body_limit_bytes must be at least 1024".into());
+        }
+        if self.session_idle_secs == 0 || self.session_absolute_secs == 0 {
+            problems.push("session timeouts must be positive".into());
+        }
+        if self.session_idle_secs > self.session_absolute_secs {
+            problems.push("session_idle_secs must not exceed session_absolute_secs".into());
+        }
+        if let Some(s) = &self.jwt_secret
+            && s.expose().len() < 32
+        {
+            problems.push("jwt_secret must be at least 32 characters".into());
+        }
+        if self.argon2_memory_kib < 19 * 1024 || self.argon2_iterations < 2 {
+            problems.push("argon2 cost below OWASP's minimum (19 MiB, 2 iterations)".into());
+        }
+        if self.login_max_failures < 1 {
+            problems.push("login_max_failures must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            problems.push("max_connections must be at least 1".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    pub fn session_idle(&self) -> Duration {
+        Duration::from_secs(self.session_idle_secs)
+    }
+    pub fn session_absolute(&self) -> Duration {
+        Duration::from_secs(self.session_absolute_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config { jwt_secret: Some(Secret::new("x".repeat(40))), ..Config::default() };
+        assert!(!format!("{c:?}").contains("xxxx"));
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let c = Config { body_limit_bytes: 1, max_connections: 0, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys() {
+        assert!(Config::from_toml("listen = \"127.0.0.1:1\"\nbogus = 1").is_err());
+        let c = Config::from_toml("listen = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(c.listen.port(), 1);
+    }
+}

@@ -1,0 +1,121 @@
+//! The one HTTP error type and its single status mapping. Every error body is the platform's
+//! envelope `{"code", "status": "ERROR", "title", "message"}`; internal detail is logged with the
+//! request id and never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::request_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 with the documented title `Access Denied`.
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("The request body is larger than the server accepts.")]
+    PayloadTooLarge,
+    #[error("too many failed logins")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    /// Logged with the request id; the client sees only the id.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The documented message for every failed login.
+pub const LOGIN_DENIED: &str = "Access Denied - Invalid username and/or password!";
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "Invalid Request",
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::AccessDenied(_) => "Access Denied",
+            ApiError::NotFound(_) => "Not Found",
+            ApiError::MethodNotAllowed => "Method Not Allowed",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::PayloadTooLarge => "Payload Too Large",
+            ApiError::TooManyRequests { .. } => "Too Many Requests",
+            ApiError::Unavailable(_) => "Service Unavailable",
+            ApiError::Internal(_) => "Internal Error",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => format!(
+                "The server failed to handle this request; quote request id {} when reporting it.",
+                request_id::current().unwrap_or_else(|| "-".into())
+            ),
+            ApiError::Unavailable(_) => "The database is unavailable; try again shortly.".into(),
+            ApiError::TooManyRequests { retry_after_secs } => {
+                format!("Too many failed logins; try again in {retry_after_secs} seconds.")
+            }
+            ApiError::MethodNotAllowed => "This method is not allowed on this path.".into(),
+            e => e.to_string(),
+        }
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(detail) | ApiError::Unavailable(detail) => {
+                tracing::error!(request_id = request_id::current().as_deref(), %detail, "request failed")
+            }
+            _ => {}
+        }
+        let body = json!({
+            "code": status.as_u16(),
+            "status": "ERROR",
+            "title": self.title(),
+            "message": self.message(),
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after_secs } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,102 @@
+//! The route table: every endpoint of the server, in one place.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::api::{auth, status};
+use crate::error::ApiError;
+use crate::request_id;
+use crate::state::AppState;
+
+/// Every endpoint.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth", post(auth::post_auth))
+        .route("/v1/logout", post(auth::post_logout))
+        .route("/v1/session", get(auth::get_session))
+        .route("/v1/status", get(status::get_status))
+        .route("/metrics", get(status::get_metrics))
+}
+
+/// The routes with the cross-cutting layers: request id (outermost), metrics, panic catching,
+/// the error envelope for framework-made errors, and the body limit.
+pub fn app(state: AppState, routes: Router<AppState>) -> Router {
+    let limit = state.config.body_limit_bytes;
+    routes
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(envelope))
+        .layer(CatchPanicLayer::custom(on_panic))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::middleware))
+        .layer(middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::NotFound("No such endpoint.".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into());
+    ApiError::Internal(format!("panic: {detail}")).into_response()
+}
+
+/// Rewrites error responses made by the framework (extractor rejections such as 413 or 415,
+/// which are plain text) into the platform's envelope, so every error has one shape.
+async fn envelope(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let err = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::NOT_FOUND => ApiError::NotFound("No such endpoint.".into()),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        s if s.is_server_error() => ApiError::Internal(text),
+        _ => ApiError::BadRequest(if text.is_empty() { "Invalid request.".into() } else { text }),
+    };
+    let mut out = err.into_response();
+    if status != out.status() {
+        // Keep the framework's status (e.g. 415) with the envelope's shape.
+        *out.status_mut() = status;
+        let body = serde_json::json!({
+            "code": status.as_u16(), "status": "ERROR",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "message": "The request could not be processed.",
+        });
+        *out.body_mut() = Body::from(body.to_string());
+    }
+    out
+}
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub fn grace(state: &AppState) -> Duration {
+    Duration::from_secs(state.config.shutdown_grace_secs)
+}

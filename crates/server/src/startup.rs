@@ -1,0 +1,256 @@
+//! Start-up: open the database, run the platform's migrations, create the first-start
+//! objects, load the JWT secret, bind the listener. Built for tests: bind port 0 and ask for the
+//! real address.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use store::{Db, DbTarget, NewUser, Store};
+use tokio::net::TcpListener;
+
+use crate::auth::guard::TokenCache;
+use crate::auth::jwt::Keys;
+use crate::auth::password::Hasher;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router;
+use crate::state::{AppState, Inner};
+
+pub const PLATFORM_ORG: &str = "cloudio";
+pub const PLATFORM_APP: &str = "cloudio";
+pub const PLATFORM_ROLES: [(&str, &str); 3] = [
+    ("administrator", "Administrator"),
+    ("developer", "Developer"),
+    ("patch_administrator", "Patch Administrator"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Opens the database named by the configuration and brings the platform's tables up to date.
+pub async fn open_store(config: &Config) -> Result<Store, StartError> {
+    let target = DbTarget::from_config(&config.data_dir, config.database_url.as_deref())?;
+    let db = Db::connect(&target, config.max_connections).await?;
+    let dialect = db.dialect();
+    store::migrate::run(&db, PLATFORM_APP, &store::migrate::platform_migrations(dialect)).await?;
+    Ok(Store::new(db))
+}
+
+/// First start: the platform org, app and roles, and an `admin` user with `administrator`.
+/// Returns the generated password when one was made (the caller prints it once).
+pub async fn bootstrap(
+    store: &Store,
+    hasher: &Hasher,
+    admin_password: Option<&str>,
+) -> Result<Option<String>, StartError> {
+    store.ensure_org_and_app(PLATFORM_ORG, PLATFORM_APP, "CloudIO Platform").await?;
+    for (uid, name) in PLATFORM_ROLES {
+        store.ensure_role(PLATFORM_APP, uid, name).await?;
+    }
+    if store.count_users().await? > 0 {
+        return Ok(None);
+    }
+    let (password, generated) = match admin_password {
+        Some(p) => (p.to_string(), false),
+        None => (random_token(18)?, true),
+    };
+    let hash = hasher.hash(password.clone()).await.map_err(|e| StartError::Io(e.to_string()))?;
+    let admin = NewUser {
+        org_uid: PLATFORM_ORG,
+        user_name: "admin",
+        display_name: Some("Administrator"),
+        email_address: None,
+        password_hash: &hash,
+        created_by: "system",
+    };
+    match store.create_user(&admin).await {
+        Ok(_) => {}
+        // Another node created it first.
+        Err(store::StoreError::Duplicate(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    store.grant_role(PLATFORM_ORG, "admin", PLATFORM_APP, "administrator", "system").await?;
+    tracing::info!("first start: created org, app, roles and user `admin`");
+    Ok(generated.then_some(password))
+}
+
+/// `n` random bytes as URL-safe text.
+pub fn random_token(n: usize) -> Result<String, StartError> {
+    use base64::Engine;
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| StartError::Io(e.to_string()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// The configured secret, else the one kept in `data_dir/jwt.secret` (mode 0600), made on first
+/// start.
+fn jwt_secret(config: &Config) -> Result<String, StartError> {
+    if let Some(s) = &config.jwt_secret {
+        return Ok(s.expose().to_string());
+    }
+    let path = config.data_dir.join("jwt.secret");
+    read_or_create_secret(&path)
+}
+
+fn read_or_create_secret(path: &Path) -> Result<String, StartError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| StartError::Io(format!("{}: {e}", path.display()));
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_string();
+        if s.len() >= 32 {
+            return Ok(s);
+        }
+        return Err(StartError::Io(format!("{}: secret too short", path.display())));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let secret = random_token(48)?;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(mut f) => {
+            f.write_all(secret.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            Ok(secret)
+        }
+        // Another process made it meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_or_create_secret(path),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// A server ready to run.
+pub struct Server {
+    listener: TcpListener,
+    app: Router,
+    state: AppState,
+    /// The generated first-start `admin` password, to be printed once.
+    pub generated_admin_password: Option<String>,
+}
+
+impl Server {
+    pub async fn build(config: Config, admin_password: Option<String>) -> Result<Server, StartError> {
+        Self::build_with_routes(config, admin_password, router::routes()).await
+    }
+
+    /// As [`Server::build`], with a route table of the caller's (tests add routes).
+    pub async fn build_with_routes(
+        config: Config,
+        admin_password: Option<String>,
+        routes: axum::Router<AppState>,
+    ) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let started = Instant::now();
+        let store = open_store(&config).await?;
+        let hasher = {
+            let c = config.clone();
+            tokio::task::spawn_blocking(move || Hasher::new(&c))
+                .await
+                .map_err(|e| StartError::Io(e.to_string()))?
+                .map_err(StartError::Io)?
+        };
+        let generated_admin_password = bootstrap(&store, &hasher, admin_password.as_deref()).await?;
+        let secret = jwt_secret(&config)?;
+        let previous: Vec<&[u8]> =
+            config.jwt_previous_secrets.iter().map(|s| s.expose().as_bytes()).collect();
+        let keys = Keys::new(secret.as_bytes(), &previous);
+        let tokens = TokenCache::new(
+            config.token_cache_capacity,
+            Duration::from_millis(config.token_recheck_millis),
+            config.session_absolute(),
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+        let state = AppState::new(Inner {
+            store,
+            config,
+            keys,
+            hasher,
+            tokens,
+            metrics: Metrics::default(),
+            started,
+        });
+        let app = router::app(state.clone(), routes);
+        Ok(Server { listener, app, state, generated_admin_password })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (up to the grace
+    /// period) and closes the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!("listening on {addr}");
+        let state = self.state.clone();
+        let purge = tokio::spawn(purge_sessions(state.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(
+            self.listener,
+            self.app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = tx.send(());
+        });
+        let grace = router::grace(&state);
+        let result = tokio::select! {
+            r = serve => r,
+            _ = async { let _ = rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("grace period over; stopping with requests still in flight");
+                Ok(())
+            }
+        };
+        purge.abort();
+        state.store.db.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Deletes expired sessions every ten minutes.
+async fn purge_sessions(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_micros();
+        let idle = i64::try_from(state.config.session_idle_secs).unwrap_or(1800) * 1_000_000;
+        let absolute = i64::try_from(state.config.session_absolute_secs).unwrap_or(43_200) * 1_000_000;
+        if let Err(e) = state.store.purge_sessions(now - idle, now - absolute).await {
+            tracing::warn!(error = %e, "session purge failed");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

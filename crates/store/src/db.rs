@@ -1,0 +1,448 @@
+//! Pools and connections over the concrete drivers (never sqlx's `Any`), with binding and
+//! decoding of [`Value`]s per dialect.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use query::{AttrType, Dialect, Value};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Column, Connection, Executor, Postgres, Row, Sqlite, TypeInfo, ValueRef};
+
+use crate::error::{Result, StoreError};
+
+/// Where the database lives.
+#[derive(Debug, Clone)]
+pub enum DbTarget {
+    /// Embedded SQLite: `cloudio.db` in this directory, one `<app>.db` per app beside it.
+    SqliteDir(PathBuf),
+    /// `postgres://...`
+    Postgres(String),
+}
+
+impl DbTarget {
+    /// `--database-url` wins over `--data-dir`.
+    pub fn from_config(data_dir: &Path, database_url: Option<&str>) -> Result<Self> {
+        match database_url {
+            None => Ok(DbTarget::SqliteDir(data_dir.to_path_buf())),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(DbTarget::Postgres(url.to_string()))
+            }
+            Some(url) if url.starts_with("sqlite://") => {
+                let dir = url.trim_start_matches("sqlite://");
+                Ok(DbTarget::SqliteDir(PathBuf::from(if dir.is_empty() { "." } else { dir })))
+            }
+            Some(url) if url.starts_with("mysql://") => Err(StoreError::Invalid(
+                "mysql:// is not supported yet; use sqlite:// or postgres://".into(),
+            )),
+            Some(_) => Err(StoreError::Invalid(
+                "--database-url must start with sqlite:// or postgres://".into(),
+            )),
+        }
+    }
+}
+
+/// A connection pool on one of the supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite { pool: SqlitePool, dir: PathBuf },
+    Postgres(PgPool),
+}
+
+impl Db {
+    pub async fn connect(target: &DbTarget, max_connections: u32) -> Result<Db> {
+        match target {
+            DbTarget::SqliteDir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                let opts = sqlite_options(&dir.join("cloudio.db"));
+                let apps = attached_apps(dir);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        let apps = apps.clone();
+                        Box::pin(async move {
+                            for (schema, path) in apps {
+                                let sql = format!("ATTACH DATABASE '{path}' AS {schema}");
+                                conn.execute(AssertSqlSafe(sql)).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db::Sqlite { pool, dir: dir.clone() })
+            }
+            DbTarget::Postgres(url) => {
+                let opts = PgConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::Invalid(format!("bad database URL: {e}")))?
+                    .options([("timezone", "UTC")]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite { .. } => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub async fn acquire(&self) -> Result<Conn> {
+        Ok(match self {
+            Db::Sqlite { pool, .. } => Conn::Sqlite(pool.acquire().await?),
+            Db::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
+        })
+    }
+
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self {
+            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.acquire().await?.raw().execute(sql, params).await
+    }
+
+    pub async fn fetch_all(
+        &self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> Result<Vec<Vec<Value>>> {
+        self.acquire().await?.raw().fetch_all(sql, params, types).await
+    }
+
+    pub async fn fetch_optional(
+        &self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> Result<Option<Vec<Value>>> {
+        Ok(self.fetch_all(sql, params, types).await?.into_iter().next())
+    }
+
+    /// A cheap round trip, for `/v1/status`.
+    pub async fn ping(&self) -> Result<()> {
+        self.execute("SELECT 1", &[]).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite { pool, .. } => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// `(in use + idle, idle)` connections, for metrics.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        match self {
+            Db::Sqlite { pool, .. } => (pool.size(), pool.num_idle()),
+            Db::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+}
+
+fn sqlite_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10))
+}
+
+/// Opens one SQLite file directly (an app's own database), for that app's migrations.
+pub(crate) async fn open_sqlite_file(path: &Path) -> Result<sqlx::SqliteConnection> {
+    Ok(sqlx::SqliteConnection::connect_with(&sqlite_options(path)).await?)
+}
+
+/// The app databases beside `cloudio.db`: `<schema>.db` files, attached under their schema name.
+/// Names are checked identifiers, and the path is escaped for the SQL string literal.
+fn attached_apps(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().and_then(|e| e.to_str()) == Some("db")
+            && stem != "cloudio"
+            && query::meta::is_identifier(stem)
+        {
+            out.push((stem.to_string(), path.to_string_lossy().replace('\'', "''")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Rewrites `?` placeholders into the dialect's form. Only for the platform's own SQL, which has
+/// no `?` inside literals; compiled client queries are rendered per dialect already.
+pub fn portable(dialect: Dialect, sql: &str) -> Cow<'_, str> {
+    if dialect != Dialect::Postgres || !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A pooled connection.
+pub enum Conn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Conn {
+    pub fn raw(&mut self) -> Raw<'_> {
+        match self {
+            Conn::Sqlite(c) => Raw::Sqlite(c),
+            Conn::Postgres(c) => Raw::Postgres(c),
+        }
+    }
+}
+
+/// A transaction; dropped without [`Tx::commit`] it rolls back.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    pub fn raw(&mut self) -> Raw<'_> {
+        match self {
+            Tx::Sqlite(c) => Raw::Sqlite(c),
+            Tx::Postgres(c) => Raw::Postgres(c),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A borrowed connection of either kind: the one place that binds and decodes.
+pub enum Raw<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+impl Raw<'_> {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Raw::Sqlite(_) => Dialect::Sqlite,
+            Raw::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs one statement (placeholders in the dialect's form); returns rows affected.
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        match self {
+            Raw::Sqlite(c) => {
+                let q = bind_sqlite(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                Ok(q.execute(&mut **c).await?.rows_affected())
+            }
+            Raw::Postgres(c) => {
+                let q = bind_pg(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                Ok(q.execute(&mut **c).await?.rows_affected())
+            }
+        }
+    }
+
+    /// Runs a query and decodes each cell as the given type (by position).
+    pub async fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> Result<Vec<Vec<Value>>> {
+        match self {
+            Raw::Sqlite(c) => {
+                let q = bind_sqlite(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                let rows = q.fetch_all(&mut **c).await?;
+                rows.iter().map(|r| decode_sqlite(r, types)).collect()
+            }
+            Raw::Postgres(c) => {
+                let q = bind_pg(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                let rows = q.fetch_all(&mut **c).await?;
+                rows.iter().map(|r| decode_pg(r, types)).collect()
+            }
+        }
+    }
+
+    /// Runs a multi-statement script with no parameters (migrations).
+    pub async fn execute_script(&mut self, sql: &str) -> Result<()> {
+        match self {
+            Raw::Sqlite(c) => {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **c).await?;
+            }
+            Raw::Postgres(c) => {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **c).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &[Value]) -> SqliteQuery<'q> {
+    for v in params {
+        q = match v {
+            Value::Null => q.bind(None::<String>),
+            Value::Bool(b) => q.bind(i64::from(*b)),
+            Value::Int(i) => q.bind(*i),
+            Value::Float(f) => q.bind(*f),
+            Value::Text(s) => q.bind(s.clone()),
+            Value::Date(d) => q.bind(d.format("%Y-%m-%d").to_string()),
+            Value::DateTime(t) => q.bind(query::value::format_datetime(t)),
+            Value::Json(j) => q.bind(j.to_string()),
+        };
+    }
+    q
+}
+
+fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> PgQuery<'q> {
+    for v in params {
+        q = match v {
+            Value::Null => q.bind(None::<String>),
+            Value::Bool(b) => q.bind(*b),
+            Value::Int(i) => q.bind(*i),
+            Value::Float(f) => q.bind(*f),
+            Value::Text(s) => q.bind(s.clone()),
+            Value::Date(d) => q.bind(*d),
+            Value::DateTime(t) => q.bind(*t),
+            Value::Json(j) => q.bind(sqlx::types::Json(j.clone())),
+        };
+    }
+    q
+}
+
+fn decode_err(col: usize, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("cannot decode column {col}: {e}"))
+}
+
+fn decode_sqlite(row: &SqliteRow, types: &[AttrType]) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let storage = raw.type_info().name().to_ascii_uppercase();
+        let cell = match storage.as_str() {
+            "INTEGER" => Value::Int(row.try_get::<i64, _>(i)?),
+            "REAL" => Value::Float(row.try_get::<f64, _>(i)?),
+            "BLOB" => Value::Text(String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>(i)?).into()),
+            _ => Value::Text(row.try_get::<String, _>(i)?),
+        };
+        let ty = types.get(i).copied().unwrap_or(AttrType::String);
+        out.push(coerce(cell, ty).map_err(|e| decode_err(i, e))?);
+    }
+    Ok(out)
+}
+
+fn decode_pg(row: &PgRow, types: &[AttrType]) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let cell = match col.type_info().name() {
+            "INT2" => Value::Int(row.try_get::<i16, _>(i)?.into()),
+            "INT4" => Value::Int(row.try_get::<i32, _>(i)?.into()),
+            "INT8" => Value::Int(row.try_get::<i64, _>(i)?),
+            "FLOAT4" => Value::Float(row.try_get::<f32, _>(i)?.into()),
+            "FLOAT8" => Value::Float(row.try_get::<f64, _>(i)?),
+            "NUMERIC" => {
+                let d: sqlx::types::BigDecimal = row.try_get(i)?;
+                Value::Float(d.to_string().parse::<f64>().map_err(|e| decode_err(i, e))?)
+            }
+            "BOOL" => Value::Bool(row.try_get::<bool, _>(i)?),
+            "DATE" => Value::Date(row.try_get::<NaiveDate, _>(i)?),
+            "TIMESTAMP" => Value::DateTime(row.try_get::<NaiveDateTime, _>(i)?.and_utc()),
+            "TIMESTAMPTZ" => Value::DateTime(row.try_get::<DateTime<Utc>, _>(i)?),
+            "JSON" | "JSONB" => Value::Json(row.try_get::<serde_json::Value, _>(i)?),
+            "UUID" => Value::Text(row.try_get::<uuid::Uuid, _>(i)?.to_string()),
+            _ => Value::Text(row.try_get::<String, _>(i)?),
+        };
+        let ty = types.get(i).copied().unwrap_or(AttrType::String);
+        out.push(coerce(cell, ty).map_err(|e| decode_err(i, e))?);
+    }
+    Ok(out)
+}
+
+/// Converts a decoded cell into the attribute's type (SQLite keeps dates as text, booleans as
+/// integers, and so on).
+fn coerce(v: Value, ty: AttrType) -> std::result::Result<Value, String> {
+    use AttrType as T;
+    Ok(match (ty, v) {
+        (_, Value::Null) => Value::Null,
+        (T::Integer, Value::Float(f)) if f.fract() == 0.0 => Value::Int(f as i64),
+        (T::Decimal | T::Double | T::Percent, Value::Int(i)) => Value::Float(i as f64),
+        (T::Boolean, Value::Int(i)) => Value::Bool(i != 0),
+        (T::Date, Value::Text(s)) => {
+            Value::Date(query::value::parse_date(&s).ok_or_else(|| format!("bad date {s:?}"))?)
+        }
+        (T::Date, Value::DateTime(t)) => Value::Date(t.date_naive()),
+        (T::DateTime, Value::Text(s)) => Value::DateTime(
+            query::value::parse_datetime(&s).ok_or_else(|| format!("bad date-time {s:?}"))?,
+        ),
+        (T::DateTime, Value::Date(d)) => Value::DateTime(d.and_time(Default::default()).and_utc()),
+        (T::Json, Value::Text(s)) => {
+            Value::Json(serde_json::from_str(&s).map_err(|e| format!("bad JSON: {e}"))?)
+        }
+        (
+            T::String | T::Email | T::Phone | T::Url | T::UserId | T::Yn,
+            Value::Int(i),
+        ) => Value::Text(i.to_string()),
+        (_, v) => v,
+    })
+}

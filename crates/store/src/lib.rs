@@ -1,0 +1,16 @@
+//! Storage: pools, transactions, the platform's tables and the migration runner.
+//!
+//! Invariants (absences):
+//! - no other crate talks to a database driver; no other crate writes SQL for platform tables;
+//! - no client input becomes SQL text here: identifiers are constants or checked metadata, every
+//!   value is bound;
+//! - driver errors are translated into [`StoreError`] in one place (`error.rs`).
+
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod platform;
+
+pub use db::{Conn, Db, DbTarget, Raw, Tx, portable};
+pub use error::{Result, StoreError};
+pub use platform::{LiveSession, NewUser, Session, Store, User};

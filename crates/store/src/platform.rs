@@ -1,0 +1,453 @@
+//! The platform's own tables: orgs, apps, users, roles, sessions, login failures.
+//!
+//! SQL here is written once with `?` placeholders and table names resolved by [`Store::t`].
+
+use chrono::{DateTime, NaiveDate, Utc};
+use query::{AttrType, Dialect, Value};
+
+use crate::db::{Db, portable};
+use crate::error::{Result, StoreError};
+
+/// The store: a pool plus the platform's queries.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub db: Db,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub user_id: String,
+    pub org_uid: String,
+    pub user_name: String,
+    pub display_name: Option<String>,
+    pub email_address: Option<String>,
+    pub password_hash: Option<String>,
+    pub start_date: Option<NaiveDate>,
+    pub end_date: Option<NaiveDate>,
+    pub enabled: bool,
+    pub service_account: bool,
+}
+
+impl User {
+    /// Enabled and inside its date range on `today`.
+    pub fn may_log_in(&self, today: NaiveDate) -> bool {
+        self.enabled
+            && self.start_date.is_none_or(|d| d <= today)
+            && self.end_date.is_none_or(|d| today <= d)
+    }
+}
+
+/// A new user, for the CLI and first start.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    pub org_uid: &'a str,
+    pub user_name: &'a str,
+    pub display_name: Option<&'a str>,
+    pub email_address: Option<&'a str>,
+    pub password_hash: &'a str,
+    pub created_by: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub session_id: String,
+    pub csrf: String,
+    pub org_uid: String,
+    pub user_name: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+}
+
+/// A session joined with the state of its user, as the request guard needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSession {
+    pub session: Session,
+    pub user_may_log_in: bool,
+}
+
+fn text(v: &str) -> Value {
+    Value::Text(v.to_string())
+}
+
+fn opt_text(v: Option<&str>) -> Value {
+    v.map_or(Value::Null, text)
+}
+
+fn take_text(v: Value) -> Option<String> {
+    match v {
+        Value::Text(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn take_int(v: Value) -> i64 {
+    match v {
+        Value::Int(i) => i,
+        _ => 0,
+    }
+}
+
+fn take_date(v: Value) -> Option<NaiveDate> {
+    match v {
+        Value::Date(d) => Some(d),
+        _ => None,
+    }
+}
+
+const USER_COLUMNS: &str = "USER_ID, ORG_UID, USER_NAME, DISPLAY_NAME, EMAIL_ADDRESS, \
+     PASSWORD_HASH, START_DATE, END_DATE, ENABLED_FLAG, SERVICE_ACCOUNT_FLAG";
+const USER_TYPES: [AttrType; 10] = [
+    AttrType::String,
+    AttrType::String,
+    AttrType::String,
+    AttrType::String,
+    AttrType::String,
+    AttrType::String,
+    AttrType::Date,
+    AttrType::Date,
+    AttrType::Yn,
+    AttrType::Yn,
+];
+
+fn user_from_row(row: Vec<Value>) -> User {
+    let mut it = row.into_iter();
+    let mut next = || it.next().unwrap_or(Value::Null);
+    User {
+        user_id: take_text(next()).unwrap_or_default(),
+        org_uid: take_text(next()).unwrap_or_default(),
+        user_name: take_text(next()).unwrap_or_default(),
+        display_name: take_text(next()),
+        email_address: take_text(next()),
+        password_hash: take_text(next()),
+        start_date: take_date(next()),
+        end_date: take_date(next()),
+        enabled: take_text(next()).as_deref() == Some("Y"),
+        service_account: take_text(next()).as_deref() == Some("Y"),
+    }
+}
+
+const SESSION_COLUMNS: &str = "s.SESSION_ID, s.CSRF, s.ORG_UID, s.USER_NAME, s.CREATED_AT, s.LAST_SEEN_AT";
+const SESSION_TYPES: [AttrType; 6] = [
+    AttrType::String,
+    AttrType::String,
+    AttrType::String,
+    AttrType::String,
+    AttrType::Integer,
+    AttrType::Integer,
+];
+
+fn session_from_row(it: &mut impl Iterator<Item = Value>) -> Session {
+    let mut next = || it.next().unwrap_or(Value::Null);
+    Session {
+        session_id: take_text(next()).unwrap_or_default(),
+        csrf: take_text(next()).unwrap_or_default(),
+        org_uid: take_text(next()).unwrap_or_default(),
+        user_name: take_text(next()).unwrap_or_default(),
+        created_at: take_int(next()),
+        last_seen_at: take_int(next()),
+    }
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Store { db }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect()
+    }
+
+    /// A platform table's name as SQL: `cloudio.io_users` on PostgreSQL, `io_users` on SQLite
+    /// (the platform's database is the connection's `main`).
+    pub fn t(&self, table: &str) -> String {
+        match self.dialect() {
+            Dialect::Postgres | Dialect::Mysql => format!("cloudio.{table}"),
+            Dialect::Sqlite => table.to_string(),
+        }
+    }
+
+    /// The WHO date value for `now` in this dialect's storage.
+    pub fn who_now(&self, now: DateTime<Utc>) -> Value {
+        Value::DateTime(query::value::truncate_micros(now).unwrap_or(now))
+    }
+
+    async fn exec(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.db.execute(&portable(self.dialect(), sql), params).await
+    }
+
+    async fn fetch(&self, sql: &str, params: &[Value], types: &[AttrType]) -> Result<Vec<Vec<Value>>> {
+        self.db.fetch_all(&portable(self.dialect(), sql), params, types).await
+    }
+
+    /// Inserts org `org_uid` and app `app_uid` (in that org) if missing.
+    pub async fn ensure_org_and_app(&self, org_uid: &str, app_uid: &str, app_name: &str) -> Result<()> {
+        let now = self.who_now(Utc::now());
+        let sql = format!(
+            "INSERT INTO {} (ORG_UID, NAME, CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE) \
+             VALUES (?, ?, 'system', ?, 'system', ?) ON CONFLICT DO NOTHING",
+            self.t("io_orgs")
+        );
+        self.exec(&sql, &[text(org_uid), text(org_uid), now.clone(), now.clone()]).await?;
+        let sql = format!(
+            "INSERT INTO {} (APP_UID, ORG_UID, NAME, CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE) \
+             VALUES (?, ?, ?, 'system', ?, 'system', ?) ON CONFLICT DO NOTHING",
+            self.t("io_apps")
+        );
+        self.exec(&sql, &[text(app_uid), text(org_uid), text(app_name), now.clone(), now]).await?;
+        Ok(())
+    }
+
+    pub async fn ensure_role(&self, app_uid: &str, role_uid: &str, name: &str) -> Result<()> {
+        let now = self.who_now(Utc::now());
+        let sql = format!(
+            "INSERT INTO {} (APP_UID, ROLE_UID, NAME, CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE) \
+             VALUES (?, ?, ?, 'system', ?, 'system', ?) ON CONFLICT DO NOTHING",
+            self.t("io_roles")
+        );
+        self.exec(&sql, &[text(app_uid), text(role_uid), text(name), now.clone(), now]).await?;
+        Ok(())
+    }
+
+    pub async fn count_users(&self) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.t("io_users"));
+        let rows = self.fetch(&sql, &[], &[AttrType::Integer]).await?;
+        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).map_or(0, take_int))
+    }
+
+    pub async fn create_user(&self, u: &NewUser<'_>) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = self.who_now(Utc::now());
+        let sql = format!(
+            "INSERT INTO {} (USER_ID, ORG_UID, USER_NAME, DISPLAY_NAME, EMAIL_ADDRESS, PASSWORD_HASH, \
+             START_DATE, ENABLED_FLAG, SERVICE_ACCOUNT_FLAG, CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, \
+             LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?, 'Y', 'N', ?, ?, ?, ?)",
+            self.t("io_users")
+        );
+        self.exec(
+            &sql,
+            &[
+                text(&id),
+                text(u.org_uid),
+                text(u.user_name),
+                opt_text(u.display_name.or(Some(u.user_name))),
+                opt_text(u.email_address),
+                text(u.password_hash),
+                Value::Date(Utc::now().date_naive()),
+                text(u.created_by),
+                now.clone(),
+                text(u.created_by),
+                now,
+            ],
+        )
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn find_user(&self, org_uid: &str, user_name: &str) -> Result<Option<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM {} WHERE ORG_UID = ? AND USER_NAME = ?",
+            self.t("io_users")
+        );
+        let rows = self.fetch(&sql, &[text(org_uid), text(user_name)], &USER_TYPES).await?;
+        Ok(rows.into_iter().next().map(user_from_row))
+    }
+
+    pub async fn list_users(&self, org_uid: &str) -> Result<Vec<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM {} WHERE ORG_UID = ? ORDER BY USER_NAME",
+            self.t("io_users")
+        );
+        let rows = self.fetch(&sql, &[text(org_uid)], &USER_TYPES).await?;
+        Ok(rows.into_iter().map(user_from_row).collect())
+    }
+
+    /// Sets a new password hash and ends all of the user's sessions. Returns false if no such user.
+    pub async fn set_password(&self, org_uid: &str, user_name: &str, hash: &str, by: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET PASSWORD_HASH = ?, LAST_UPDATED_BY = ?, LAST_UPDATE_DATE = ? \
+             WHERE ORG_UID = ? AND USER_NAME = ?",
+            self.t("io_users")
+        );
+        let n = self
+            .exec(&sql, &[text(hash), text(by), self.who_now(Utc::now()), text(org_uid), text(user_name)])
+            .await?;
+        self.delete_user_sessions(org_uid, user_name).await?;
+        Ok(n > 0)
+    }
+
+    /// Enables or disables a user; disabling ends all of the user's sessions.
+    pub async fn set_enabled(&self, org_uid: &str, user_name: &str, enabled: bool, by: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET ENABLED_FLAG = ?, LAST_UPDATED_BY = ?, LAST_UPDATE_DATE = ? \
+             WHERE ORG_UID = ? AND USER_NAME = ?",
+            self.t("io_users")
+        );
+        let flag = if enabled { "Y" } else { "N" };
+        let n = self
+            .exec(&sql, &[text(flag), text(by), self.who_now(Utc::now()), text(org_uid), text(user_name)])
+            .await?;
+        if !enabled {
+            self.delete_user_sessions(org_uid, user_name).await?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Sets the date range in which a user may log in.
+    pub async fn set_user_dates(
+        &self,
+        org_uid: &str,
+        user_name: &str,
+        start: Option<NaiveDate>,
+        end: Option<NaiveDate>,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET START_DATE = ?, END_DATE = ? WHERE ORG_UID = ? AND USER_NAME = ?",
+            self.t("io_users")
+        );
+        let d = |d: Option<NaiveDate>| d.map_or(Value::Null, Value::Date);
+        Ok(self.exec(&sql, &[d(start), d(end), text(org_uid), text(user_name)]).await? > 0)
+    }
+
+    pub async fn grant_role(&self, org_uid: &str, user_name: &str, app_uid: &str, role_uid: &str, by: &str) -> Result<()> {
+        let now = self.who_now(Utc::now());
+        let sql = format!(
+            "INSERT INTO {} (ORG_UID, USER_NAME, APP_UID, ROLE_UID, CREATED_BY, CREATION_DATE, \
+             LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            self.t("io_user_roles")
+        );
+        self.exec(
+            &sql,
+            &[text(org_uid), text(user_name), text(app_uid), text(role_uid), text(by), now.clone(), text(by), now],
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Constraint(_) => {
+                StoreError::Invalid(format!("app `{app_uid}` has no role `{role_uid}`"))
+            }
+            e => e,
+        })?;
+        Ok(())
+    }
+
+    pub async fn revoke_role(&self, org_uid: &str, user_name: &str, app_uid: &str, role_uid: &str) -> Result<bool> {
+        let sql = format!(
+            "DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ? AND APP_UID = ? AND ROLE_UID = ?",
+            self.t("io_user_roles")
+        );
+        Ok(self.exec(&sql, &[text(org_uid), text(user_name), text(app_uid), text(role_uid)]).await? > 0)
+    }
+
+    /// `(appUid, roleUid)` pairs held by a user, sorted.
+    pub async fn user_roles(&self, org_uid: &str, user_name: &str) -> Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT APP_UID, ROLE_UID FROM {} WHERE ORG_UID = ? AND USER_NAME = ? ORDER BY APP_UID, ROLE_UID",
+            self.t("io_user_roles")
+        );
+        let rows = self.fetch(&sql, &[text(org_uid), text(user_name)], &[AttrType::String, AttrType::String]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let mut it = r.into_iter();
+                (
+                    it.next().and_then(take_text).unwrap_or_default(),
+                    it.next().and_then(take_text).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    pub async fn create_session(&self, s: &Session) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (SESSION_ID, CSRF, ORG_UID, USER_NAME, CREATED_AT, LAST_SEEN_AT) VALUES (?, ?, ?, ?, ?, ?)",
+            self.t("io_sessions")
+        );
+        self.exec(
+            &sql,
+            &[
+                text(&s.session_id),
+                text(&s.csrf),
+                text(&s.org_uid),
+                text(&s.user_name),
+                Value::Int(s.created_at),
+                Value::Int(s.last_seen_at),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The session and whether its user may still log in (a deleted user: false).
+    pub async fn live_session(&self, session_id: &str, today: NaiveDate) -> Result<Option<LiveSession>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, u.ENABLED_FLAG, u.START_DATE, u.END_DATE FROM {} s \
+             LEFT JOIN {} u ON u.ORG_UID = s.ORG_UID AND u.USER_NAME = s.USER_NAME WHERE s.SESSION_ID = ?",
+            self.t("io_sessions"),
+            self.t("io_users")
+        );
+        let mut types = SESSION_TYPES.to_vec();
+        types.extend([AttrType::Yn, AttrType::Date, AttrType::Date]);
+        let rows = self.fetch(&sql, &[text(session_id)], &types).await?;
+        Ok(rows.into_iter().next().map(|row| {
+            let mut it = row.into_iter();
+            let session = session_from_row(&mut it);
+            let enabled = it.next().and_then(take_text).as_deref() == Some("Y");
+            let start = it.next().and_then(take_date);
+            let end = it.next().and_then(take_date);
+            let user_may_log_in = enabled
+                && start.is_none_or(|d| d <= today)
+                && end.is_none_or(|d| today <= d);
+            LiveSession { session, user_may_log_in }
+        }))
+    }
+
+    pub async fn touch_session(&self, session_id: &str, now_micros: i64) -> Result<()> {
+        let sql = format!("UPDATE {} SET LAST_SEEN_AT = ? WHERE SESSION_ID = ?", self.t("io_sessions"));
+        self.exec(&sql, &[Value::Int(now_micros), text(session_id)]).await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, session_id: &str) -> Result<bool> {
+        let sql = format!("DELETE FROM {} WHERE SESSION_ID = ?", self.t("io_sessions"));
+        Ok(self.exec(&sql, &[text(session_id)]).await? > 0)
+    }
+
+    pub async fn delete_user_sessions(&self, org_uid: &str, user_name: &str) -> Result<u64> {
+        let sql = format!("DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ?", self.t("io_sessions"));
+        self.exec(&sql, &[text(org_uid), text(user_name)]).await
+    }
+
+    /// Deletes sessions idle since `idle_before` or created before `created_before` (micros).
+    pub async fn purge_sessions(&self, idle_before: i64, created_before: i64) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {} WHERE LAST_SEEN_AT < ? OR CREATED_AT < ?",
+            self.t("io_sessions")
+        );
+        self.exec(&sql, &[Value::Int(idle_before), Value::Int(created_before)]).await
+    }
+
+    /// Records a failed login under `key` and prunes failures older than `since`.
+    pub async fn record_login_failure(&self, key: &str, now_micros: i64, since: i64) -> Result<()> {
+        let sql = format!("INSERT INTO {} (FAILURE_KEY, FAILED_AT) VALUES (?, ?)", self.t("io_login_failures"));
+        self.exec(&sql, &[text(key), Value::Int(now_micros)]).await?;
+        let sql = format!("DELETE FROM {} WHERE FAILED_AT < ?", self.t("io_login_failures"));
+        self.exec(&sql, &[Value::Int(since)]).await?;
+        Ok(())
+    }
+
+    /// `(count, newest)` of failures under `key` after `since` (micros).
+    pub async fn login_failures(&self, key: &str, since: i64) -> Result<(i64, i64)> {
+        let sql = format!(
+            "SELECT COUNT(*), MAX(FAILED_AT) FROM {} WHERE FAILURE_KEY = ? AND FAILED_AT > ?",
+            self.t("io_login_failures")
+        );
+        let rows = self.fetch(&sql, &[text(key), Value::Int(since)], &[AttrType::Integer, AttrType::Integer]).await?;
+        let mut it = rows.into_iter().next().unwrap_or_default().into_iter();
+        Ok((it.next().map_or(0, take_int), it.next().map_or(0, take_int)))
+    }
+
+    pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
+        let sql = format!("DELETE FROM {} WHERE FAILURE_KEY = ?", self.t("io_login_failures"));
+        self.exec(&sql, &[text(key)]).await?;
+        Ok(())
+    }
+}
