@@ -37,11 +37,21 @@ fn datasource() -> Datasource {
         attr("remote", Boolean),
         attr("profile", Json),
         attr("deptId", Integer),
-        Attribute { write_only: true, ..attr("password", String) },
-        Attribute { queryable: false, ..attr("orgId", String) },
+        Attribute {
+            write_only: true,
+            ..attr("password", String)
+        },
+        Attribute {
+            queryable: false,
+            ..attr("orgId", String)
+        },
     ];
     for (code, column, ty) in WHO_ATTRIBUTES {
-        attributes.push(Attribute { column: column.to_string(), who: true, ..attr(code, ty) });
+        attributes.push(Attribute {
+            column: column.to_string(),
+            who: true,
+            ..attr(code, ty)
+        });
     }
     Datasource {
         app_uid: "hr".into(),

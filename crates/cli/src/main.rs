@@ -11,7 +11,11 @@ use server::{Config, Secret, Server};
 use store::NewUser;
 
 #[derive(Parser)]
-#[command(name = "cloudio", version, about = "An open, self-hostable CloudIO Platform server")]
+#[command(
+    name = "cloudio",
+    version,
+    about = "An open, self-hostable CloudIO Platform server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -138,7 +142,8 @@ enum RoleCommand {
 fn config(db: &DbArgs) -> Result<Config> {
     let mut c = match &db.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => Config::default(),
@@ -178,7 +183,12 @@ async fn admin_tools(db: &DbArgs) -> Result<(store::Store, Hasher)> {
     let c = config(db)?;
     let store = server::startup::open_store(&c).await?;
     let hasher = Hasher::new(&c).map_err(anyhow::Error::msg)?;
-    server::startup::bootstrap(&store, &hasher, std::env::var("CLOUDIO_ADMIN_PASSWORD").ok().as_deref()).await?;
+    server::startup::bootstrap(
+        &store,
+        &hasher,
+        std::env::var("CLOUDIO_ADMIN_PASSWORD").ok().as_deref(),
+    )
+    .await?;
     Ok((store, hasher))
 }
 
@@ -193,7 +203,12 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match Cli::parse().command {
-        Command::Serve { db, listen, app_dirs, demo } => {
+        Command::Serve {
+            db,
+            listen,
+            app_dirs,
+            demo,
+        } => {
             let mut c = config(&db)?;
             if let Some(l) = listen {
                 c.listen = l;
@@ -213,9 +228,17 @@ async fn main() -> Result<()> {
             println!("migrations applied");
         }
         Command::User { command } => match command {
-            UserCommand::Create { db, user, display_name, email, password_stdin } => {
+            UserCommand::Create {
+                db,
+                user,
+                display_name,
+                email,
+                password_stdin,
+            } => {
                 let (store, hasher) = admin_tools(&db).await?;
-                let hash = hasher.hash_blocking(&read_password(password_stdin)?).map_err(anyhow::Error::msg)?;
+                let hash = hasher
+                    .hash_blocking(&read_password(password_stdin)?)
+                    .map_err(anyhow::Error::msg)?;
                 store
                     .create_user(&NewUser {
                         org_uid: &db.org,
@@ -227,14 +250,22 @@ async fn main() -> Result<()> {
                     })
                     .await
                     .map_err(|e| match e {
-                        store::StoreError::Duplicate(_) => anyhow::anyhow!("user `{user}` already exists"),
+                        store::StoreError::Duplicate(_) => {
+                            anyhow::anyhow!("user `{user}` already exists")
+                        }
                         e => e.into(),
                     })?;
                 println!("user `{user}` created");
             }
-            UserCommand::Passwd { db, user, password_stdin } => {
+            UserCommand::Passwd {
+                db,
+                user,
+                password_stdin,
+            } => {
                 let (store, hasher) = admin_tools(&db).await?;
-                let hash = hasher.hash_blocking(&read_password(password_stdin)?).map_err(anyhow::Error::msg)?;
+                let hash = hasher
+                    .hash_blocking(&read_password(password_stdin)?)
+                    .map_err(anyhow::Error::msg)?;
                 if !store.set_password(&db.org, &user, &hash, "cli").await? {
                     bail!("no user `{user}`");
                 }
@@ -261,12 +292,22 @@ async fn main() -> Result<()> {
             }
         },
         Command::Role { command } => match command {
-            RoleCommand::Grant { db, user, app, role } => {
+            RoleCommand::Grant {
+                db,
+                user,
+                app,
+                role,
+            } => {
                 let (store, _) = admin_tools(&db).await?;
                 store.grant_role(&db.org, &user, &app, &role, "cli").await?;
                 println!("granted `{role}` in `{app}` to `{user}`");
             }
-            RoleCommand::Revoke { db, user, app, role } => {
+            RoleCommand::Revoke {
+                db,
+                user,
+                app,
+                role,
+            } => {
                 let (store, _) = admin_tools(&db).await?;
                 if !store.revoke_role(&db.org, &user, &app, &role).await? {
                     bail!("`{user}` does not hold `{role}` in `{app}`");
@@ -285,9 +326,13 @@ async fn main() -> Result<()> {
 /// A minimal HTTP/1.1 GET, enough for `status` without an HTTP client dependency.
 async fn http_get(addr: &str, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);

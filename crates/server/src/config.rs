@@ -113,7 +113,11 @@ impl Config {
         if self.max_connections == 0 {
             problems.push("max_connections must be at least 1".into());
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     pub fn session_idle(&self) -> Duration {
@@ -130,13 +134,20 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let c = Config { jwt_secret: Some(Secret::new("x".repeat(40))), ..Config::default() };
+        let c = Config {
+            jwt_secret: Some(Secret::new("x".repeat(40))),
+            ..Config::default()
+        };
         assert!(!format!("{c:?}").contains("xxxx"));
     }
 
     #[test]
     fn validation_reports_every_problem() {
-        let c = Config { body_limit_bytes: 1, max_connections: 0, ..Config::default() };
+        let c = Config {
+            body_limit_bytes: 1,
+            max_connections: 0,
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().len(), 2);
     }
 

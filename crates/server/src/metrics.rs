@@ -12,7 +12,9 @@ use axum::response::Response;
 
 use crate::state::AppState;
 
-const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+const BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -26,7 +28,8 @@ pub struct Metrics {
 impl Metrics {
     fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
+            *m.entry((method.to_string(), route.to_string(), status))
+                .or_default() += 1;
         }
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -34,12 +37,16 @@ impl Metrics {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
     pub fn render(&self, pool: (u32, usize), uptime: f64) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP cloudio_http_requests_total HTTP requests by route and status.");
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_http_requests_total HTTP requests by route and status."
+        );
         let _ = writeln!(out, "# TYPE cloudio_http_requests_total counter");
         if let Ok(m) = self.requests.lock() {
             for ((method, route, status), n) in m.iter() {
@@ -49,8 +56,14 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP cloudio_http_request_duration_seconds Request latency.");
-        let _ = writeln!(out, "# TYPE cloudio_http_request_duration_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_http_request_duration_seconds Request latency."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE cloudio_http_request_duration_seconds histogram"
+        );
         for (i, b) in BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -59,7 +72,10 @@ impl Metrics {
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "cloudio_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "cloudio_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "cloudio_http_request_duration_seconds_sum {}",
@@ -85,6 +101,11 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let resp = next.run(req).await;
-    state.metrics.observe(&method, &route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.observe(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     resp
 }

@@ -36,7 +36,10 @@ pub fn app(state: AppState, routes: Router<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(envelope))
         .layer(CatchPanicLayer::custom(on_panic))
-        .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::middleware))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::middleware,
+        ))
         .layer(middleware::from_fn(request_id::middleware))
         .with_state(state)
 }
@@ -80,7 +83,11 @@ async fn envelope(req: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => ApiError::NotFound("No such endpoint.".into()),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
         s if s.is_server_error() => ApiError::Internal(text),
-        _ => ApiError::BadRequest(if text.is_empty() { "Invalid request.".into() } else { text }),
+        _ => ApiError::BadRequest(if text.is_empty() {
+            "Invalid request.".into()
+        } else {
+            text
+        }),
     };
     let mut out = err.into_response();
     if status != out.status() {

@@ -43,7 +43,12 @@ pub async fn open_store(config: &Config) -> Result<Store, StartError> {
     let target = DbTarget::from_config(&config.data_dir, config.database_url.as_deref())?;
     let db = Db::connect(&target, config.max_connections).await?;
     let dialect = db.dialect();
-    store::migrate::run(&db, PLATFORM_APP, &store::migrate::platform_migrations(dialect)).await?;
+    store::migrate::run(
+        &db,
+        PLATFORM_APP,
+        &store::migrate::platform_migrations(dialect),
+    )
+    .await?;
     Ok(Store::new(db))
 }
 
@@ -54,7 +59,9 @@ pub async fn bootstrap(
     hasher: &Hasher,
     admin_password: Option<&str>,
 ) -> Result<Option<String>, StartError> {
-    store.ensure_org_and_app(PLATFORM_ORG, PLATFORM_APP, "CloudIO Platform").await?;
+    store
+        .ensure_org_and_app(PLATFORM_ORG, PLATFORM_APP, "CloudIO Platform")
+        .await?;
     for (uid, name) in PLATFORM_ROLES {
         store.ensure_role(PLATFORM_APP, uid, name).await?;
     }
@@ -65,7 +72,10 @@ pub async fn bootstrap(
         Some(p) => (p.to_string(), false),
         None => (random_token(18)?, true),
     };
-    let hash = hasher.hash(password.clone()).await.map_err(|e| StartError::Io(e.to_string()))?;
+    let hash = hasher
+        .hash(password.clone())
+        .await
+        .map_err(|e| StartError::Io(e.to_string()))?;
     let admin = NewUser {
         org_uid: PLATFORM_ORG,
         user_name: "admin",
@@ -80,7 +90,15 @@ pub async fn bootstrap(
         Err(store::StoreError::Duplicate(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    store.grant_role(PLATFORM_ORG, "admin", PLATFORM_APP, "administrator", "system").await?;
+    store
+        .grant_role(
+            PLATFORM_ORG,
+            "admin",
+            PLATFORM_APP,
+            "administrator",
+            "system",
+        )
+        .await?;
     tracing::info!("first start: created org, app, roles and user `admin`");
     Ok(generated.then_some(password))
 }
@@ -111,13 +129,21 @@ fn read_or_create_secret(path: &Path) -> Result<String, StartError> {
         if s.len() >= 32 {
             return Ok(s);
         }
-        return Err(StartError::Io(format!("{}: secret too short", path.display())));
+        return Err(StartError::Io(format!(
+            "{}: secret too short",
+            path.display()
+        )));
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let secret = random_token(48)?;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(mut f) => {
             f.write_all(secret.as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
@@ -139,7 +165,10 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn build(config: Config, admin_password: Option<String>) -> Result<Server, StartError> {
+    pub async fn build(
+        config: Config,
+        admin_password: Option<String>,
+    ) -> Result<Server, StartError> {
         Self::build_with_routes(config, admin_password, router::routes()).await
     }
 
@@ -159,10 +188,14 @@ impl Server {
                 .map_err(|e| StartError::Io(e.to_string()))?
                 .map_err(StartError::Io)?
         };
-        let generated_admin_password = bootstrap(&store, &hasher, admin_password.as_deref()).await?;
+        let generated_admin_password =
+            bootstrap(&store, &hasher, admin_password.as_deref()).await?;
         let secret = jwt_secret(&config)?;
-        let previous: Vec<&[u8]> =
-            config.jwt_previous_secrets.iter().map(|s| s.expose().as_bytes()).collect();
+        let previous: Vec<&[u8]> = config
+            .jwt_previous_secrets
+            .iter()
+            .map(|s| s.expose().as_bytes())
+            .collect();
         let keys = Keys::new(secret.as_bytes(), &previous);
         let tokens = TokenCache::new(
             config.token_cache_capacity,
@@ -182,7 +215,12 @@ impl Server {
             started,
         });
         let app = router::app(state.clone(), routes);
-        Ok(Server { listener, app, state, generated_admin_password })
+        Ok(Server {
+            listener,
+            app,
+            state,
+            generated_admin_password,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -195,7 +233,10 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (up to the grace
     /// period) and closes the pool.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!("listening on {addr}");
         let state = self.state.clone();
@@ -232,7 +273,8 @@ async fn purge_sessions(state: AppState) {
         tick.tick().await;
         let now = chrono::Utc::now().timestamp_micros();
         let idle = i64::try_from(state.config.session_idle_secs).unwrap_or(1800) * 1_000_000;
-        let absolute = i64::try_from(state.config.session_absolute_secs).unwrap_or(43_200) * 1_000_000;
+        let absolute =
+            i64::try_from(state.config.session_absolute_secs).unwrap_or(43_200) * 1_000_000;
         if let Err(e) = state.store.purge_sessions(now - idle, now - absolute).await {
             tracing::warn!(error = %e, "session purge failed");
         }

@@ -39,7 +39,13 @@ impl AppState {
 
     /// Disables or enables a user; disabling ends the user's sessions at once on this node
     /// (other nodes notice within `token_recheck_millis`).
-    pub async fn set_user_enabled(&self, org: &str, user: &str, enabled: bool, by: &str) -> store::Result<bool> {
+    pub async fn set_user_enabled(
+        &self,
+        org: &str,
+        user: &str,
+        enabled: bool,
+        by: &str,
+    ) -> store::Result<bool> {
         let found = self.store.set_enabled(org, user, enabled, by).await?;
         if !enabled {
             self.tokens.forget_user(org, user);
@@ -48,7 +54,13 @@ impl AppState {
     }
 
     /// Sets a password (already hashed) and ends the user's sessions.
-    pub async fn set_user_password(&self, org: &str, user: &str, hash: &str, by: &str) -> store::Result<bool> {
+    pub async fn set_user_password(
+        &self,
+        org: &str,
+        user: &str,
+        hash: &str,
+        by: &str,
+    ) -> store::Result<bool> {
         let found = self.store.set_password(org, user, hash, by).await?;
         self.tokens.forget_user(org, user);
         Ok(found)

@@ -14,7 +14,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Column, Connection, Executor, Postgres, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{
+    AssertSqlSafe, Column, Connection, Executor, Postgres, Row, Sqlite, TypeInfo, ValueRef,
+};
 
 use crate::error::{Result, StoreError};
 
@@ -37,7 +39,11 @@ impl DbTarget {
             }
             Some(url) if url.starts_with("sqlite://") => {
                 let dir = url.trim_start_matches("sqlite://");
-                Ok(DbTarget::SqliteDir(PathBuf::from(if dir.is_empty() { "." } else { dir })))
+                Ok(DbTarget::SqliteDir(PathBuf::from(if dir.is_empty() {
+                    "."
+                } else {
+                    dir
+                })))
             }
             Some(url) if url.starts_with("mysql://") => Err(StoreError::Invalid(
                 "mysql:// is not supported yet; use sqlite:// or postgres://".into(),
@@ -81,7 +87,10 @@ impl Db {
                     })
                     .connect_with(opts)
                     .await?;
-                Ok(Db::Sqlite { pool, dir: dir.clone() })
+                Ok(Db::Sqlite {
+                    pool,
+                    dir: dir.clone(),
+                })
             }
             DbTarget::Postgres(url) => {
                 let opts = PgConnectOptions::from_str(url)
@@ -128,7 +137,11 @@ impl Db {
         params: &[Value],
         types: &[AttrType],
     ) -> Result<Vec<Vec<Value>>> {
-        self.acquire().await?.raw().fetch_all(sql, params, types).await
+        self.acquire()
+            .await?
+            .raw()
+            .fetch_all(sql, params, types)
+            .await
     }
 
     pub async fn fetch_optional(
@@ -317,10 +330,14 @@ impl Raw<'_> {
     pub async fn execute_script(&mut self, sql: &str) -> Result<()> {
         match self {
             Raw::Sqlite(c) => {
-                sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **c).await?;
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                    .execute(&mut **c)
+                    .await?;
             }
             Raw::Postgres(c) => {
-                sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(&mut **c).await?;
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                    .execute(&mut **c)
+                    .await?;
             }
         }
         Ok(())
@@ -349,7 +366,7 @@ fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &[Value]) -> SqliteQuery<'q> 
 fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> PgQuery<'q> {
     for v in params {
         q = match v {
-            Value::Null => q.bind(None::<String>),
+            Value::Null => q.bind(PgNull),
             Value::Bool(b) => q.bind(*b),
             Value::Int(i) => q.bind(*i),
             Value::Float(f) => q.bind(*f),
@@ -360,6 +377,25 @@ fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> PgQuery<'q> {
         };
     }
     q
+}
+
+/// A NULL of unspecified type (oid 0), so PostgreSQL infers it from the column or operator
+/// instead of insisting on `text`.
+struct PgNull;
+
+impl sqlx::Type<Postgres> for PgNull {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for PgNull {
+    fn encode_by_ref(
+        &self,
+        _: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
 }
 
 fn decode_err(col: usize, e: impl std::fmt::Display) -> StoreError {
@@ -439,10 +475,9 @@ fn coerce(v: Value, ty: AttrType) -> std::result::Result<Value, String> {
         (T::Json, Value::Text(s)) => {
             Value::Json(serde_json::from_str(&s).map_err(|e| format!("bad JSON: {e}"))?)
         }
-        (
-            T::String | T::Email | T::Phone | T::Url | T::UserId | T::Yn,
-            Value::Int(i),
-        ) => Value::Text(i.to_string()),
+        (T::String | T::Email | T::Phone | T::Url | T::UserId | T::Yn, Value::Int(i)) => {
+            Value::Text(i.to_string())
+        }
         (_, v) => v,
     })
 }

@@ -43,7 +43,10 @@ pub struct Report {
 
 /// `io_` + 14 digits + `_` + description + `.sql`.
 pub fn is_migration_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("io_").and_then(|r| r.strip_suffix(".sql")) else {
+    let Some(rest) = name
+        .strip_prefix("io_")
+        .and_then(|r| r.strip_suffix(".sql"))
+    else {
         return false;
     };
     let (ts, desc) = rest.split_at(rest.len().min(14));
@@ -94,7 +97,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
     };
     files
         .iter()
-        .map(|(n, s)| Migration { name: n.to_string(), sql: s.to_string() })
+        .map(|(n, s)| Migration {
+            name: n.to_string(),
+            sql: s.to_string(),
+        })
         .collect()
 }
 
@@ -118,13 +124,18 @@ const TRACKING_PG: &str = "CREATE SCHEMA IF NOT EXISTS cloudio; \
 pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Report> {
     let schema = app_schema(app_uid);
     if !query::meta::is_identifier(&schema) {
-        return Err(StoreError::Invalid(format!("app uid `{app_uid}` is not a valid schema name")));
+        return Err(StoreError::Invalid(format!(
+            "app uid `{app_uid}` is not a valid schema name"
+        )));
     }
     match db {
         Db::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
             conn.execute(TRACKING_PG).await?;
-            sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut *conn).await?;
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(LOCK_KEY)
+                .execute(&mut *conn)
+                .await?;
             let result = run_pg(&mut conn, app_uid, &schema, migrations).await;
             // Unlock even after a failure; the connection returns to the pool.
             sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -160,23 +171,34 @@ async fn recorded(raw: &mut Raw<'_>, app_uid: &str, name: &str) -> Result<Option
             &[AttrType::String],
         )
         .await?;
-    Ok(rows.into_iter().next().and_then(|r| match r.into_iter().next() {
-        Some(Value::Text(s)) => Some(s),
-        _ => None,
-    }))
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| match r.into_iter().next() {
+            Some(Value::Text(s)) => Some(s),
+            _ => None,
+        }))
 }
 
 async fn record(raw: &mut Raw<'_>, app_uid: &str, m: &Migration) -> Result<()> {
     let (table, now) = match raw.dialect() {
         Dialect::Postgres => ("cloudio.io_migrations", Value::DateTime(Utc::now())),
-        _ => ("io_migrations", Value::Text(query::value::format_datetime(&Utc::now()))),
+        _ => (
+            "io_migrations",
+            Value::Text(query::value::format_datetime(&Utc::now())),
+        ),
     };
     let sql = format!(
         "INSERT INTO {table} (APP_UID, FILE_NAME, CHECKSUM, APPLIED_AT) VALUES (?, ?, ?, ?)"
     );
     raw.execute(
         &portable(raw.dialect(), &sql),
-        &[Value::Text(app_uid.into()), Value::Text(m.name.clone()), Value::Text(m.checksum()), now],
+        &[
+            Value::Text(app_uid.into()),
+            Value::Text(m.name.clone()),
+            Value::Text(m.checksum()),
+            now,
+        ],
     )
     .await?;
     Ok(())
@@ -209,8 +231,12 @@ async fn run_pg(
             continue;
         }
         let mut tx = conn.begin().await?;
-        tx.execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))).await?;
-        tx.execute(AssertSqlSafe(format!("SET LOCAL search_path TO {schema}"))).await?;
+        tx.execute(AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        )))
+        .await?;
+        tx.execute(AssertSqlSafe(format!("SET LOCAL search_path TO {schema}")))
+            .await?;
         apply_statements(&mut Raw::Postgres(&mut tx), m).await?;
         tx.execute("SET LOCAL search_path TO DEFAULT").await?;
         record(&mut Raw::Postgres(&mut tx), app_uid, m).await?;
@@ -234,7 +260,11 @@ async fn run_sqlite(
     // The platform's own file is migrated on the locking connection itself; an app's file on a
     // connection of its own (its record is written after its commit: SQLite has no transaction
     // across two files, so a crash in between re-runs that one file at the next start).
-    let mut app_conn = if app_uid == "cloudio" { None } else { Some(open_sqlite_file(file).await?) };
+    let mut app_conn = if app_uid == "cloudio" {
+        None
+    } else {
+        Some(open_sqlite_file(file).await?)
+    };
     for m in migrations {
         let mut tracking = pool.acquire().await?;
         tracking.execute("BEGIN IMMEDIATE").await?;
@@ -273,11 +303,13 @@ async fn run_sqlite(
 /// Runs a file statement by statement so an error can name the statement (1-based).
 async fn apply_statements(raw: &mut Raw<'_>, m: &Migration) -> Result<()> {
     for (i, stmt) in split_statements(&m.sql).iter().enumerate() {
-        raw.execute_script(stmt).await.map_err(|e| StoreError::Migration {
-            file: m.name.clone(),
-            statement: i + 1,
-            message: e.to_string(),
-        })?;
+        raw.execute_script(stmt)
+            .await
+            .map_err(|e| StoreError::Migration {
+                file: m.name.clone(),
+                statement: i + 1,
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }
@@ -314,9 +346,14 @@ pub fn split_statements(sql: &str) -> Vec<String> {
             }
             b'$' => {
                 // $tag$ ... $tag$
-                let tag_end = b[i + 1..].iter().position(|c| *c == b'$').map(|p| i + 1 + p);
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|c| *c == b'$')
+                    .map(|p| i + 1 + p);
                 if let Some(end) = tag_end.filter(|e| {
-                    b[i + 1..*e].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                    b[i + 1..*e]
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
                 }) {
                     let tag = &sql[i..=end];
                     if let Some(close) = sql[end + 1..].find(tag) {
@@ -350,7 +387,12 @@ mod tests {
     #[test]
     fn names_follow_the_documented_pattern() {
         assert!(is_migration_name("io_20240101120000_create_employees.sql"));
-        for bad in ["io_2024_x.sql", "20240101120000_x.sql", "io_20240101120000.sql", "io_2024010112000a_x.sql"] {
+        for bad in [
+            "io_2024_x.sql",
+            "20240101120000_x.sql",
+            "io_20240101120000.sql",
+            "io_2024010112000a_x.sql",
+        ] {
             assert!(!is_migration_name(bad), "{bad}");
         }
     }

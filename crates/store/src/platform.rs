@@ -126,7 +126,8 @@ fn user_from_row(row: Vec<Value>) -> User {
     }
 }
 
-const SESSION_COLUMNS: &str = "s.SESSION_ID, s.CSRF, s.ORG_UID, s.USER_NAME, s.CREATED_AT, s.LAST_SEEN_AT";
+const SESSION_COLUMNS: &str =
+    "s.SESSION_ID, s.CSRF, s.ORG_UID, s.USER_NAME, s.CREATED_AT, s.LAST_SEEN_AT";
 const SESSION_TYPES: [AttrType; 6] = [
     AttrType::String,
     AttrType::String,
@@ -172,28 +173,56 @@ impl Store {
     }
 
     async fn exec(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.db.execute(&portable(self.dialect(), sql), params).await
+        self.db
+            .execute(&portable(self.dialect(), sql), params)
+            .await
     }
 
-    async fn fetch(&self, sql: &str, params: &[Value], types: &[AttrType]) -> Result<Vec<Vec<Value>>> {
-        self.db.fetch_all(&portable(self.dialect(), sql), params, types).await
+    async fn fetch(
+        &self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> Result<Vec<Vec<Value>>> {
+        self.db
+            .fetch_all(&portable(self.dialect(), sql), params, types)
+            .await
     }
 
     /// Inserts org `org_uid` and app `app_uid` (in that org) if missing.
-    pub async fn ensure_org_and_app(&self, org_uid: &str, app_uid: &str, app_name: &str) -> Result<()> {
+    pub async fn ensure_org_and_app(
+        &self,
+        org_uid: &str,
+        app_uid: &str,
+        app_name: &str,
+    ) -> Result<()> {
         let now = self.who_now(Utc::now());
         let sql = format!(
             "INSERT INTO {} (ORG_UID, NAME, CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE) \
              VALUES (?, ?, 'system', ?, 'system', ?) ON CONFLICT DO NOTHING",
             self.t("io_orgs")
         );
-        self.exec(&sql, &[text(org_uid), text(org_uid), now.clone(), now.clone()]).await?;
+        self.exec(
+            &sql,
+            &[text(org_uid), text(org_uid), now.clone(), now.clone()],
+        )
+        .await?;
         let sql = format!(
             "INSERT INTO {} (APP_UID, ORG_UID, NAME, CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE) \
              VALUES (?, ?, ?, 'system', ?, 'system', ?) ON CONFLICT DO NOTHING",
             self.t("io_apps")
         );
-        self.exec(&sql, &[text(app_uid), text(org_uid), text(app_name), now.clone(), now]).await?;
+        self.exec(
+            &sql,
+            &[
+                text(app_uid),
+                text(org_uid),
+                text(app_name),
+                now.clone(),
+                now,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -204,14 +233,22 @@ impl Store {
              VALUES (?, ?, ?, 'system', ?, 'system', ?) ON CONFLICT DO NOTHING",
             self.t("io_roles")
         );
-        self.exec(&sql, &[text(app_uid), text(role_uid), text(name), now.clone(), now]).await?;
+        self.exec(
+            &sql,
+            &[text(app_uid), text(role_uid), text(name), now.clone(), now],
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn count_users(&self) -> Result<i64> {
         let sql = format!("SELECT COUNT(*) FROM {}", self.t("io_users"));
         let rows = self.fetch(&sql, &[], &[AttrType::Integer]).await?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).map_or(0, take_int))
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .map_or(0, take_int))
     }
 
     pub async fn create_user(&self, u: &NewUser<'_>) -> Result<String> {
@@ -248,7 +285,9 @@ impl Store {
             "SELECT {USER_COLUMNS} FROM {} WHERE ORG_UID = ? AND USER_NAME = ?",
             self.t("io_users")
         );
-        let rows = self.fetch(&sql, &[text(org_uid), text(user_name)], &USER_TYPES).await?;
+        let rows = self
+            .fetch(&sql, &[text(org_uid), text(user_name)], &USER_TYPES)
+            .await?;
         Ok(rows.into_iter().next().map(user_from_row))
     }
 
@@ -262,21 +301,42 @@ impl Store {
     }
 
     /// Sets a new password hash and ends all of the user's sessions. Returns false if no such user.
-    pub async fn set_password(&self, org_uid: &str, user_name: &str, hash: &str, by: &str) -> Result<bool> {
+    pub async fn set_password(
+        &self,
+        org_uid: &str,
+        user_name: &str,
+        hash: &str,
+        by: &str,
+    ) -> Result<bool> {
         let sql = format!(
             "UPDATE {} SET PASSWORD_HASH = ?, LAST_UPDATED_BY = ?, LAST_UPDATE_DATE = ? \
              WHERE ORG_UID = ? AND USER_NAME = ?",
             self.t("io_users")
         );
         let n = self
-            .exec(&sql, &[text(hash), text(by), self.who_now(Utc::now()), text(org_uid), text(user_name)])
+            .exec(
+                &sql,
+                &[
+                    text(hash),
+                    text(by),
+                    self.who_now(Utc::now()),
+                    text(org_uid),
+                    text(user_name),
+                ],
+            )
             .await?;
         self.delete_user_sessions(org_uid, user_name).await?;
         Ok(n > 0)
     }
 
     /// Enables or disables a user; disabling ends all of the user's sessions.
-    pub async fn set_enabled(&self, org_uid: &str, user_name: &str, enabled: bool, by: &str) -> Result<bool> {
+    pub async fn set_enabled(
+        &self,
+        org_uid: &str,
+        user_name: &str,
+        enabled: bool,
+        by: &str,
+    ) -> Result<bool> {
         let sql = format!(
             "UPDATE {} SET ENABLED_FLAG = ?, LAST_UPDATED_BY = ?, LAST_UPDATE_DATE = ? \
              WHERE ORG_UID = ? AND USER_NAME = ?",
@@ -284,7 +344,16 @@ impl Store {
         );
         let flag = if enabled { "Y" } else { "N" };
         let n = self
-            .exec(&sql, &[text(flag), text(by), self.who_now(Utc::now()), text(org_uid), text(user_name)])
+            .exec(
+                &sql,
+                &[
+                    text(flag),
+                    text(by),
+                    self.who_now(Utc::now()),
+                    text(org_uid),
+                    text(user_name),
+                ],
+            )
             .await?;
         if !enabled {
             self.delete_user_sessions(org_uid, user_name).await?;
@@ -305,10 +374,20 @@ impl Store {
             self.t("io_users")
         );
         let d = |d: Option<NaiveDate>| d.map_or(Value::Null, Value::Date);
-        Ok(self.exec(&sql, &[d(start), d(end), text(org_uid), text(user_name)]).await? > 0)
+        Ok(self
+            .exec(&sql, &[d(start), d(end), text(org_uid), text(user_name)])
+            .await?
+            > 0)
     }
 
-    pub async fn grant_role(&self, org_uid: &str, user_name: &str, app_uid: &str, role_uid: &str, by: &str) -> Result<()> {
+    pub async fn grant_role(
+        &self,
+        org_uid: &str,
+        user_name: &str,
+        app_uid: &str,
+        role_uid: &str,
+        by: &str,
+    ) -> Result<()> {
         let now = self.who_now(Utc::now());
         let sql = format!(
             "INSERT INTO {} (ORG_UID, USER_NAME, APP_UID, ROLE_UID, CREATED_BY, CREATION_DATE, \
@@ -317,7 +396,16 @@ impl Store {
         );
         self.exec(
             &sql,
-            &[text(org_uid), text(user_name), text(app_uid), text(role_uid), text(by), now.clone(), text(by), now],
+            &[
+                text(org_uid),
+                text(user_name),
+                text(app_uid),
+                text(role_uid),
+                text(by),
+                now.clone(),
+                text(by),
+                now,
+            ],
         )
         .await
         .map_err(|e| match e {
@@ -329,21 +417,48 @@ impl Store {
         Ok(())
     }
 
-    pub async fn revoke_role(&self, org_uid: &str, user_name: &str, app_uid: &str, role_uid: &str) -> Result<bool> {
+    pub async fn revoke_role(
+        &self,
+        org_uid: &str,
+        user_name: &str,
+        app_uid: &str,
+        role_uid: &str,
+    ) -> Result<bool> {
         let sql = format!(
             "DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ? AND APP_UID = ? AND ROLE_UID = ?",
             self.t("io_user_roles")
         );
-        Ok(self.exec(&sql, &[text(org_uid), text(user_name), text(app_uid), text(role_uid)]).await? > 0)
+        Ok(self
+            .exec(
+                &sql,
+                &[
+                    text(org_uid),
+                    text(user_name),
+                    text(app_uid),
+                    text(role_uid),
+                ],
+            )
+            .await?
+            > 0)
     }
 
     /// `(appUid, roleUid)` pairs held by a user, sorted.
-    pub async fn user_roles(&self, org_uid: &str, user_name: &str) -> Result<Vec<(String, String)>> {
+    pub async fn user_roles(
+        &self,
+        org_uid: &str,
+        user_name: &str,
+    ) -> Result<Vec<(String, String)>> {
         let sql = format!(
             "SELECT APP_UID, ROLE_UID FROM {} WHERE ORG_UID = ? AND USER_NAME = ? ORDER BY APP_UID, ROLE_UID",
             self.t("io_user_roles")
         );
-        let rows = self.fetch(&sql, &[text(org_uid), text(user_name)], &[AttrType::String, AttrType::String]).await?;
+        let rows = self
+            .fetch(
+                &sql,
+                &[text(org_uid), text(user_name)],
+                &[AttrType::String, AttrType::String],
+            )
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -377,7 +492,11 @@ impl Store {
     }
 
     /// The session and whether its user may still log in (a deleted user: false).
-    pub async fn live_session(&self, session_id: &str, today: NaiveDate) -> Result<Option<LiveSession>> {
+    pub async fn live_session(
+        &self,
+        session_id: &str,
+        today: NaiveDate,
+    ) -> Result<Option<LiveSession>> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS}, u.ENABLED_FLAG, u.START_DATE, u.END_DATE FROM {} s \
              LEFT JOIN {} u ON u.ORG_UID = s.ORG_UID AND u.USER_NAME = s.USER_NAME WHERE s.SESSION_ID = ?",
@@ -393,16 +512,22 @@ impl Store {
             let enabled = it.next().and_then(take_text).as_deref() == Some("Y");
             let start = it.next().and_then(take_date);
             let end = it.next().and_then(take_date);
-            let user_may_log_in = enabled
-                && start.is_none_or(|d| d <= today)
-                && end.is_none_or(|d| today <= d);
-            LiveSession { session, user_may_log_in }
+            let user_may_log_in =
+                enabled && start.is_none_or(|d| d <= today) && end.is_none_or(|d| today <= d);
+            LiveSession {
+                session,
+                user_may_log_in,
+            }
         }))
     }
 
     pub async fn touch_session(&self, session_id: &str, now_micros: i64) -> Result<()> {
-        let sql = format!("UPDATE {} SET LAST_SEEN_AT = ? WHERE SESSION_ID = ?", self.t("io_sessions"));
-        self.exec(&sql, &[Value::Int(now_micros), text(session_id)]).await?;
+        let sql = format!(
+            "UPDATE {} SET LAST_SEEN_AT = ? WHERE SESSION_ID = ?",
+            self.t("io_sessions")
+        );
+        self.exec(&sql, &[Value::Int(now_micros), text(session_id)])
+            .await?;
         Ok(())
     }
 
@@ -412,7 +537,10 @@ impl Store {
     }
 
     pub async fn delete_user_sessions(&self, org_uid: &str, user_name: &str) -> Result<u64> {
-        let sql = format!("DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ?", self.t("io_sessions"));
+        let sql = format!(
+            "DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ?",
+            self.t("io_sessions")
+        );
         self.exec(&sql, &[text(org_uid), text(user_name)]).await
     }
 
@@ -422,14 +550,22 @@ impl Store {
             "DELETE FROM {} WHERE LAST_SEEN_AT < ? OR CREATED_AT < ?",
             self.t("io_sessions")
         );
-        self.exec(&sql, &[Value::Int(idle_before), Value::Int(created_before)]).await
+        self.exec(&sql, &[Value::Int(idle_before), Value::Int(created_before)])
+            .await
     }
 
     /// Records a failed login under `key` and prunes failures older than `since`.
     pub async fn record_login_failure(&self, key: &str, now_micros: i64, since: i64) -> Result<()> {
-        let sql = format!("INSERT INTO {} (FAILURE_KEY, FAILED_AT) VALUES (?, ?)", self.t("io_login_failures"));
-        self.exec(&sql, &[text(key), Value::Int(now_micros)]).await?;
-        let sql = format!("DELETE FROM {} WHERE FAILED_AT < ?", self.t("io_login_failures"));
+        let sql = format!(
+            "INSERT INTO {} (FAILURE_KEY, FAILED_AT) VALUES (?, ?)",
+            self.t("io_login_failures")
+        );
+        self.exec(&sql, &[text(key), Value::Int(now_micros)])
+            .await?;
+        let sql = format!(
+            "DELETE FROM {} WHERE FAILED_AT < ?",
+            self.t("io_login_failures")
+        );
         self.exec(&sql, &[Value::Int(since)]).await?;
         Ok(())
     }
@@ -440,13 +576,22 @@ impl Store {
             "SELECT COUNT(*), MAX(FAILED_AT) FROM {} WHERE FAILURE_KEY = ? AND FAILED_AT > ?",
             self.t("io_login_failures")
         );
-        let rows = self.fetch(&sql, &[text(key), Value::Int(since)], &[AttrType::Integer, AttrType::Integer]).await?;
+        let rows = self
+            .fetch(
+                &sql,
+                &[text(key), Value::Int(since)],
+                &[AttrType::Integer, AttrType::Integer],
+            )
+            .await?;
         let mut it = rows.into_iter().next().unwrap_or_default().into_iter();
         Ok((it.next().map_or(0, take_int), it.next().map_or(0, take_int)))
     }
 
     pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
-        let sql = format!("DELETE FROM {} WHERE FAILURE_KEY = ?", self.t("io_login_failures"));
+        let sql = format!(
+            "DELETE FROM {} WHERE FAILURE_KEY = ?",
+            self.t("io_login_failures")
+        );
         self.exec(&sql, &[text(key)]).await?;
         Ok(())
     }

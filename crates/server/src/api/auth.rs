@@ -55,7 +55,9 @@ pub async fn post_auth(
         .and_then(parse_token)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let req: AuthRequest = parse_json(&body, true)?;
-    let org = req.org_uid.unwrap_or_else(|| state.config.default_org.clone());
+    let org = req
+        .org_uid
+        .unwrap_or_else(|| state.config.default_org.clone());
 
     let now = Utc::now();
     let now_us = now.timestamp_micros();
@@ -65,7 +67,9 @@ pub async fn post_auth(
         let (count, newest) = state.store.login_failures(key, now_us - window_us).await?;
         if count >= state.config.login_max_failures {
             let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
-            return Err(ApiError::TooManyRequests { retry_after_secs: retry.unsigned_abs() });
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: retry.unsigned_abs(),
+            });
         }
     }
 
@@ -77,7 +81,10 @@ pub async fn post_auth(
         Some(u) if password_ok && u.may_log_in(now.date_naive()) => u,
         _ => {
             for key in &keys {
-                state.store.record_login_failure(key, now_us, now_us - window_us).await?;
+                state
+                    .store
+                    .record_login_failure(key, now_us, now_us - window_us)
+                    .await?;
             }
             tracing::info!(org = %org, user = %creds.user_name, "login refused");
             return Err(ApiError::AccessDenied(LOGIN_DENIED.into()));
@@ -119,20 +126,30 @@ pub async fn post_auth(
     }))
 }
 
-pub async fn post_logout(State(state): State<AppState>, authed: Authed) -> ApiResult<Json<serde_json::Value>> {
+pub async fn post_logout(
+    State(state): State<AppState>,
+    authed: Authed,
+) -> ApiResult<Json<serde_json::Value>> {
     state.store.delete_session(authed.session_id()).await?;
     state.tokens.forget(&authed.token);
     Ok(Json(serde_json::json!({"status": "OK"})))
 }
 
-pub async fn get_session(State(state): State<AppState>, authed: Authed) -> ApiResult<Json<AuthResponse>> {
+pub async fn get_session(
+    State(state): State<AppState>,
+    authed: Authed,
+) -> ApiResult<Json<AuthResponse>> {
     let user = state
         .store
         .find_user(authed.org_uid(), authed.user_name())
         .await?
         .ok_or_else(|| ApiError::Unauthorized("the user no longer exists".into()))?;
     let mut roles: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (app, role) in state.store.user_roles(authed.org_uid(), authed.user_name()).await? {
+    for (app, role) in state
+        .store
+        .user_roles(authed.org_uid(), authed.user_name())
+        .await?
+    {
         roles.entry(app).or_default().push(role);
     }
     Ok(Json(AuthResponse {

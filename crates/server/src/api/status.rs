@@ -22,11 +22,18 @@ pub async fn get_status(State(state): State<AppState>) -> impl IntoResponse {
         "database": if db_ok { "OK" } else { "ERROR" },
         "cache": "DISABLED",
     });
-    let code = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body))
 }
 
 pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render(state.store.db.pool_stats(), state.started.elapsed().as_secs_f64());
+    let text = state.metrics.render(
+        state.store.db.pool_stats(),
+        state.started.elapsed().as_secs_f64(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

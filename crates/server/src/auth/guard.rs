@@ -120,10 +120,16 @@ impl FromRequestParts<AppState> for Authed {
             if !same(&entry.claims.csrf, &csrf) {
                 return Err(unauthorized("the csrf token does not match the session"));
             }
-            return Ok(Authed { token, claims: entry.claims.clone() });
+            return Ok(Authed {
+                token,
+                claims: entry.claims.clone(),
+            });
         }
 
-        let claims = state.keys.verify(&token, now.timestamp()).map_err(|e| unauthorized(&e.to_string()))?;
+        let claims = state
+            .keys
+            .verify(&token, now.timestamp())
+            .map_err(|e| unauthorized(&e.to_string()))?;
         if !same(&claims.csrf, &csrf) {
             return Err(unauthorized("the csrf token does not match the session"));
         }
@@ -151,10 +157,13 @@ impl FromRequestParts<AppState> for Authed {
         if now_us - s.last_seen_at > 60_000_000 {
             state.store.touch_session(&s.session_id, now_us).await?;
         }
-        state
-            .tokens
-            .cache
-            .insert(token.clone(), Arc::new(Entry { claims: claims.clone(), checked_at: Instant::now() }));
+        state.tokens.cache.insert(
+            token.clone(),
+            Arc::new(Entry {
+                claims: claims.clone(),
+                checked_at: Instant::now(),
+            }),
+        );
         Ok(Authed { token, claims })
     }
 }

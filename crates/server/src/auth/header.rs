@@ -36,13 +36,18 @@ fn strip_scheme<'a>(value: &'a str, scheme: &'static str) -> Result<&'a str, Hea
 /// `Token <base64(userName:password)>`. The password may itself contain `:`.
 pub fn parse_token(value: &str) -> Result<BasicCredentials, HeaderError> {
     let encoded = strip_scheme(value, "Token")?;
-    let bytes = STANDARD.decode(encoded.trim()).map_err(|_| HeaderError::Base64)?;
+    let bytes = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| HeaderError::Base64)?;
     let text = String::from_utf8(bytes).map_err(|_| HeaderError::Format)?;
     let (user, password) = text.split_once(':').ok_or(HeaderError::Format)?;
     if user.is_empty() {
         return Err(HeaderError::Format);
     }
-    Ok(BasicCredentials { user_name: user.to_string(), password: password.to_string() })
+    Ok(BasicCredentials {
+        user_name: user.to_string(),
+        password: password.to_string(),
+    })
 }
 
 /// `Bearer <jwt>`.
@@ -77,9 +82,17 @@ mod tests {
     fn token_header_cases() {
         assert_eq!(
             parse_token(&token("steve:pa:ss")).unwrap(),
-            BasicCredentials { user_name: "steve".into(), password: "pa:ss".into() }
+            BasicCredentials {
+                user_name: "steve".into(),
+                password: "pa:ss".into()
+            }
         );
-        assert_eq!(parse_token(&format!("token  {}", STANDARD.encode("a:b"))).unwrap().user_name, "a");
+        assert_eq!(
+            parse_token(&format!("token  {}", STANDARD.encode("a:b")))
+                .unwrap()
+                .user_name,
+            "a"
+        );
         assert_eq!(parse_token("Basic abc"), Err(HeaderError::Scheme("Token")));
         assert_eq!(parse_token("Token"), Err(HeaderError::Scheme("Token")));
         assert_eq!(parse_token("Token !!!"), Err(HeaderError::Base64));

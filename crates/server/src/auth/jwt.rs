@@ -49,7 +49,11 @@ impl Keys {
         validation.set_required_spec_claims(&["exp", "iat", "sub"]);
         let mut decoding = vec![DecodingKey::from_secret(current)];
         decoding.extend(previous.iter().map(|p| DecodingKey::from_secret(p)));
-        Keys { encoding: EncodingKey::from_secret(current), decoding, validation }
+        Keys {
+            encoding: EncodingKey::from_secret(current),
+            decoding,
+            validation,
+        }
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
@@ -108,8 +112,14 @@ mod tests {
     fn round_trip_and_rotation() {
         let old = Keys::new(b"old-secret-old-secret-old-secret", &[]);
         let token = old.sign(&claims(now())).unwrap();
-        let rotated = Keys::new(b"new-secret-new-secret-new-secret", &[b"old-secret-old-secret-old-secret"]);
-        assert_eq!(rotated.verify(&token, now()).unwrap(), claims(token_iat(&token)));
+        let rotated = Keys::new(
+            b"new-secret-new-secret-new-secret",
+            &[b"old-secret-old-secret-old-secret"],
+        );
+        assert_eq!(
+            rotated.verify(&token, now()).unwrap(),
+            claims(token_iat(&token))
+        );
         let forgotten = Keys::new(b"new-secret-new-secret-new-secret", &[]);
         assert_eq!(forgotten.verify(&token, now()), Err(JwtError::Invalid));
     }
@@ -128,11 +138,20 @@ mod tests {
         let payload = parts[1];
         let none = format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
         assert_eq!(keys.verify(&none, now()), Err(JwtError::Invalid));
-        let hs512 = format!("{}.{payload}.{}", B64.encode(r#"{"alg":"HS512","typ":"JWT"}"#), parts[2]);
+        let hs512 = format!(
+            "{}.{payload}.{}",
+            B64.encode(r#"{"alg":"HS512","typ":"JWT"}"#),
+            parts[2]
+        );
         assert_eq!(keys.verify(&hs512, now()), Err(JwtError::Invalid));
         let mut c = claims(now());
         c.sub = "root".into();
-        let tampered = format!("{}.{}.{}", parts[0], B64.encode(serde_json::to_string(&c).unwrap()), parts[2]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(serde_json::to_string(&c).unwrap()),
+            parts[2]
+        );
         assert_eq!(keys.verify(&tampered, now()), Err(JwtError::Invalid));
     }
 
@@ -142,10 +161,19 @@ mod tests {
         let n = now();
         let mut c = claims(n - 7200);
         c.exp = n - 10;
-        assert!(keys.verify(&keys.sign(&c).unwrap(), n).is_ok(), "within skew");
+        assert!(
+            keys.verify(&keys.sign(&c).unwrap(), n).is_ok(),
+            "within skew"
+        );
         c.exp = n - 31;
-        assert_eq!(keys.verify(&keys.sign(&c).unwrap(), n), Err(JwtError::Expired));
+        assert_eq!(
+            keys.verify(&keys.sign(&c).unwrap(), n),
+            Err(JwtError::Expired)
+        );
         let c = claims(n + 60);
-        assert_eq!(keys.verify(&keys.sign(&c).unwrap(), n), Err(JwtError::IssuedInFuture));
+        assert_eq!(
+            keys.verify(&keys.sign(&c).unwrap(), n),
+            Err(JwtError::IssuedInFuture)
+        );
     }
 }

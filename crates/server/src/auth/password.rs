@@ -21,7 +21,10 @@ impl Hasher {
             None,
         )
         .map_err(|e| format!("argon2 parameters: {e}"))?;
-        let mut h = Hasher { params, dummy_hash: String::new() };
+        let mut h = Hasher {
+            params,
+            dummy_hash: String::new(),
+        };
         h.dummy_hash = h.hash_blocking("not a real password")?;
         Ok(h)
     }
@@ -55,7 +58,10 @@ impl Hasher {
         tokio::task::spawn_blocking(move || {
             let real = hash.is_some();
             let hash = hash.unwrap_or_else(|| this.dummy_hash.clone());
-            let ok = this.argon().verify_password(password.as_bytes(), hash.as_str()).is_ok();
+            let ok = this
+                .argon()
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok();
             ok && real
         })
         .await

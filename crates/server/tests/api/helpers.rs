@@ -1,0 +1,303 @@
+//! `TestApp`: a real server on port 0 over a fresh database (a temporary SQLite directory, or a
+//! new PostgreSQL database on the server named by `CLOUDIO_TEST_DATABASE_URL`), with typed
+//! request helpers and personas.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use server::{AppState, Config, Secret, Server};
+use tokio::sync::{Notify, oneshot};
+
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0001";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body against each database.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(Kind::Postgres).await
+            }
+        }
+    };
+}
+
+/// A fresh, empty database; dropped (PostgreSQL) or deleted (SQLite) by [`TestDb::drop_db`].
+pub struct TestDb {
+    pub dir: tempfile::TempDir,
+    pub url: Option<String>,
+    name: Option<String>,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("CLOUDIO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl TestDb {
+    pub async fn new(kind: Kind) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match kind {
+            Kind::Sqlite => TestDb {
+                dir,
+                url: None,
+                name: None,
+            },
+            Kind::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("cloudio_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for tests: {e}"));
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+                )
+                .await
+                .expect("create database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(b, _)| b)
+                    .to_string();
+                TestDb {
+                    dir,
+                    url: Some(format!("{base}/{name}")),
+                    name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: self.dir.path().to_path_buf(),
+            database_url: self.url.clone(),
+            max_connections: 8,
+            jwt_secret: Some(Secret::new(JWT_SECRET)),
+            body_limit_bytes: 64 * 1024,
+            ..Config::default()
+        }
+    }
+
+    pub async fn drop_db(self) {
+        if let Some(name) = &self.name {
+            if let Ok(mut conn) =
+                <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await
+            {
+                let _ = sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Routes only tests have: a handler that panics, and one that waits until released.
+pub struct TestRoutes {
+    pub slow_started: Arc<Notify>,
+    pub slow_release: Arc<Notify>,
+}
+
+async fn panics() -> &'static str {
+    panic!("deliberate test panic with secret detail")
+}
+
+fn test_routes(t: &TestRoutes) -> axum::Router<AppState> {
+    let started = t.slow_started.clone();
+    let release = t.slow_release.clone();
+    server::router::routes()
+        .route("/test/panic", get(panics))
+        .route(
+            "/test/slow",
+            get(move || {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        )
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub routes: TestRoutes,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub db: Option<TestDb>,
+}
+
+pub struct Login {
+    pub body: Value,
+    pub jwt: String,
+    pub csrf: String,
+}
+
+pub fn token_header(user: &str, password: &str) -> String {
+    format!("Token {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+impl TestApp {
+    pub async fn spawn(kind: Kind) -> TestApp {
+        let db = TestDb::new(kind).await;
+        let config = db.config();
+        Self::spawn_on(db, config).await
+    }
+
+    pub async fn spawn_on(db: TestDb, config: Config) -> TestApp {
+        let mut app = Self::spawn_with(config).await;
+        app.db = Some(db);
+        app
+    }
+
+    /// A server over an existing database (a second node, or a changed configuration).
+    pub async fn spawn_with(config: Config) -> TestApp {
+        let routes = TestRoutes {
+            slow_started: Arc::new(Notify::new()),
+            slow_release: Arc::new(Notify::new()),
+        };
+        let server =
+            Server::build_with_routes(config, Some(ADMIN_PASSWORD.into()), test_routes(&routes))
+                .await
+                .expect("server starts");
+        let addr = server.local_addr().expect("addr");
+        let state = server.state();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run_until(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            state,
+            routes,
+            shutdown: Some(tx),
+            handle,
+            db: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        let _ = (&mut self.handle).await;
+        if let Some(db) = self.db.take() {
+            db.drop_db().await;
+        }
+    }
+
+    pub async fn post_auth_raw(
+        &self,
+        header: Option<(&str, String)>,
+        body: &str,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url("/v1/auth"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn login_response(&self, user: &str, password: &str) -> (u16, Value) {
+        let r = self
+            .post_auth_raw(Some(("Authorization", token_header(user, password))), "{}")
+            .await;
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Login {
+        let (status, body) = self.login_response(user, password).await;
+        assert_eq!(status, 200, "login of {user} failed: {body}");
+        Login {
+            jwt: body["jwt"].as_str().expect("jwt").to_string(),
+            csrf: body["csrf"].as_str().expect("csrf").to_string(),
+            body,
+        }
+    }
+
+    pub async fn admin(&self) -> Login {
+        self.login("admin", ADMIN_PASSWORD).await
+    }
+
+    /// `GET /v1/session` with this JWT and csrf.
+    pub async fn session(&self, jwt: &str, csrf: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(&format!("/v1/session?csrf={csrf}")))
+            .header("Authorization", format!("Bearer {jwt}"))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    /// Creates an enabled user with a password.
+    pub async fn create_user(&self, user: &str, password: &str) {
+        let hash = self.state.hasher.hash(password.into()).await.expect("hash");
+        self.state
+            .store
+            .create_user(&store::NewUser {
+                org_uid: "cloudio",
+                user_name: user,
+                display_name: Some(user),
+                email_address: Some(&format!("{user}@example.com")),
+                password_hash: &hash,
+                created_by: "test",
+            })
+            .await
+            .expect("create user");
+    }
+}
+
+/// Asserts the platform's error envelope with this status.
+pub fn assert_envelope(status: u16, body: &Value, expected: u16) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["code"], json!(expected), "{body}");
+    assert_eq!(body["status"], "ERROR", "{body}");
+    assert!(
+        body["title"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+}

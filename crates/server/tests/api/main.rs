@@ -1,0 +1,10 @@
+//! API tests: one binary, every test on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod errors;
+mod guard;
+mod lifecycle;
+mod rate_limit;
