@@ -1,0 +1,77 @@
+# Sourced by scripts/test.sh and bench scripts: makes sure the services the tests need are
+# reachable, starting private ones on loopback when the machine has none.
+#
+# ensure_postgres: exports CLOUDIO_TEST_DATABASE_URL (an admin URL; tests create a fresh
+#   database per test). Uses $CLOUDIO_TEST_DATABASE_URL if set, else a server on
+#   127.0.0.1:5432 if one answers, else a temporary cluster (initdb + pg_ctl) in a temp dir on
+#   a free port, stopped when the calling shell exits. Installs PostgreSQL from Debian if absent.
+# ensure_node: installs Node.js from Debian if `node` is missing.
+
+_cloudio_cleanup=()
+_cloudio_on_exit() {
+    local cmd
+    for cmd in "${_cloudio_cleanup[@]}"; do eval "$cmd" || true; done
+}
+trap _cloudio_on_exit EXIT
+
+_as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+_apt_install() {
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+    fi
+}
+
+_pg_answers() {
+    python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+# An SSLRequest: a PostgreSQL server answers with one byte, 'S' or 'N'.
+s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+sys.exit(0 if s.recv(1) in (b"S", b"N") else 1)
+PY
+}
+
+ensure_postgres() {
+    if [ -n "${CLOUDIO_TEST_DATABASE_URL:-}" ]; then return 0; fi
+    if [ -z "${CLOUDIO_TEST_PRIVATE_PG:-}" ] && _pg_answers 5432; then
+        export CLOUDIO_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+        echo "services: using PostgreSQL on 127.0.0.1:5432"
+        return 0
+    fi
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$bin" ]; then
+        echo "services: installing PostgreSQL from Debian"
+        _apt_install postgresql
+        bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    local dir port
+    dir=$(mktemp -d /tmp/cloudio-pg.XXXXXX)
+    port=$(_free_port)
+    if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
+    _as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 ||
+        { cat "$dir/initdb.log"; return 1; }
+    _as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null ||
+        { cat "$dir/server.log"; return 1; }
+    _cloudio_cleanup+=("_as_postgres '$bin/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'")
+    export CLOUDIO_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    echo "services: started a private PostgreSQL on 127.0.0.1:$port"
+}
+
+ensure_node() {
+    if ! command -v node >/dev/null 2>&1; then
+        echo "services: installing Node.js from Debian"
+        _apt_install nodejs
+    fi
+}
