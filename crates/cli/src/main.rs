@@ -183,12 +183,18 @@ async fn admin_tools(db: &DbArgs) -> Result<(store::Store, Hasher)> {
     let c = config(db)?;
     let store = server::startup::open_store(&c).await?;
     let hasher = Hasher::new(&c).map_err(anyhow::Error::msg)?;
-    server::startup::bootstrap(
+    let generated = server::startup::bootstrap(
         &store,
         &hasher,
         std::env::var("CLOUDIO_ADMIN_PASSWORD").ok().as_deref(),
     )
     .await?;
+    if let Some(p) = generated {
+        // The first command on a new database made `admin`: show its password now, or it is
+        // lost (a later `serve` finds `admin` present and prints nothing). On stderr, so that
+        // the output of `user list` stays data.
+        eprintln!("first start: user `admin` created with password: {p}");
+    }
     Ok((store, hasher))
 }
 
@@ -213,9 +219,8 @@ async fn main() -> Result<()> {
             if let Some(l) = listen {
                 c.listen = l;
             }
-            if !app_dirs.is_empty() || demo {
-                tracing::warn!("--app-dir and --demo are not implemented yet; ignoring them");
-            }
+            c.app_dirs = app_dirs;
+            c.demo = demo;
             let server = Server::build(c, std::env::var("CLOUDIO_ADMIN_PASSWORD").ok()).await?;
             if let Some(p) = &server.generated_admin_password {
                 // Printed once, never logged.
@@ -299,6 +304,11 @@ async fn main() -> Result<()> {
                 role,
             } => {
                 let (store, _) = admin_tools(&db).await?;
+                // The roles table refers to roles, not to users: check the user here, or a
+                // typo'd name would be granted silently.
+                if store.find_user(&db.org, &user).await?.is_none() {
+                    bail!("no user `{user}` in org `{}`", db.org);
+                }
                 store.grant_role(&db.org, &user, &app, &role, "cli").await?;
                 println!("granted `{role}` in `{app}` to `{user}`");
             }

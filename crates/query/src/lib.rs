@@ -19,6 +19,7 @@
 //!   read (not queryable, or write-only) behaves exactly like one that does not exist.
 
 pub mod compile;
+pub mod definition;
 pub mod error;
 mod filter;
 pub mod meta;
@@ -27,6 +28,7 @@ mod sql;
 pub mod value;
 
 pub use compile::{CompileOptions, Compiled, OutputColumn, Statement, compile_select};
+pub use definition::{AttributeDef, DatasourceDef};
 pub use error::QueryError;
 pub use meta::{AttrType, Attribute, Datasource, Dialect, KeyGeneration, SortDir};
 pub use parse::{AggFn, Aggregate, Filter, Op, Query, parse_query};

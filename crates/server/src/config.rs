@@ -55,6 +55,14 @@ pub struct Config {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub shutdown_grace_secs: u64,
+    /// `limit` when a query gives none, the largest accepted, and the deepest filter nesting.
+    pub query_default_limit: u64,
+    pub query_max_limit: u64,
+    pub query_max_depth: usize,
+    /// App directories loaded at start (`--app-dir`).
+    pub app_dirs: Vec<PathBuf>,
+    /// Also load the built-in demo app (`--demo`).
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -78,6 +86,11 @@ impl Default for Config {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             shutdown_grace_secs: 30,
+            query_default_limit: 100,
+            query_max_limit: 10_000,
+            query_max_depth: 32,
+            app_dirs: Vec::new(),
+            demo: false,
         }
     }
 }
@@ -109,6 +122,9 @@ impl Config {
         }
         if self.login_max_failures < 1 {
             problems.push("login_max_failures must be at least 1".into());
+        }
+        if self.query_default_limit > self.query_max_limit {
+            problems.push("query_default_limit must not exceed query_max_limit".into());
         }
         if self.max_connections == 0 {
             problems.push("max_connections must be at least 1".into());

@@ -90,6 +90,16 @@ impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         match e {
             store::StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            store::StoreError::Duplicate(_) => {
+                ApiError::Conflict("A row with the same key already exists.".into())
+            }
+            store::StoreError::Constraint(detail) => {
+                tracing::info!(%detail, "value rejected by the database");
+                ApiError::BadRequest(
+                    "A value was rejected by the database (type, length or a required value)."
+                        .into(),
+                )
+            }
             e => ApiError::Internal(e.to_string()),
         }
     }

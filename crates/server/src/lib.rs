@@ -7,7 +7,9 @@
 //! - no secret (password, hash, JWT secret) is logged or returned.
 
 pub mod api;
+pub mod apps;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{auth, status};
+use crate::api::{auth, data, status};
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;
@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/auth", post(auth::post_auth))
         .route("/v1/logout", post(auth::post_logout))
         .route("/v1/session", get(auth::get_session))
+        .route("/v1/api", post(data::post_api))
         .route("/v1/status", get(status::get_status))
         .route("/metrics", get(status::get_metrics))
 }

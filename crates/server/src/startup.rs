@@ -12,9 +12,11 @@ use axum::Router;
 use store::{Db, DbTarget, NewUser, Store};
 use tokio::net::TcpListener;
 
+use crate::apps::{AppSource, load_app};
 use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
 use crate::auth::password::Hasher;
+use crate::catalog::CatalogCell;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router;
@@ -36,6 +38,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("{0}")]
     Io(String),
+    #[error("cannot load apps:\n  - {}", .0.join("\n  - "))]
+    Apps(Vec<String>),
 }
 
 /// Opens the database named by the configuration and brings the platform's tables up to date.
@@ -65,6 +69,9 @@ pub async fn bootstrap(
     for (uid, name) in PLATFORM_ROLES {
         store.ensure_role(PLATFORM_APP, uid, name).await?;
     }
+    load_app(store, PLATFORM_ORG, &AppSource::platform())
+        .await
+        .map_err(StartError::Apps)?;
     if store.count_users().await? > 0 {
         return Ok(None);
     }
@@ -101,6 +108,40 @@ pub async fn bootstrap(
         .await?;
     tracing::info!("first start: created org, app, roles and user `admin`");
     Ok(generated.then_some(password))
+}
+
+/// Loads the demo app (`--demo`, granting its role to `admin`) and every `--app-dir`, reporting
+/// all problems at once. On SQLite the pool is reopened so new app databases are attached.
+async fn load_apps(store: Store, config: &Config) -> Result<Store, StartError> {
+    if !config.demo && config.app_dirs.is_empty() {
+        return Ok(store);
+    }
+    let dialect = store.dialect();
+    let mut problems = Vec::new();
+    if config.demo {
+        match load_app(&store, PLATFORM_ORG, &AppSource::demo(dialect)).await {
+            Ok(app) => {
+                store
+                    .grant_role(PLATFORM_ORG, "admin", &app, "demo_user", "system")
+                    .await?
+            }
+            Err(p) => problems.extend(p.into_iter().map(|p| format!("demo: {p}"))),
+        }
+    }
+    for dir in &config.app_dirs {
+        let loaded = match AppSource::read_dir(dir, dialect) {
+            Ok(src) => load_app(&store, PLATFORM_ORG, &src).await,
+            Err(p) => Err(p),
+        };
+        match loaded {
+            Ok(app) => tracing::info!(app = %app, dir = %dir.display(), "app loaded"),
+            Err(p) => problems.extend(p.into_iter().map(|p| format!("{}: {p}", dir.display()))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StartError::Apps(problems));
+    }
+    Ok(Store::new(store.db.reopen(config.max_connections).await?))
 }
 
 /// `n` random bytes as URL-safe text.
@@ -190,6 +231,9 @@ impl Server {
         };
         let generated_admin_password =
             bootstrap(&store, &hasher, admin_password.as_deref()).await?;
+        let store = load_apps(store, &config).await?;
+        let catalog = CatalogCell::default();
+        catalog.reload(&store).await?;
         let secret = jwt_secret(&config)?;
         let previous: Vec<&[u8]> = config
             .jwt_previous_secrets
@@ -211,6 +255,7 @@ impl Server {
             keys,
             hasher,
             tokens,
+            catalog,
             metrics: Metrics::default(),
             started,
         });

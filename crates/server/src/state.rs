@@ -9,6 +9,7 @@ use store::Store;
 use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
 use crate::auth::password::Hasher;
+use crate::catalog::CatalogCell;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -21,6 +22,7 @@ pub struct Inner {
     pub keys: Keys,
     pub hasher: Hasher,
     pub tokens: TokenCache,
+    pub catalog: CatalogCell,
     pub metrics: Metrics,
     pub started: Instant,
 }

@@ -106,6 +106,18 @@ impl Db {
         }
     }
 
+    /// A new pool on the same database. On SQLite this attaches app databases created since
+    /// the pool was opened; the old pool is closed.
+    pub async fn reopen(self, max_connections: u32) -> Result<Db> {
+        match self {
+            Db::Sqlite { pool, dir } => {
+                pool.close().await;
+                Db::connect(&DbTarget::SqliteDir(dir), max_connections).await
+            }
+            db => Ok(db),
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         match self {
             Db::Sqlite { .. } => Dialect::Sqlite,

@@ -1,6 +1,7 @@
 //! Handlers, one module per resource, named `verb_noun`.
 
 pub mod auth;
+pub mod data;
 pub mod status;
 
 use axum::body::Bytes;

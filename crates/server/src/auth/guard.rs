@@ -29,6 +29,8 @@ use crate::state::AppState;
 pub struct Authed {
     pub token: String,
     pub claims: Claims,
+    /// `(appUid, roleUid)` pairs the user holds, as of the last check.
+    pub roles: Arc<Vec<(String, String)>>,
 }
 
 impl Authed {
@@ -46,6 +48,7 @@ impl Authed {
 #[derive(Debug)]
 struct Entry {
     claims: Claims,
+    roles: Arc<Vec<(String, String)>>,
     checked_at: Instant,
 }
 
@@ -123,6 +126,7 @@ impl FromRequestParts<AppState> for Authed {
             return Ok(Authed {
                 token,
                 claims: entry.claims.clone(),
+                roles: entry.roles.clone(),
             });
         }
 
@@ -157,14 +161,18 @@ impl FromRequestParts<AppState> for Authed {
         if now_us - s.last_seen_at > 60_000_000 {
             state.store.touch_session(&s.session_id, now_us).await?;
         }
-        state.tokens.cache.insert(
-            token.clone(),
-            Arc::new(Entry {
-                claims: claims.clone(),
-                checked_at: Instant::now(),
-            }),
-        );
-        Ok(Authed { token, claims })
+        let roles = Arc::new(state.store.user_roles(&claims.org_uid, &claims.sub).await?);
+        let entry = Entry {
+            claims: claims.clone(),
+            roles: roles.clone(),
+            checked_at: Instant::now(),
+        };
+        state.tokens.cache.insert(token.clone(), Arc::new(entry));
+        Ok(Authed {
+            token,
+            claims,
+            roles,
+        })
     }
 }
 

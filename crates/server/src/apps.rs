@@ -1,0 +1,274 @@
+//! Loading an app: its new migrations first, then its metadata, validated and stored.
+//!
+//! An app comes from a directory (`serve --app-dir DIR`) or is built in (the platform's own
+//! `cloudio` app, the `demo` app). Layout:
+//! ```text
+//! app.json                     {"appUid", "name", "description"}
+//! datasources/<Name>.json      one datasource
+//! roles.json                   {"roles": [{"roleUid", "name", "grants": {"<ds>": ["query", ...]}}]}
+//! migrations/io_*.sql          for every database
+//! migrations/<dialect>/io_*.sql   for one database only (sqlite, postgres, mysql)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use query::{DatasourceDef, Dialect};
+use serde::Deserialize;
+use store::migrate::Migration;
+use store::{AppMetadata, RoleGrants, Store};
+
+use crate::catalog::Action;
+
+/// An app's files, read from disk or built in.
+#[derive(Debug, Clone, Default)]
+pub struct AppSource {
+    pub app_json: String,
+    /// (file name, text)
+    pub datasources: Vec<(String, String)>,
+    pub roles_json: Option<String>,
+    pub migrations: Vec<Migration>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AppJson {
+    app_uid: String,
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesJson {
+    roles: Vec<RoleJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RoleJson {
+    role_uid: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    grants: BTreeMap<String, Vec<String>>,
+}
+
+fn dialect_dir(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "sqlite",
+        Dialect::Postgres => "postgres",
+        Dialect::Mysql => "mysql",
+    }
+}
+
+impl AppSource {
+    /// Reads an app directory. Migrations: the shared folder plus the dialect's own.
+    pub fn read_dir(dir: &Path, dialect: Dialect) -> Result<AppSource, Vec<String>> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| vec![format!("{}: {e}", p.display())])
+        };
+        let app_json = read(&dir.join("app.json"))?;
+        let mut datasources = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir.join("datasources")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".json") {
+                    datasources.push((format!("datasources/{name}"), read(&e.path())?));
+                }
+            }
+        }
+        datasources.sort();
+        let roles_path = dir.join("roles.json");
+        let roles_json = if roles_path.exists() {
+            Some(read(&roles_path)?)
+        } else {
+            None
+        };
+        let mut migrations =
+            store::migrate::read_dir(&dir.join("migrations")).map_err(|e| vec![e.to_string()])?;
+        migrations.extend(
+            store::migrate::read_dir(&dir.join("migrations").join(dialect_dir(dialect)))
+                .map_err(|e| vec![e.to_string()])?,
+        );
+        migrations.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(AppSource {
+            app_json,
+            datasources,
+            roles_json,
+            migrations,
+        })
+    }
+
+    /// The built-in demo app.
+    pub fn demo(dialect: Dialect) -> AppSource {
+        let migration = match dialect {
+            Dialect::Postgres | Dialect::Mysql => include_str!(
+                "../../../apps/demo/migrations/postgres/io_20261128000100_create_employees.sql"
+            ),
+            Dialect::Sqlite => include_str!(
+                "../../../apps/demo/migrations/sqlite/io_20261128000100_create_employees.sql"
+            ),
+        };
+        AppSource {
+            app_json: include_str!("../../../apps/demo/app.json").into(),
+            datasources: vec![(
+                "datasources/Employees.json".into(),
+                include_str!("../../../apps/demo/datasources/Employees.json").into(),
+            )],
+            roles_json: Some(include_str!("../../../apps/demo/roles.json").into()),
+            migrations: vec![Migration {
+                name: "io_20261128000100_create_employees.sql".into(),
+                sql: migration.into(),
+            }],
+        }
+    }
+
+    /// The platform's own datasources over its tables (their migrations are the platform's).
+    pub fn platform() -> AppSource {
+        let ds = |name: &str, text: &str| (format!("datasources/{name}.json"), text.to_string());
+        AppSource {
+            app_json: include_str!("../platform-app/app.json").into(),
+            datasources: vec![
+                ds(
+                    "IoUsers",
+                    include_str!("../platform-app/datasources/IoUsers.json"),
+                ),
+                ds(
+                    "IoRoles",
+                    include_str!("../platform-app/datasources/IoRoles.json"),
+                ),
+                ds(
+                    "IoUserRoles",
+                    include_str!("../platform-app/datasources/IoUserRoles.json"),
+                ),
+                ds(
+                    "IoDatasources",
+                    include_str!("../platform-app/datasources/IoDatasources.json"),
+                ),
+            ],
+            roles_json: Some(include_str!("../platform-app/roles.json").into()),
+            migrations: Vec::new(),
+        }
+    }
+}
+
+/// Runs the app's new migrations, then validates and stores its metadata. Every problem is
+/// reported at once, each naming its file and field. Returns the app uid.
+pub async fn load_app(
+    store: &Store,
+    org_uid: &str,
+    src: &AppSource,
+) -> Result<String, Vec<String>> {
+    let app: AppJson =
+        serde_json::from_str(&src.app_json).map_err(|e| vec![format!("app.json: {e}")])?;
+    if !query::meta::is_identifier(&store::migrate::app_schema(&app.app_uid)) {
+        return Err(vec![format!(
+            "app.json: `appUid`: `{}` must be letters, digits, `_` or `-`",
+            app.app_uid
+        )]);
+    }
+    store::migrate::run(&store.db, &app.app_uid, &src.migrations)
+        .await
+        .map_err(|e| vec![format!("migrations: {e}")])?;
+
+    let mut problems = Vec::new();
+    let mut datasources = Vec::new();
+    let schema = store.schema_of(&app.app_uid);
+    for (file, text) in &src.datasources {
+        let def = match DatasourceDef::parse(file, text) {
+            Ok(d) => d,
+            Err(p) => {
+                problems.extend(p);
+                continue;
+            }
+        };
+        if Path::new(file).file_stem().and_then(|s| s.to_str()) != Some(def.name.as_str()) {
+            problems.push(format!(
+                "{file}: `name`: `{}` must match the file name",
+                def.name
+            ));
+        }
+        let ds = match def.resolve(file, &app.app_uid, Some(&schema)) {
+            Ok(ds) => ds,
+            Err(p) => {
+                problems.extend(p);
+                continue;
+            }
+        };
+        match store.table_columns(&app.app_uid, &ds.table).await {
+            Ok(None) => problems.push(format!(
+                "{file}: `table`: table `{}` does not exist",
+                ds.table
+            )),
+            Ok(Some(cols)) => {
+                for a in &ds.attributes {
+                    if !cols.contains(&a.column.to_ascii_uppercase()) {
+                        problems.push(format!(
+                            "{file}: attribute `{}`: column `{}` does not exist in table `{}`",
+                            a.code, a.column, ds.table
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{file}: cannot inspect table `{}`: {e}", ds.table)),
+        }
+        let canonical = serde_json::to_string(&def).unwrap_or_default();
+        datasources.push((def.name.clone(), canonical));
+    }
+    let mut roles = Vec::new();
+    if let Some(text) = &src.roles_json {
+        match serde_json::from_str::<RolesJson>(text) {
+            Err(e) => problems.push(format!("roles.json: {e}")),
+            Ok(r) => {
+                for (i, role) in r.roles.into_iter().enumerate() {
+                    if !query::meta::is_identifier(&role.role_uid) {
+                        problems.push(format!(
+                            "roles.json: `roles[{i}].roleUid`: `{}` is not valid",
+                            role.role_uid
+                        ));
+                    }
+                    let mut grants = Vec::new();
+                    for (ds, actions) in role.grants {
+                        if !datasources.iter().any(|(n, _)| n == &ds) {
+                            problems.push(format!(
+                                "roles.json: `roles[{i}].grants.{ds}`: unknown datasource"
+                            ));
+                        }
+                        for a in actions {
+                            if Action::from_name(&a).is_none() {
+                                problems.push(format!(
+                                    "roles.json: `roles[{i}].grants.{ds}`: unknown action `{a}` (query, insert, update, delete)"
+                                ));
+                            }
+                            grants.push((ds.clone(), a));
+                        }
+                    }
+                    let name = role.name.unwrap_or_else(|| role.role_uid.clone());
+                    roles.push(RoleGrants {
+                        role_uid: role.role_uid,
+                        name,
+                        grants,
+                    });
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let meta = AppMetadata {
+        app_uid: app.app_uid.clone(),
+        org_uid: org_uid.to_string(),
+        name: app.name,
+        description: app.description,
+        datasources,
+        roles,
+    };
+    store
+        .replace_app_metadata(&meta, "system")
+        .await
+        .map_err(|e| vec![format!("storing metadata: {e}")])?;
+    Ok(app.app_uid)
+}

@@ -1,0 +1,249 @@
+//! Apps, datasource definitions, roles and grants, as stored in the platform tables.
+
+use chrono::Utc;
+use query::{AttrType, Dialect, Value};
+
+use crate::db::{Db, Tx, open_sqlite_file, portable};
+use crate::error::Result;
+use crate::migrate::app_schema;
+use crate::platform::Store;
+
+/// Everything an app declares, ready to be stored.
+#[derive(Debug, Clone, Default)]
+pub struct AppMetadata {
+    pub app_uid: String,
+    pub org_uid: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// (datasource name, definition as JSON text)
+    pub datasources: Vec<(String, String)>,
+    pub roles: Vec<RoleGrants>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RoleGrants {
+    pub role_uid: String,
+    pub name: String,
+    /// (datasource, action)
+    pub grants: Vec<(String, String)>,
+}
+
+/// All stored metadata, for building the in-memory catalog.
+#[derive(Debug, Clone, Default)]
+pub struct StoredMetadata {
+    /// (app, datasource name, definition JSON text)
+    pub datasources: Vec<(String, String, String)>,
+    /// (app, role, datasource, action)
+    pub grants: Vec<(String, String, String, String)>,
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn texts(row: Vec<Value>) -> Vec<String> {
+    row.into_iter()
+        .map(|v| match v {
+            Value::Text(s) => s,
+            _ => String::new(),
+        })
+        .collect()
+}
+
+impl Store {
+    /// The schema (PostgreSQL) or attached database (SQLite) holding an app's tables.
+    pub fn schema_of(&self, app_uid: &str) -> String {
+        match (self.dialect(), app_uid) {
+            (Dialect::Sqlite, "cloudio") => "main".into(),
+            _ => app_schema(app_uid),
+        }
+    }
+
+    /// Replaces an app's metadata in one transaction: the app row, its datasources, its roles
+    /// (added or renamed; roles no longer declared are kept, since users may hold them) and all
+    /// of its grants.
+    pub async fn replace_app_metadata(&self, m: &AppMetadata, by: &str) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let d = tx.dialect();
+        let now = self.who_now(Utc::now());
+        let who = |v: &mut Vec<Value>| {
+            v.extend([text(by), now.clone(), text(by), now.clone()]);
+        };
+        let mut params = vec![
+            text(&m.app_uid),
+            text(&m.org_uid),
+            text(&m.name),
+            m.description.as_deref().map_or(Value::Null, text),
+        ];
+        who(&mut params);
+        exec(
+            &mut tx,
+            d,
+            &format!(
+                "INSERT INTO {} (APP_UID, ORG_UID, NAME, DESCRIPTION, CREATED_BY, CREATION_DATE, \
+                 LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (APP_UID) DO UPDATE SET NAME = excluded.NAME, \
+                 DESCRIPTION = excluded.DESCRIPTION, LAST_UPDATED_BY = excluded.LAST_UPDATED_BY, \
+                 LAST_UPDATE_DATE = excluded.LAST_UPDATE_DATE",
+                self.t("io_apps")
+            ),
+            &params,
+        )
+        .await?;
+        exec(
+            &mut tx,
+            d,
+            &format!("DELETE FROM {} WHERE APP_UID = ?", self.t("io_datasources")),
+            &[text(&m.app_uid)],
+        )
+        .await?;
+        for (name, definition) in &m.datasources {
+            let mut params = vec![text(&m.app_uid), text(name), text(definition)];
+            who(&mut params);
+            exec(
+                &mut tx,
+                d,
+                &format!(
+                    "INSERT INTO {} (APP_UID, NAME, DEFINITION, CREATED_BY, CREATION_DATE, \
+                     LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    self.t("io_datasources")
+                ),
+                &params,
+            )
+            .await?;
+        }
+        exec(
+            &mut tx,
+            d,
+            &format!("DELETE FROM {} WHERE APP_UID = ?", self.t("io_role_grants")),
+            &[text(&m.app_uid)],
+        )
+        .await?;
+        for role in &m.roles {
+            let mut params = vec![text(&m.app_uid), text(&role.role_uid), text(&role.name)];
+            who(&mut params);
+            exec(
+                &mut tx,
+                d,
+                &format!(
+                    "INSERT INTO {} (APP_UID, ROLE_UID, NAME, CREATED_BY, CREATION_DATE, \
+                     LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (APP_UID, ROLE_UID) DO UPDATE SET NAME = excluded.NAME",
+                    self.t("io_roles")
+                ),
+                &params,
+            )
+            .await?;
+            for (ds, action) in &role.grants {
+                exec(
+                    &mut tx,
+                    d,
+                    &format!(
+                        "INSERT INTO {} (APP_UID, ROLE_UID, DATASOURCE, ACTION) VALUES (?, ?, ?, ?) \
+                         ON CONFLICT DO NOTHING",
+                        self.t("io_role_grants")
+                    ),
+                    &[text(&m.app_uid), text(&role.role_uid), text(ds), text(action)],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    pub async fn load_metadata(&self) -> Result<StoredMetadata> {
+        let d = self.dialect();
+        let rows = self
+            .db
+            .fetch_all(
+                &portable(
+                    d,
+                    &format!(
+                        "SELECT APP_UID, NAME, DEFINITION FROM {} ORDER BY APP_UID, NAME",
+                        self.t("io_datasources")
+                    ),
+                ),
+                &[],
+                &[AttrType::String; 3],
+            )
+            .await?;
+        let datasources = rows
+            .into_iter()
+            .map(|r| {
+                let mut t = texts(r).into_iter();
+                (
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let rows = self
+            .db
+            .fetch_all(
+                &format!(
+                    "SELECT APP_UID, ROLE_UID, DATASOURCE, ACTION FROM {}",
+                    self.t("io_role_grants")
+                ),
+                &[],
+                &[AttrType::String; 4],
+            )
+            .await?;
+        let grants = rows
+            .into_iter()
+            .map(|r| {
+                let mut t = texts(r).into_iter();
+                (
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Ok(StoredMetadata {
+            datasources,
+            grants,
+        })
+    }
+
+    /// Upper-cased column names of an app's table, or `None` if the table does not exist.
+    pub async fn table_columns(&self, app_uid: &str, table: &str) -> Result<Option<Vec<String>>> {
+        let rows = match &self.db {
+            Db::Postgres(_) => {
+                self.db
+                    .fetch_all(
+                        "SELECT upper(column_name) FROM information_schema.columns \
+                         WHERE table_schema = lower($1) AND table_name = lower($2)",
+                        &[text(&self.schema_of(app_uid)), text(table)],
+                        &[AttrType::String],
+                    )
+                    .await?
+            }
+            Db::Sqlite { dir, .. } => {
+                // The app's file may be new since the pool was opened: ask it directly.
+                let file = if app_uid == "cloudio" {
+                    dir.join("cloudio.db")
+                } else {
+                    dir.join(format!("{}.db", app_schema(app_uid)))
+                };
+                let mut conn = open_sqlite_file(&file).await?;
+                let rows = crate::db::Raw::Sqlite(&mut conn)
+                    .fetch_all(
+                        "SELECT upper(name) FROM pragma_table_info(?)",
+                        &[text(table)],
+                        &[AttrType::String],
+                    )
+                    .await;
+                sqlx::Connection::close(conn).await?;
+                rows?
+            }
+        };
+        let cols = texts(rows.into_iter().flatten().collect());
+        Ok(if cols.is_empty() { None } else { Some(cols) })
+    }
+}
+
+async fn exec(tx: &mut Tx, d: Dialect, sql: &str, params: &[Value]) -> Result<u64> {
+    tx.raw().execute(&portable(d, sql), params).await
+}
