@@ -88,9 +88,10 @@ WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999),
     (47, 'Wagner'),
     (48, 'Yilmaz'),
     (49, 'Zhang'))
-INSERT INTO EMPLOYEES (NAME, SALARY, ACTIVE, GENDER, JOIN_DATE, EMAIL_ADDRESS, BADGE,
+INSERT INTO EMPLOYEES (EMP_ID, NAME, SALARY, ACTIVE, GENDER, JOIN_DATE, EMAIL_ADDRESS, BADGE,
                        CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE)
-SELECT f.v || ' ' || l.v,
+SELECT n.i + 1,
+       f.v || ' ' || l.v,
        30000 + (n.i * 7919) % 90000,
        CASE WHEN n.i % 7 = 0 THEN 'N' ELSE 'Y' END,
        CASE WHEN n.i % 2 = 0 THEN 'F' ELSE 'M' END,
@@ -99,3 +100,4 @@ SELECT f.v || ' ' || l.v,
        'B' || lpad(n.i::text, 4, '0'),
        'system', TIMESTAMPTZ '2026-01-01 00:00:00+00', 'system', TIMESTAMPTZ '2026-01-01 00:00:00+00'
 FROM n JOIN f ON f.k = n.i % 20 JOIN l ON l.k = n.i / 20;
+SELECT setval(pg_get_serial_sequence('employees', 'emp_id'), 1000);
