@@ -26,6 +26,7 @@ pub mod meta;
 pub mod parse;
 mod sql;
 pub mod value;
+pub mod write;
 
 pub use compile::{CompileOptions, Compiled, OutputColumn, Statement, compile_select};
 pub use definition::{AttributeDef, DatasourceDef};
@@ -33,3 +34,6 @@ pub use error::QueryError;
 pub use meta::{AttrType, Attribute, Datasource, Dialect, KeyGeneration, SortDir};
 pub use parse::{AggFn, Aggregate, Filter, Op, Query, parse_query};
 pub use value::Value;
+pub use write::{
+    RowOp, WriteContext, WriteRow, compile_lookup, compile_write, parse_row, returning_columns,
+};

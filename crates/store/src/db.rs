@@ -139,6 +139,16 @@ impl Db {
         })
     }
 
+    /// A transaction that will write: on SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing when a
+    /// read transaction tries to upgrade.
+    pub async fn begin_write(&self) -> Result<Tx> {
+        Ok(match self {
+            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
         self.acquire().await?.raw().execute(sql, params).await
     }

@@ -544,6 +544,24 @@ impl Store {
         self.exec(&sql, &[text(org_uid), text(user_name)]).await
     }
 
+    /// Ends a user's sessions inside a caller's transaction.
+    pub async fn delete_user_sessions_in(
+        &self,
+        raw: &mut crate::db::Raw<'_>,
+        org_uid: &str,
+        user_name: &str,
+    ) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ?",
+            self.t("io_sessions")
+        );
+        raw.execute(
+            &portable(self.dialect(), &sql),
+            &[text(org_uid), text(user_name)],
+        )
+        .await
+    }
+
     /// Deletes sessions idle since `idle_before` or created before `created_before` (micros).
     pub async fn purge_sessions(&self, idle_before: i64, created_before: i64) -> Result<u64> {
         let sql = format!(

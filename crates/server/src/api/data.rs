@@ -1,15 +1,22 @@
-//! `POST /v1/api`: several aliases per request, each a query over one datasource.
+//! `POST /v1/api`: the body maps client-chosen aliases to a query or a post over one datasource.
 //!
-//! The body maps client-chosen aliases to `{"ds", "appUid"?, "query"}`. Every alias is resolved
-//! and checked before any SQL runs; then all run on one connection, in request order.
+//! Every alias is resolved, permission-checked, parsed and compiled before any SQL runs. Posts
+//! (aliases with `data`) run first, in request order, in one transaction; queries run after
+//! them, in the same transaction, and see their effect. Any failure rolls everything back.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use chrono::Utc;
-use query::{CompileOptions, Datasource, compile_select, parse_query};
+use query::{
+    AttrType, CompileOptions, Compiled, Datasource, RowOp, Value, WriteContext, WriteRow,
+    compile_lookup, compile_select, compile_write, parse_query, parse_row, returning_columns,
+};
 use serde_json::{Map, Value as Json};
+use store::Raw;
 
 use crate::api::parse_json;
 use crate::auth::guard::Authed;
@@ -17,13 +24,19 @@ use crate::catalog::{Action, Resolve};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// At most this many aliases in one request.
+/// At most this many aliases in one request, and rows in one post.
 pub const MAX_ALIASES: usize = 64;
+pub const MAX_ROWS: usize = 50_000;
 
-struct AliasQuery {
-    alias: String,
-    ds: std::sync::Arc<Datasource>,
-    compiled: query::Compiled,
+enum Work {
+    Query(Compiled),
+    Post(Vec<WriteRow>),
+}
+
+struct Alias {
+    name: String,
+    ds: Arc<Datasource>,
+    work: Work,
 }
 
 fn bad(alias: &str, msg: impl std::fmt::Display) -> ApiError {
@@ -36,14 +49,18 @@ fn denied(ds: &str) -> ApiError {
     ))
 }
 
-/// Finds the datasource an alias names and checks the user may perform `action` on it.
-pub fn resolve_alias(
+fn is_platform(ds: &Datasource, name: &str) -> bool {
+    ds.app_uid == crate::startup::PLATFORM_APP && ds.name == name
+}
+
+/// Finds the datasource an alias names and checks the user may perform each of `actions`.
+fn resolve_alias(
     state: &AppState,
     authed: &Authed,
     alias: &str,
     obj: &Map<String, Json>,
-    action: Action,
-) -> ApiResult<std::sync::Arc<Datasource>> {
+    actions: &[Action],
+) -> ApiResult<Arc<Datasource>> {
     let name = match obj.get("ds") {
         Some(Json::String(s)) => s.as_str(),
         Some(_) => return Err(bad(alias, "`ds` must be a string")),
@@ -68,10 +85,266 @@ pub fn resolve_alias(
             ));
         }
     };
-    if !catalog.allows(&authed.roles, &ds.app_uid, &ds.name, action) {
-        return Err(denied(name));
+    for action in actions {
+        if !catalog.allows(&authed.roles, &ds.app_uid, &ds.name, *action) {
+            return Err(denied(name));
+        }
     }
     Ok(ds)
+}
+
+/// Parses, checks and compiles one alias.
+fn plan_alias(
+    state: &AppState,
+    authed: &Authed,
+    opts: &CompileOptions,
+    alias: &str,
+    spec: &Json,
+) -> ApiResult<Alias> {
+    let Json::Object(obj) = spec else {
+        return Err(bad(
+            alias,
+            "must be an object with `ds` and `query` or `data`",
+        ));
+    };
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "ds" | "appUid" | "query" | "data") {
+            return Err(bad(alias, format!("unknown field `{key}`")));
+        }
+    }
+    match (obj.get("query"), obj.get("data")) {
+        (Some(_), Some(_)) => Err(bad(alias, "give either `query` or `data`, not both")),
+        (q, None) => {
+            let ds = resolve_alias(state, authed, alias, obj, &[Action::Query])?;
+            let q = parse_query(q.unwrap_or(&Json::Null)).map_err(|e| bad(alias, e))?;
+            let compiled = compile_select(&ds, &q, opts).map_err(|e| bad(alias, e))?;
+            Ok(Alias {
+                name: alias.to_string(),
+                ds,
+                work: Work::Query(compiled),
+            })
+        }
+        (None, Some(data)) => {
+            let Json::Array(rows) = data else {
+                return Err(bad(alias, "`data` must be an array of rows"));
+            };
+            if rows.len() > MAX_ROWS {
+                return Err(bad(alias, format!("at most {MAX_ROWS} rows per request")));
+            }
+            // Resolve first (403 before 400), with the actions the rows need.
+            let ops: HashSet<&str> = rows
+                .iter()
+                .filter_map(|r| r.get("_rs").and_then(Json::as_str))
+                .collect();
+            let actions: Vec<Action> = [
+                ("I", Action::Insert),
+                ("U", Action::Update),
+                ("D", Action::Delete),
+            ]
+            .into_iter()
+            .filter(|(code, _)| ops.contains(code))
+            .map(|(_, a)| a)
+            .collect();
+            let ds = resolve_alias(state, authed, alias, obj, &actions)?;
+            let rows = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| parse_row(&ds, r, i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(alias, e))?;
+            Ok(Alias {
+                name: alias.to_string(),
+                ds,
+                work: Work::Post(rows),
+            })
+        }
+    }
+}
+
+/// Replaces clear-text `password` values posted to `IoUsers` by their Argon2id hashes.
+async fn hash_passwords(state: &AppState, plan: &mut [Alias]) -> ApiResult<()> {
+    for a in plan.iter_mut() {
+        let Work::Post(rows) = &mut a.work else {
+            continue;
+        };
+        if !is_platform(&a.ds, "IoUsers") {
+            continue;
+        }
+        for row in rows.iter_mut() {
+            for (code, v) in row.values.iter_mut() {
+                if code == "password"
+                    && let Value::Text(clear) = v
+                {
+                    *v = Value::Text(state.hasher.hash(std::mem::take(clear)).await?);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_json_row(columns: &[query::OutputColumn], row: Vec<Value>) -> Json {
+    let mut m = Map::with_capacity(row.len() + 1);
+    for (col, v) in columns.iter().zip(row) {
+        m.insert(col.name.clone(), v.to_json());
+    }
+    m.insert("_rs".into(), Json::from("Q"));
+    Json::Object(m)
+}
+
+async fn run_query(raw: &mut Raw<'_>, compiled: &Compiled) -> ApiResult<Json> {
+    let types: Vec<AttrType> = compiled.columns.iter().map(|c| c.ty).collect();
+    let started = Instant::now();
+    let rows = raw
+        .fetch_all(&compiled.select.sql, &compiled.select.params, &types)
+        .await?;
+    let total = match &compiled.count {
+        Some(count) => {
+            let r = raw
+                .fetch_all(&count.sql, &count.params, &[AttrType::Integer])
+                .await?;
+            Some(
+                r.into_iter()
+                    .next()
+                    .and_then(|r| r.into_iter().next())
+                    .map_or(Json::from(0), |v| v.to_json()),
+            )
+        }
+        None => None,
+    };
+    let elapsed = started.elapsed().as_millis() as u64;
+    let fetched = rows.len();
+    let data: Vec<Json> = rows
+        .into_iter()
+        .map(|r| to_json_row(&compiled.columns, r))
+        .collect();
+    let mut result = Map::new();
+    result.insert("data".into(), Json::Array(data));
+    result.insert("queryElapsed".into(), Json::from(elapsed));
+    result.insert("rowsFetched".into(), Json::from(fetched));
+    if let Some(t) = total {
+        result.insert("totalCount".into(), t);
+    }
+    Ok(Json::Object(result))
+}
+
+fn describe_key(key: &[(String, Value)]) -> String {
+    key.iter()
+        .map(|(k, v)| format!("{k}={}", v.to_json()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Users whose sessions or roles a post changed; their cached tokens are dropped after commit.
+type Touched = Vec<(String, String)>;
+
+async fn run_post(
+    raw: &mut Raw<'_>,
+    state: &AppState,
+    authed: &Authed,
+    alias: &str,
+    ds: &Datasource,
+    rows: &[WriteRow],
+    touched: &mut Touched,
+) -> ApiResult<Json> {
+    let ctx = WriteContext {
+        dialect: raw.dialect(),
+        user: authed.user_name(),
+        now: Utc::now(),
+    };
+    let columns = returning_columns(ds);
+    let types: Vec<AttrType> = columns.iter().map(|c| c.ty).collect();
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let st = if row.op == RowOp::Insert && ds.key_generation == query::KeyGeneration::Uuid {
+            // The server makes the key; the compiler reads no randomness.
+            let mut row = row.clone();
+            for k in &ds.primary_key {
+                row.values
+                    .push((k.clone(), Value::Text(uuid::Uuid::new_v4().to_string())));
+            }
+            compile_write(ds, &row, &ctx)
+        } else {
+            compile_write(ds, row, &ctx)
+        }
+        .map_err(|e| bad(alias, e))?;
+        let returned = raw
+            .fetch_all(&st.sql, &st.params, &types)
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::BadRequest(m) => bad(alias, format!("row {i}: {m}")),
+                ApiError::Conflict(m) => ApiError::Conflict(format!("{alias}: row {i}: {m}")),
+                e => e,
+            })?;
+        let Some(stored) = returned.into_iter().next() else {
+            // Nothing matched key and lastUpdateDate: the row is gone, or it changed.
+            let lookup = compile_lookup(ds, &row.key, ctx.dialect).map_err(|e| bad(alias, e))?;
+            let exists = !raw
+                .fetch_all(&lookup.sql, &lookup.params, &[AttrType::DateTime])
+                .await?
+                .is_empty();
+            let key = describe_key(&row.key);
+            return Err(if exists {
+                ApiError::Conflict(format!(
+                    "{alias}: row {i} ({key}) was changed by someone else since the given lastUpdateDate; query it again"
+                ))
+            } else {
+                ApiError::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
+            });
+        };
+        let json = to_json_row(&columns, stored);
+        platform_effects(raw, state, ds, row, &json, touched).await?;
+        out.push(json);
+    }
+    let mut result = Map::new();
+    let posted = out.len();
+    result.insert("data".into(), Json::Array(out));
+    result.insert(
+        "postElapsed".into(),
+        Json::from(started.elapsed().as_millis() as u64),
+    );
+    result.insert("rowsPosted".into(), Json::from(posted));
+    Ok(Json::Object(result))
+}
+
+/// What writing the platform's own datasources implies beyond the row: a disabled user or a
+/// changed password ends that user's sessions; changed roles take effect at once.
+async fn platform_effects(
+    raw: &mut Raw<'_>,
+    state: &AppState,
+    ds: &Datasource,
+    row: &WriteRow,
+    stored: &Json,
+    touched: &mut Touched,
+) -> ApiResult<()> {
+    let user_of = |j: &Json| {
+        (
+            j.get("orgUid")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            j.get("userName")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    if is_platform(ds, "IoUsers") {
+        let disabled = stored.get("enabledFlag").and_then(Json::as_str) == Some("N");
+        let new_password = row.values.iter().any(|(c, _)| c == "password");
+        if row.op != RowOp::Insert && (disabled || new_password || row.op == RowOp::Delete) {
+            let (org, user) = user_of(stored);
+            state
+                .store
+                .delete_user_sessions_in(raw, &org, &user)
+                .await?;
+            touched.push((org, user));
+        }
+    } else if is_platform(ds, "IoUserRoles") {
+        touched.push(user_of(stored));
+    }
+    Ok(())
 }
 
 pub async fn post_api(
@@ -95,81 +368,56 @@ pub async fn post_api(
     opts.max_limit = state.config.query_max_limit;
     opts.max_depth = state.config.query_max_depth;
 
-    // Check everything before running anything.
-    let mut plan = Vec::with_capacity(body.len());
-    for (alias, spec) in &body {
-        let Json::Object(obj) = spec else {
-            return Err(bad(alias, "must be an object with `ds` and `query`"));
-        };
-        for key in obj.keys() {
-            if !matches!(key.as_str(), "ds" | "appUid" | "query" | "data") {
-                return Err(bad(alias, format!("unknown field `{key}`")));
-            }
-        }
-        if obj.contains_key("data") {
-            return Err(bad(alias, "posting `data` is not supported yet"));
-        }
-        let ds = resolve_alias(&state, &authed, alias, obj, Action::Query)?;
-        let q = parse_query(obj.get("query").unwrap_or(&Json::Null)).map_err(|e| bad(alias, e))?;
-        let compiled = compile_select(&ds, &q, &opts).map_err(|e| bad(alias, e))?;
-        plan.push(AliasQuery {
-            alias: alias.clone(),
-            ds,
-            compiled,
-        });
-    }
+    let mut plan = body
+        .iter()
+        .map(|(alias, spec)| plan_alias(&state, &authed, &opts, alias, spec))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let writes = plan.iter().any(|a| matches!(a.work, Work::Post(_)));
+    hash_passwords(&state, &mut plan).await?;
 
-    let mut conn = state.store.db.acquire().await?;
-    let mut out = Map::with_capacity(plan.len());
-    for AliasQuery {
-        alias,
-        ds,
-        compiled,
-    } in plan
-    {
-        let types: Vec<_> = compiled.columns.iter().map(|c| c.ty).collect();
-        let started = Instant::now();
-        let rows = conn
-            .raw()
-            .fetch_all(&compiled.select.sql, &compiled.select.params, &types)
-            .await?;
-        let total = match &compiled.count {
-            Some(count) => {
-                let r = conn
-                    .raw()
-                    .fetch_all(&count.sql, &count.params, &[query::AttrType::Integer])
-                    .await?;
-                Some(
-                    r.into_iter()
-                        .next()
-                        .and_then(|r| r.into_iter().next())
-                        .map_or(Json::from(0), |v| v.to_json()),
+    let mut results: Vec<(String, Json)> = Vec::with_capacity(plan.len());
+    let mut touched = Touched::new();
+    if writes {
+        let mut tx = state.store.db.begin_write().await?;
+        for a in plan.iter().filter(|a| matches!(a.work, Work::Post(_))) {
+            if let Work::Post(rows) = &a.work {
+                let r = run_post(
+                    &mut tx.raw(),
+                    &state,
+                    &authed,
+                    &a.name,
+                    &a.ds,
+                    rows,
+                    &mut touched,
                 )
+                .await?;
+                results.push((a.name.clone(), r));
             }
-            None => None,
-        };
-        let elapsed = started.elapsed().as_millis() as u64;
-        let fetched = rows.len();
-        let data: Vec<Json> = rows
-            .into_iter()
-            .map(|row| {
-                let mut m = Map::with_capacity(row.len() + 1);
-                for (col, v) in compiled.columns.iter().zip(row) {
-                    m.insert(col.name.clone(), v.to_json());
-                }
-                m.insert("_rs".into(), Json::from("Q"));
-                Json::Object(m)
-            })
-            .collect();
-        let mut result = Map::new();
-        result.insert("data".into(), Json::Array(data));
-        result.insert("queryElapsed".into(), Json::from(elapsed));
-        result.insert("rowsFetched".into(), Json::from(fetched));
-        if let Some(t) = total {
-            result.insert("totalCount".into(), t);
         }
-        tracing::debug!(alias = %alias, datasource = %ds.name, rows = fetched, "query");
-        out.insert(alias, Json::Object(result));
+        for a in &plan {
+            if let Work::Query(c) = &a.work {
+                results.push((a.name.clone(), run_query(&mut tx.raw(), c).await?));
+            }
+        }
+        tx.commit().await?;
+        for (org, user) in &touched {
+            state.tokens.forget_user(org, user);
+        }
+    } else {
+        let mut conn = state.store.db.acquire().await?;
+        for a in &plan {
+            if let Work::Query(c) = &a.work {
+                results.push((a.name.clone(), run_query(&mut conn.raw(), c).await?));
+            }
+        }
+    }
+    // Answer in the request's alias order.
+    let mut out = Map::with_capacity(results.len());
+    for a in &plan {
+        if let Some(pos) = results.iter().position(|(n, _)| n == &a.name) {
+            let (n, r) = results.swap_remove(pos);
+            out.insert(n, r);
+        }
     }
     let mut resp = Map::new();
     resp.insert("status".into(), Json::from("OK"));
