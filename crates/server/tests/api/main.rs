@@ -7,4 +7,5 @@ mod auth;
 mod errors;
 mod guard;
 mod lifecycle;
+mod post;
 mod rate_limit;
