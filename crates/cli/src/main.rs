@@ -215,6 +215,8 @@ async fn main() -> Result<()> {
             app_dirs,
             demo,
         } => {
+            let shutdown =
+                server::startup::shutdown_signal().context("installing signal handlers")?;
             let mut c = config(&db)?;
             if let Some(l) = listen {
                 c.listen = l;
@@ -226,7 +228,7 @@ async fn main() -> Result<()> {
                 // Printed once, never logged.
                 println!("first start: user `admin` created with password: {p}");
             }
-            server.run_until(server::startup::shutdown_signal()).await?;
+            server.run_until(shutdown).await?;
         }
         Command::Migrate { db } => {
             admin_tools(&db).await?;

@@ -409,9 +409,9 @@ impl Store {
         )
         .await
         .map_err(|e| match e {
-            StoreError::Constraint(_) => {
-                StoreError::Invalid(format!("app `{app_uid}` has no role `{role_uid}`"))
-            }
+            StoreError::Constraint(_) => StoreError::Invalid(format!(
+                "no user `{user_name}`, or app `{app_uid}` has no role `{role_uid}`"
+            )),
             e => e,
         })?;
         Ok(())
