@@ -6,5 +6,6 @@ mod helpers;
 
 mod admin;
 mod config;
+mod crash;
 mod seed_sample;
 mod serve;
