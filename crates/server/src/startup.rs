@@ -222,13 +222,7 @@ impl Server {
         config.validate().map_err(StartError::Config)?;
         let started = Instant::now();
         let store = open_store(&config).await?;
-        let hasher = {
-            let c = config.clone();
-            tokio::task::spawn_blocking(move || Hasher::new(&c))
-                .await
-                .map_err(|e| StartError::Io(e.to_string()))?
-                .map_err(StartError::Io)?
-        };
+        let hasher = Hasher::new(&config).map_err(StartError::Io)?;
         let generated_admin_password =
             bootstrap(&store, &hasher, admin_password.as_deref()).await?;
         let store = load_apps(store, &config).await?;
@@ -259,6 +253,7 @@ impl Server {
             metrics: Metrics::default(),
             started,
         });
+        state.hasher.prewarm();
         let app = router::app(state.clone(), routes);
         Ok(Server {
             listener,

@@ -2,14 +2,17 @@
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 
+use std::sync::{Arc, OnceLock};
+
 use crate::config::Config;
 use crate::error::ApiError;
 
 #[derive(Clone, Debug)]
 pub struct Hasher {
     params: Params,
-    /// Verified against when the user does not exist, so both paths cost the same.
-    dummy_hash: String,
+    /// Verified against when the user does not exist, so both paths cost the same. Made on
+    /// first use (or by [`Hasher::prewarm`]) so that start-up does not pay for a hash.
+    dummy_hash: Arc<OnceLock<String>>,
 }
 
 impl Hasher {
@@ -21,16 +24,29 @@ impl Hasher {
             None,
         )
         .map_err(|e| format!("argon2 parameters: {e}"))?;
-        let mut h = Hasher {
+        Ok(Hasher {
             params,
-            dummy_hash: String::new(),
-        };
-        h.dummy_hash = h.hash_blocking("not a real password")?;
-        Ok(h)
+            dummy_hash: Arc::default(),
+        })
     }
 
     fn argon(&self) -> Argon2<'static> {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    fn dummy(&self) -> &str {
+        self.dummy_hash.get_or_init(|| {
+            self.hash_blocking("not a real password")
+                .unwrap_or_default()
+        })
+    }
+
+    /// Makes the dummy hash on the blocking pool, off the start-up path.
+    pub fn prewarm(&self) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.dummy();
+        });
     }
 
     pub fn hash_blocking(&self, password: &str) -> Result<String, String> {
@@ -57,7 +73,7 @@ impl Hasher {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let real = hash.is_some();
-            let hash = hash.unwrap_or_else(|| this.dummy_hash.clone());
+            let hash = hash.unwrap_or_else(|| this.dummy().to_string());
             let ok = this
                 .argon()
                 .verify_password(password.as_bytes(), hash.as_str())

@@ -4,8 +4,12 @@
 mod helpers;
 
 mod auth;
+mod crossdb;
 mod errors;
 mod guard;
 mod lifecycle;
 mod post;
+mod query;
+mod query_errors;
+mod query_shape;
 mod rate_limit;
