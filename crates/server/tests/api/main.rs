@@ -9,7 +9,4 @@ mod errors;
 mod guard;
 mod lifecycle;
 mod post;
-mod query;
-mod query_errors;
-mod query_shape;
 mod rate_limit;
