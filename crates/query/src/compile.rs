@@ -12,6 +12,9 @@ use crate::value::Value;
 
 pub use crate::sql::Statement;
 
+/// The most bind parameters one statement may carry.
+pub const MAX_PARAMS: usize = 32_000;
+
 /// Everything the compiler needs besides the query and the datasource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompileOptions {
@@ -158,8 +161,16 @@ pub fn compile_select(
         c.finish(opts.dialect)
     });
 
+    let select = select.finish(opts.dialect);
+    // The smallest limit among the databases (SQLite: 32,766 variables; PostgreSQL: 65,535).
+    if select.params.len() > MAX_PARAMS {
+        bail!(
+            "the query needs {} values; at most {MAX_PARAMS} are allowed in one query",
+            select.params.len()
+        );
+    }
     Ok(Compiled {
-        select: select.finish(opts.dialect),
+        select,
         columns: shape
             .outputs
             .into_iter()

@@ -136,7 +136,7 @@ impl FilterCompiler<'_> {
             }
             (Family::String, HasAll | HasAny | NotAny) => {
                 let parts: Vec<String> = match v {
-                    Json::String(s) => s.split_whitespace().map(str::to_string).collect(),
+                    Json::String(_) => c.text(v)?.split_whitespace().map(str::to_string).collect(),
                     _ => c
                         .list(v)?
                         .iter()
@@ -343,6 +343,11 @@ impl Cond<'_> {
 
     fn text(&self, v: &Json) -> Result<String, QueryError> {
         match v {
+            // NUL is refused everywhere: PostgreSQL rejects it in text, and SQLite's LIKE would
+            // read the pattern as a C string cut at the NUL.
+            Json::String(s) if s.contains('\0') => {
+                Err(self.bad("a string without NUL characters", v))
+            }
             Json::String(s) => Ok(s.clone()),
             _ => Err(self.bad("a string", v)),
         }

@@ -69,6 +69,9 @@ pub fn value_for(a: &Attribute, v: &Json) -> Result<Value, QueryError> {
     if v.is_null() || v.as_str() == Some("") {
         return Ok(Value::Null);
     }
+    if v.as_str().is_some_and(|s| s.contains('\0')) {
+        return Err(wrong("a string without NUL characters"));
+    }
     let text = || v.as_str().map(str::to_string);
     Ok(match a.ty {
         T::String | T::UserId => {

@@ -97,18 +97,39 @@ impl TestDb {
         }
     }
 
+    /// Drops the database now (dropping a `TestDb` does the same, also when a test failed).
     pub async fn drop_db(self) {
-        if let Some(name) = &self.name {
-            if let Ok(mut conn) =
-                <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await
-            {
-                let _ = sqlx::Executor::execute(
-                    &mut conn,
-                    sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
-                )
-                .await;
-            }
-        }
+        drop(self);
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on itself: a thread with a
+        // small runtime of its own drops the database, and this waits for it.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await
+                {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -300,4 +321,65 @@ pub fn assert_envelope(status: u16, body: &Value, expected: u16) {
         body["title"].is_string() && body["message"].is_string(),
         "{body}"
     );
+}
+
+// ---- Added for the query tests (`query*.rs`) ----
+
+impl TestApp {
+    /// `POST /v1/api?csrf=<csrf>` with `Authorization: Bearer <jwt>` and this raw body.
+    pub async fn api_raw(&self, login: &Login, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(&format!("/v1/api?csrf={}", login.csrf)))
+            .header("Authorization", format!("Bearer {}", login.jwt))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    /// `POST /v1/api` with a JSON body.
+    pub async fn api(&self, login: &Login, body: &Value) -> (u16, Value) {
+        self.api_raw(login, body.to_string()).await
+    }
+
+    /// Runs SQL (one or more statements, no parameters) directly on an app's own database,
+    /// behind the server's back: the SQLite file `<data_dir>/<app>.db`, or the PostgreSQL schema
+    /// `<app>` (as the default schema). For test setup only.
+    pub async fn app_sql(&self, app_uid: &str, sql: &str) {
+        let db = self.db.as_ref().expect("a TestApp with its own TestDb");
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &db.url {
+            Some(url) => {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+                    .await
+                    .expect("connect to the test database");
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("SET search_path TO {app_uid}")),
+                )
+                .await
+                .expect("set search_path");
+                sqlx::raw_sql(sql)
+                    .execute(&mut conn)
+                    .await
+                    .expect("app sql");
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(db.dir.path().join(format!("{app_uid}.db")))
+                    .busy_timeout(Duration::from_secs(10));
+                let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
+                    .await
+                    .expect("open the app's SQLite file");
+                sqlx::raw_sql(sql)
+                    .execute(&mut conn)
+                    .await
+                    .expect("app sql");
+            }
+        }
+    }
 }

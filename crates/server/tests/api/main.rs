@@ -9,4 +9,8 @@ mod errors;
 mod guard;
 mod lifecycle;
 mod post;
+mod query;
+mod query_errors;
+mod query_scope;
+mod query_shape;
 mod rate_limit;
