@@ -154,6 +154,51 @@ impl AppSource {
     }
 }
 
+/// Reports a missing table, or each column of the definition the table lacks.
+async fn check_columns(
+    store: &Store,
+    app_uid: &str,
+    file: &str,
+    def: &DatasourceDef,
+    problems: &mut Vec<String>,
+) {
+    let table = &def.table;
+    let cols = match store.table_columns(app_uid, table).await {
+        Ok(Some(cols)) => cols,
+        Ok(None) => {
+            return problems.push(format!("{file}: `table`: table `{table}` does not exist"));
+        }
+        Err(e) => return problems.push(format!("{file}: cannot inspect table `{table}`: {e}")),
+    };
+    let who = query::meta::WHO_ATTRIBUTES.iter().map(|(code, column, _)| {
+        let named = def
+            .who_columns
+            .as_ref()
+            .and_then(|m| m.get(*code))
+            .and_then(|v| v.as_str());
+        (code.to_string(), named.unwrap_or(column).to_string())
+    });
+    let attributes = def
+        .attributes
+        .iter()
+        .map(|a| {
+            (
+                a.code.clone(),
+                a.column
+                    .clone()
+                    .unwrap_or_else(|| query::meta::default_column(&a.code)),
+            )
+        })
+        .chain(who);
+    for (code, column) in attributes {
+        if query::meta::is_identifier(&column) && !cols.contains(&column.to_ascii_uppercase()) {
+            problems.push(format!(
+                "{file}: attribute `{code}`: column `{column}` does not exist in table `{table}`"
+            ));
+        }
+    }
+}
+
 /// Runs the app's new migrations, then validates and stores its metadata. Every problem is
 /// reported at once, each naming its file and field. Returns the app uid.
 pub async fn load_app(
@@ -190,29 +235,13 @@ pub async fn load_app(
                 def.name
             ));
         }
-        let ds = match def.resolve(file, &app.app_uid, Some(&schema)) {
-            Ok(ds) => ds,
-            Err(p) => {
-                problems.extend(p);
-                continue;
-            }
-        };
-        match store.table_columns(&app.app_uid, &ds.table).await {
-            Ok(None) => problems.push(format!(
-                "{file}: `table`: table `{}` does not exist",
-                ds.table
-            )),
-            Ok(Some(cols)) => {
-                for a in &ds.attributes {
-                    if !cols.contains(&a.column.to_ascii_uppercase()) {
-                        problems.push(format!(
-                            "{file}: attribute `{}`: column `{}` does not exist in table `{}`",
-                            a.code, a.column, ds.table
-                        ));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("{file}: cannot inspect table `{}`: {e}", ds.table)),
+        // Check the table and columns even when the definition has other problems, so that
+        // every problem is reported in one go.
+        if let Err(p) = def.resolve(file, &app.app_uid, Some(&schema)) {
+            problems.extend(p);
+        }
+        if query::meta::is_identifier(&def.table) {
+            check_columns(store, &app.app_uid, file, &def, &mut problems).await;
         }
         let canonical = serde_json::to_string(&def).unwrap_or_default();
         datasources.push((def.name.clone(), canonical));

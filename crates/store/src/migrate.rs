@@ -260,11 +260,9 @@ async fn run_sqlite(
     // The platform's own file is migrated on the locking connection itself; an app's file on a
     // connection of its own (its record is written after its commit: SQLite has no transaction
     // across two files, so a crash in between re-runs that one file at the next start).
-    let mut app_conn = if app_uid == "cloudio" {
-        None
-    } else {
-        Some(open_sqlite_file(file).await?)
-    };
+    // Opened under the lock: several processes creating a new app file at once would otherwise
+    // race to switch it to WAL.
+    let mut app_conn: Option<sqlx::SqliteConnection> = None;
     for m in migrations {
         let mut tracking = pool.acquire().await?;
         tracking.execute("BEGIN IMMEDIATE").await?;
@@ -273,10 +271,14 @@ async fn run_sqlite(
                 note_changed(&mut report, app_uid, m, old);
                 return Ok(false);
             }
-            match app_conn.as_mut() {
-                None => apply_statements(&mut Raw::Sqlite(&mut tracking), m).await?,
-                Some(conn) => {
-                    let mut tx = conn.begin().await?;
+            if app_uid == "cloudio" {
+                apply_statements(&mut Raw::Sqlite(&mut tracking), m).await?;
+            } else {
+                if app_conn.is_none() {
+                    app_conn = Some(open_sqlite_file(file).await?);
+                }
+                if let Some(conn) = app_conn.as_mut() {
+                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
                     apply_statements(&mut Raw::Sqlite(&mut tx), m).await?;
                     tx.commit().await?;
                 }

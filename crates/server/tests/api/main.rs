@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod apps;
 mod auth;
 mod crossdb;
 mod errors;
