@@ -295,6 +295,13 @@ pub async fn load_app(
         datasources,
         roles,
     };
+    if store
+        .app_metadata_unchanged(&meta)
+        .await
+        .map_err(|e| vec![e.to_string()])?
+    {
+        return Ok(app.app_uid);
+    }
     store
         .replace_app_metadata(&meta, "system")
         .await

@@ -58,7 +58,12 @@ impl DbTarget {
 /// A connection pool on one of the supported databases.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite { pool: SqlitePool, dir: PathBuf },
+    Sqlite {
+        pool: SqlitePool,
+        dir: PathBuf,
+        /// The app databases every connection of this pool attaches.
+        attached: Vec<(String, String)>,
+    },
     Postgres(PgPool),
 }
 
@@ -70,7 +75,8 @@ impl Db {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                 })?;
                 let opts = sqlite_options(&dir.join("cloudio.db"));
-                let apps = attached_apps(dir);
+                let attached = attached_apps(dir);
+                let apps = attached.clone();
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .min_connections(1)
@@ -90,6 +96,7 @@ impl Db {
                 Ok(Db::Sqlite {
                     pool,
                     dir: dir.clone(),
+                    attached,
                 })
             }
             DbTarget::Postgres(url) => {
@@ -106,11 +113,15 @@ impl Db {
         }
     }
 
-    /// A new pool on the same database. On SQLite this attaches app databases created since
-    /// the pool was opened; the old pool is closed.
+    /// A pool that sees every app database: on SQLite, when app databases were created since
+    /// the pool was opened, a new pool attaches them (the old one is closed).
     pub async fn reopen(self, max_connections: u32) -> Result<Db> {
         match self {
-            Db::Sqlite { pool, dir } => {
+            Db::Sqlite {
+                pool,
+                dir,
+                attached,
+            } if attached != attached_apps(&dir) => {
                 pool.close().await;
                 Db::connect(&DbTarget::SqliteDir(dir), max_connections).await
             }

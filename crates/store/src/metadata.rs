@@ -28,6 +28,35 @@ pub struct RoleGrants {
     pub grants: Vec<(String, String)>,
 }
 
+impl AppMetadata {
+    /// A digest of everything stored for the app, to skip rewriting unchanged metadata.
+    pub fn checksum(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut field = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        field(&self.app_uid);
+        field(&self.org_uid);
+        field(&self.name);
+        field(self.description.as_deref().unwrap_or(""));
+        for (name, def) in &self.datasources {
+            field(name);
+            field(def);
+        }
+        for r in &self.roles {
+            field(&r.role_uid);
+            field(&r.name);
+            for (ds, action) in &r.grants {
+                field(ds);
+                field(action);
+            }
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 /// All stored metadata, for building the in-memory catalog.
 #[derive(Debug, Clone, Default)]
 pub struct StoredMetadata {
@@ -74,16 +103,18 @@ impl Store {
             text(&m.org_uid),
             text(&m.name),
             m.description.as_deref().map_or(Value::Null, text),
+            text(&m.checksum()),
         ];
         who(&mut params);
         exec(
             &mut tx,
             d,
             &format!(
-                "INSERT INTO {} (APP_UID, ORG_UID, NAME, DESCRIPTION, CREATED_BY, CREATION_DATE, \
-                 LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO {} (APP_UID, ORG_UID, NAME, DESCRIPTION, METADATA_CHECKSUM, CREATED_BY, \
+                 CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (APP_UID) DO UPDATE SET NAME = excluded.NAME, \
-                 DESCRIPTION = excluded.DESCRIPTION, LAST_UPDATED_BY = excluded.LAST_UPDATED_BY, \
+                 DESCRIPTION = excluded.DESCRIPTION, METADATA_CHECKSUM = excluded.METADATA_CHECKSUM, \
+                 LAST_UPDATED_BY = excluded.LAST_UPDATED_BY, \
                  LAST_UPDATE_DATE = excluded.LAST_UPDATE_DATE",
                 self.t("io_apps")
             ),
@@ -149,6 +180,23 @@ impl Store {
             }
         }
         tx.commit().await
+    }
+
+    /// Whether the stored metadata of the app is exactly `m` (by checksum).
+    pub async fn app_metadata_unchanged(&self, m: &AppMetadata) -> Result<bool> {
+        let sql = format!(
+            "SELECT METADATA_CHECKSUM FROM {} WHERE APP_UID = ?",
+            self.t("io_apps")
+        );
+        let rows = self
+            .db
+            .fetch_all(
+                &portable(self.dialect(), &sql),
+                &[text(&m.app_uid)],
+                &[AttrType::String],
+            )
+            .await?;
+        Ok(rows.into_iter().flatten().next() == Some(Value::Text(m.checksum())))
     }
 
     pub async fn load_metadata(&self) -> Result<StoredMetadata> {

@@ -144,7 +144,7 @@ pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Rep
                 .await?;
             result
         }
-        Db::Sqlite { pool, dir } => {
+        Db::Sqlite { pool, dir, .. } => {
             let mut tracking = pool.acquire().await?;
             tracking.execute(TRACKING_SQLITE).await?;
             drop(tracking);

@@ -63,6 +63,8 @@ pub struct Session {
 pub struct LiveSession {
     pub session: Session,
     pub user_may_log_in: bool,
+    pub display_name: Option<String>,
+    pub email_address: Option<String>,
 }
 
 fn text(v: &str) -> Value {
@@ -498,13 +500,19 @@ impl Store {
         today: NaiveDate,
     ) -> Result<Option<LiveSession>> {
         let sql = format!(
-            "SELECT {SESSION_COLUMNS}, u.ENABLED_FLAG, u.START_DATE, u.END_DATE FROM {} s \
+            "SELECT {SESSION_COLUMNS}, u.ENABLED_FLAG, u.START_DATE, u.END_DATE, u.DISPLAY_NAME, u.EMAIL_ADDRESS FROM {} s \
              LEFT JOIN {} u ON u.ORG_UID = s.ORG_UID AND u.USER_NAME = s.USER_NAME WHERE s.SESSION_ID = ?",
             self.t("io_sessions"),
             self.t("io_users")
         );
         let mut types = SESSION_TYPES.to_vec();
-        types.extend([AttrType::Yn, AttrType::Date, AttrType::Date]);
+        types.extend([
+            AttrType::Yn,
+            AttrType::Date,
+            AttrType::Date,
+            AttrType::String,
+            AttrType::String,
+        ]);
         let rows = self.fetch(&sql, &[text(session_id)], &types).await?;
         Ok(rows.into_iter().next().map(|row| {
             let mut it = row.into_iter();
@@ -512,11 +520,15 @@ impl Store {
             let enabled = it.next().and_then(take_text).as_deref() == Some("Y");
             let start = it.next().and_then(take_date);
             let end = it.next().and_then(take_date);
+            let display_name = it.next().and_then(take_text);
+            let email_address = it.next().and_then(take_text);
             let user_may_log_in =
                 enabled && start.is_none_or(|d| d <= today) && end.is_none_or(|d| today <= d);
             LiveSession {
                 session,
                 user_may_log_in,
+                display_name,
+                email_address,
             }
         }))
     }

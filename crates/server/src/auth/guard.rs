@@ -31,6 +31,14 @@ pub struct Authed {
     pub claims: Claims,
     /// `(appUid, roleUid)` pairs the user holds, as of the last check.
     pub roles: Arc<Vec<(String, String)>>,
+    /// The user's display name and email address, as of the last check.
+    pub profile: Arc<Profile>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub display_name: Option<String>,
+    pub email_address: Option<String>,
 }
 
 impl Authed {
@@ -49,6 +57,7 @@ impl Authed {
 struct Entry {
     claims: Claims,
     roles: Arc<Vec<(String, String)>>,
+    profile: Arc<Profile>,
     checked_at: Instant,
 }
 
@@ -127,6 +136,7 @@ impl FromRequestParts<AppState> for Authed {
                 token,
                 claims: entry.claims.clone(),
                 roles: entry.roles.clone(),
+                profile: entry.profile.clone(),
             });
         }
 
@@ -162,9 +172,14 @@ impl FromRequestParts<AppState> for Authed {
             state.store.touch_session(&s.session_id, now_us).await?;
         }
         let roles = Arc::new(state.store.user_roles(&claims.org_uid, &claims.sub).await?);
+        let profile = Arc::new(Profile {
+            display_name: live.display_name.clone(),
+            email_address: live.email_address.clone(),
+        });
         let entry = Entry {
             claims: claims.clone(),
             roles: roles.clone(),
+            profile: profile.clone(),
             checked_at: Instant::now(),
         };
         state.tokens.cache.insert(token.clone(), Arc::new(entry));
@@ -172,6 +187,7 @@ impl FromRequestParts<AppState> for Authed {
             token,
             claims,
             roles,
+            profile,
         })
     }
 }

@@ -4,6 +4,8 @@ use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Versio
 
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::Semaphore;
+
 use crate::config::Config;
 use crate::error::ApiError;
 
@@ -13,6 +15,9 @@ pub struct Hasher {
     /// Verified against when the user does not exist, so both paths cost the same. Made on
     /// first use (or by [`Hasher::prewarm`]) so that start-up does not pay for a hash.
     dummy_hash: Arc<OnceLock<String>>,
+    /// At most one hash per core at a time: each takes `argon2_memory_kib` of memory and a core
+    /// for tens of milliseconds, so more in parallel only adds memory and latency.
+    permits: Arc<Semaphore>,
 }
 
 impl Hasher {
@@ -24,9 +29,11 @@ impl Hasher {
             None,
         )
         .map_err(|e| format!("argon2 parameters: {e}"))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Hasher {
             params,
             dummy_hash: Arc::default(),
+            permits: Arc::new(Semaphore::new(cores)),
         })
     }
 
@@ -60,6 +67,11 @@ impl Hasher {
 
     /// Hashes on the blocking pool.
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.hash_blocking(&password))
             .await
@@ -70,6 +82,11 @@ impl Hasher {
     /// Verifies on the blocking pool. `None` (no such user, or no password) verifies against the
     /// dummy hash and fails, taking the same time.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let real = hash.is_some();
