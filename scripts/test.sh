@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_postgres
 ensure_node
-cargo test --workspace --all-targets "$@"
+cargo test --workspace "$@"

@@ -129,37 +129,37 @@ impl Hasher {
         check().unwrap_or(false)
     }
 
+    /// Runs `work` on the blocking pool, holding one of the per-core permits.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Hasher) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+        let _permit = self.permits.acquire().await.map_err(|e| internal(&e))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this))
+            .await
+            .map_err(|e| internal(&e))
+    }
+
     /// Hashes on the blocking pool.
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.hash_blocking(&password))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+        self.off_thread(move |h| h.hash_blocking(&password))
+            .await?
             .map_err(ApiError::Internal)
     }
 
     /// Verifies on the blocking pool. `None` (no such user, or no password) verifies against the
     /// dummy hash and fails, taking the same time.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let real = hash.is_some();
-            let hash = hash.unwrap_or_else(|| this.dummy().to_string());
-            let ok = Self::verify_blocking(&password, &hash);
-            ok && real
+        self.off_thread(move |h| match hash {
+            Some(hash) => Self::verify_blocking(&password, &hash),
+            None => {
+                Self::verify_blocking(&password, h.dummy());
+                false
+            }
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }
 

@@ -66,22 +66,11 @@ async fn spawn(kind: Kind) -> (TestApp, Login) {
                    "birthday": if i % 5 == 0 { Value::Null } else { json!(format!("2020-0{}-1{}", 1 + i % 9, i % 10)) }})
         })
         .collect();
-    let (s, b) = post(&app, &admin, json!({"c": {"ds": "Contacts", "data": rows}})).await;
+    let (s, b) = app
+        .api(&admin, &json!({"c": {"ds": "Contacts", "data": rows}}))
+        .await;
     assert_eq!(s, 200, "{b}");
     (app, admin)
-}
-
-async fn post(app: &TestApp, login: &Login, body: Value) -> (u16, Value) {
-    let r = app
-        .client
-        .post(app.url(&format!("/v1/api?csrf={}", login.csrf)))
-        .header("Authorization", format!("Bearer {}", login.jwt))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap())
 }
 
 fn word() -> impl Strategy<Value = Value> {
@@ -171,10 +160,7 @@ fn sqlite_and_postgres_return_the_same_rows_for_random_filters() {
             let body = json!({"q": {"ds": "Contacts", "query": {"filter": filter, "limit": 1000,
                 "projection": {"name": 1, "age": 1}}}});
             let ((s1, b1), (s2, b2)) = rt.block_on(async {
-                tokio::join!(
-                    post(&lite, &lite_admin, body.clone()),
-                    post(&pg, &pg_admin, body.clone())
-                )
+                tokio::join!(lite.api(&lite_admin, &body), pg.api(&pg_admin, &body))
             });
             prop_assert_eq!(s1, 200, "{}", b1);
             prop_assert_eq!(s2, 200, "{}", b2);

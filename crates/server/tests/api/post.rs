@@ -29,21 +29,8 @@ async fn spawn(kind: Kind) -> TestApp {
     app
 }
 
-async fn api(app: &TestApp, login: &Login, body: Value) -> (u16, Value) {
-    let r = app
-        .client
-        .post(app.url(&format!("/v1/api?csrf={}", login.csrf)))
-        .header("Authorization", format!("Bearer {}", login.jwt))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
 async fn ok(app: &TestApp, login: &Login, body: Value) -> Value {
-    let (status, b) = api(app, login, body).await;
+    let (status, b) = app.api(login, &body).await;
     assert_eq!(status, 200, "{b}");
     b
 }
@@ -152,12 +139,12 @@ on_both!(key_generation_uuid_and_none, |kind| async move {
         uuid::Uuid::parse_str(&id).is_ok(),
         "server-made uuid, client value ignored: {id}"
     );
-    let (s, e) = api(
-        &app,
-        &admin,
-        json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "body": "no key"}]}}),
-    )
-    .await;
+    let (s, e) = app
+        .api(
+            &admin,
+            &json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "body": "no key"}]}}),
+        )
+        .await;
     assert_envelope(s, &e, 400);
     assert!(
         e["message"]
@@ -172,12 +159,12 @@ on_both!(key_generation_uuid_and_none, |kind| async move {
         json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "k1", "body": "x"}]}}),
     )
     .await;
-    let (s, e) = api(
-        &app,
-        &admin,
-        json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "k1"}]}}),
-    )
-    .await;
+    let (s, e) = app
+        .api(
+            &admin,
+            &json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "k1"}]}}),
+        )
+        .await;
     assert_envelope(s, &e, 409);
     app.stop().await;
 });
@@ -223,7 +210,7 @@ on_both!(every_type_is_checked_and_named, |kind| async move {
     for (attr, v) in bad {
         let mut row = good.clone();
         row[attr] = v.clone();
-        let (s, e) = api(&app, &admin, json!({"first": {"ds": "Notes", "data": []}, "c": {"ds": "Contacts", "data": [good.clone(), row]}})).await;
+        let (s, e) = app.api(&admin, &json!({"first": {"ds": "Notes", "data": []}, "c": {"ds": "Contacts", "data": [good.clone(), row]}})).await;
         assert_envelope(s, &e, 400);
         let m = e["message"].as_str().unwrap();
         assert!(
@@ -233,12 +220,9 @@ on_both!(every_type_is_checked_and_named, |kind| async move {
     }
     let mut extra = good.clone();
     extra["nickname"] = json!("x");
-    let (s, e) = api(
-        &app,
-        &admin,
-        json!({"c": {"ds": "Contacts", "data": [extra]}}),
-    )
-    .await;
+    let (s, e) = app
+        .api(&admin, &json!({"c": {"ds": "Contacts", "data": [extra]}}))
+        .await;
     assert_envelope(s, &e, 400);
     assert!(
         e["message"]
@@ -265,12 +249,9 @@ on_both!(
             .map(|i| json!({"_rs": "I", "name": format!("Bulk {i}")}))
             .collect();
         rows.push(json!({"_rs": "I", "salary": 1}));
-        let (s, e) = api(
-            &app,
-            &admin,
-            json!({"e": {"ds": "Employees", "data": rows}}),
-        )
-        .await;
+        let (s, e) = app
+            .api(&admin, &json!({"e": {"ds": "Employees", "data": rows}}))
+            .await;
         assert_envelope(s, &e, 400);
         assert!(e["message"].as_str().unwrap().contains("row 999"), "{e}");
         // A last row the database refuses (a duplicate key) after 999 inserts ran.
@@ -278,7 +259,7 @@ on_both!(
             .map(|i| json!({"_rs": "I", "noteCode": format!("n{i}")}))
             .collect();
         rows.push(json!({"_rs": "I", "noteCode": "n0"}));
-        let (s, e) = api(&app, &admin, json!({"e": {"ds": "Employees", "data": [{"_rs": "I", "name": "Before"}]}, "n": {"ds": "Notes", "data": rows}})).await;
+        let (s, e) = app.api(&admin, &json!({"e": {"ds": "Employees", "data": [{"_rs": "I", "name": "Before"}]}, "n": {"ds": "Notes", "data": rows}})).await;
         assert_envelope(s, &e, 409);
         assert!(
             e["message"].as_str().unwrap().starts_with("n: row 999"),
@@ -287,7 +268,7 @@ on_both!(
         assert_eq!(count(&app, &admin, "Notes").await, 0);
         assert_eq!(count(&app, &admin, "Employees").await, 1000);
         // A stale update after an insert in the same request also undoes the insert.
-        let (s, _) = api(&app, &admin, json!({
+        let (s, _) = app.api(&admin, &json!({
         "a": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "kept?"}]},
         "b": {"ds": "Employees", "data": [{"_rs": "U", "empId": 1, "salary": 1, "lastUpdateDate": "1999-01-01T00:00:00Z"}]}})).await;
         assert_eq!(s, 409);
@@ -348,9 +329,9 @@ on_both!(
         .await;
         let lud = q["data"]["q"]["data"][0]["lastUpdateDate"].clone();
         // Millisecond precision from the client is the same instant when it is.
-        let (s, e) = api(&app, &admin, json!({"e": {"ds": "Employees", "data": [{"_rs": "U", "empId": 5, "salary": 1, "lastUpdateDate": "2026-01-01T00:00:00.000Z"}]}})).await;
+        let (s, e) = app.api(&admin, &json!({"e": {"ds": "Employees", "data": [{"_rs": "U", "empId": 5, "salary": 1, "lastUpdateDate": "2026-01-01T00:00:00.000Z"}]}})).await;
         assert_eq!(s, 200, "{e}");
-        let (s, e) = api(&app, &admin, json!({"e": {"ds": "Employees", "data": [{"_rs": "U", "empId": 5, "salary": 2, "lastUpdateDate": lud}]}})).await;
+        let (s, e) = app.api(&admin, &json!({"e": {"ds": "Employees", "data": [{"_rs": "U", "empId": 5, "salary": 2, "lastUpdateDate": lud}]}})).await;
         assert_envelope(s, &e, 409);
         assert_eq!(e["title"], "Conflict");
         assert!(
@@ -360,7 +341,7 @@ on_both!(
                 .contains("e: row 0 (empId=5)"),
             "{e}"
         );
-        let (s, e) = api(&app, &admin, json!({"e": {"ds": "Employees", "data": [{"_rs": "D", "empId": 4242, "lastUpdateDate": lud}]}})).await;
+        let (s, e) = app.api(&admin, &json!({"e": {"ds": "Employees", "data": [{"_rs": "D", "empId": 4242, "lastUpdateDate": lud}]}})).await;
         assert_envelope(s, &e, 404);
         for row in [
             json!({"_rs": "U", "salary": 1, "lastUpdateDate": lud}),
@@ -368,12 +349,9 @@ on_both!(
             json!({"_rs": "Q", "empId": 5}),
             json!({"empId": 5}),
         ] {
-            let (s, e) = api(
-                &app,
-                &admin,
-                json!({"e": {"ds": "Employees", "data": [row]}}),
-            )
-            .await;
+            let (s, e) = app
+                .api(&admin, &json!({"e": {"ds": "Employees", "data": [row]}}))
+                .await;
             assert_envelope(s, &e, 400);
         }
         app.stop().await;
@@ -414,19 +392,21 @@ on_both!(each_action_needs_its_grant, |kind| async move {
         (&inserter, upd.clone(), 403),
         (&inserter, del.clone(), 403),
     ] {
-        let (s, e) = api(&app, who, json!({"c": {"ds": "Contacts", "data": [row]}})).await;
+        let (s, e) = app
+            .api(who, &json!({"c": {"ds": "Contacts", "data": [row]}}))
+            .await;
         assert_eq!(s, expected, "{e}");
         if expected == 403 {
             assert_eq!(e["title"], "Access Denied");
         }
     }
     // Notes: the inserter holds no grant at all.
-    let (s, _) = api(
-        &app,
-        &inserter,
-        json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "z"}]}}),
-    )
-    .await;
+    let (s, _) = app
+        .api(
+            &inserter,
+            &json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "z"}]}}),
+        )
+        .await;
     assert_eq!(s, 403);
     app.stop().await;
 });
@@ -446,12 +426,12 @@ on_both!(
             !all.to_string().contains("argon2") && !all.to_string().contains("password"),
             "{all}"
         );
-        let (s, _) = api(
-            &app,
-            &admin,
-            json!({"u": {"ds": "IoUsers", "query": {"projection": {"password": 1}}}}),
-        )
-        .await;
+        let (s, _) = app
+            .api(
+                &admin,
+                &json!({"u": {"ds": "IoUsers", "query": {"projection": {"password": 1}}}}),
+            )
+            .await;
         assert_eq!(s, 400);
         let session = app.login("carol", "carol-pw-1").await;
         // Grant a role through IoUserRoles: it shows in the session at once.
@@ -478,7 +458,9 @@ on_both!(
         // A user without `administrator` cannot touch IoUsers.
         app.create_user("dave", "pw").await;
         let dave = app.login("dave", "pw").await;
-        let (s, _) = api(&app, &dave, json!({"u": {"ds": "IoUsers", "query": {}}})).await;
+        let (s, _) = app
+            .api(&dave, &json!({"u": {"ds": "IoUsers", "query": {}}}))
+            .await;
         assert_eq!(s, 403);
         app.stop().await;
     }
@@ -500,10 +482,8 @@ on_both!(
             .await;
             let lud = q["data"]["q"]["data"][0]["lastUpdateDate"].clone();
             let body = |salary: i64| json!({"e": {"ds": "Employees", "data": [{"_rs": "U", "empId": 7, "salary": salary, "lastUpdateDate": lud}]}});
-            let (ra, rb) = tokio::join!(
-                api(&app, &a, body(100_000 + round)),
-                api(&app, &b, body(200_000 + round))
-            );
+            let (body_a, body_b) = (body(100_000 + round), body(200_000 + round));
+            let (ra, rb) = tokio::join!(app.api(&a, &body_a), app.api(&b, &body_b));
             let mut statuses = [ra.0, rb.0];
             statuses.sort();
             assert_eq!(statuses, [200, 409], "round {round}: {ra:?} {rb:?}");
@@ -537,7 +517,7 @@ on_both!(malformed_post_bodies_are_400, |kind| async move {
         json!({"e": {"ds": "Employees", "data": [], "query": {}}}),
         json!({"e": {"ds": "Employees", "data": [], "extra": 1}}),
     ] {
-        let (s, e) = api(&app, &admin, body.clone()).await;
+        let (s, e) = app.api(&admin, &body.clone()).await;
         assert_envelope(s, &e, 400);
         assert!(
             e["message"].as_str().unwrap().starts_with("e: "),
