@@ -1,80 +1,19 @@
 //! Bytes -> JSON -> `parse_query` -> `compile_select` for every dialect, against a fixture
 //! datasource with one attribute of every type. Any panic is a bug; so is a compiled statement
-//! whose placeholders do not match its parameters.
+//! whose placeholders do not match its parameters, or an input that takes over 100 ms.
 #![no_main]
 
+use std::time::{Duration, Instant};
+
 use libfuzzer_sys::fuzz_target;
-use query::meta::{WHO_ATTRIBUTES, default_column};
-use query::{
-    AttrType, Attribute, CompileOptions, Datasource, Dialect, KeyGeneration, SortDir,
-    compile_select, parse_query,
-};
+use query::{CompileOptions, Dialect, compile_select, parse_query};
 
-fn attr(code: &str, ty: AttrType) -> Attribute {
-    Attribute {
-        code: code.to_string(),
-        column: default_column(code),
-        ty,
-        required: false,
-        updatable: true,
-        queryable: true,
-        write_only: false,
-        max_length: None,
-        who: false,
-    }
-}
-
-fn datasource() -> Datasource {
-    use AttrType::*;
-    let mut attributes = vec![
-        attr("name", String),
-        attr("email", Email),
-        attr("active", Yn),
-        attr("salary", Integer),
-        attr("bonus", Decimal),
-        attr("rating", Double),
-        attr("hireDate", Date),
-        attr("remote", Boolean),
-        attr("profile", Json),
-        attr("deptId", Integer),
-        Attribute {
-            write_only: true,
-            ..attr("password", String)
-        },
-        Attribute {
-            queryable: false,
-            ..attr("orgId", String)
-        },
-    ];
-    for (code, column, ty) in WHO_ATTRIBUTES {
-        attributes.push(Attribute {
-            column: column.to_string(),
-            who: true,
-            ..attr(code, ty)
-        });
-    }
-    Datasource {
-        app_uid: "hr".into(),
-        name: "Employees".into(),
-        schema: Some("hr".into()),
-        table: "EMPLOYEES".into(),
-        attributes,
-        primary_key: vec!["name".into(), "deptId".into()],
-        key_generation: KeyGeneration::None,
-        default_sort: vec![("hireDate".into(), SortDir::Desc)],
-        default_filter: vec![serde_json::json!({"orgId": {"is": ":org"}})],
-    }
-}
-
-fn check_placeholders(d: Dialect, sql: &str, params: usize) {
-    let found = match d {
-        Dialect::Postgres => sql.matches('$').count(),
-        Dialect::Sqlite | Dialect::Mysql => sql.matches('?').count(),
-    };
-    assert_eq!(found, params, "{sql}");
-}
+#[path = "common.rs"]
+mod common;
+use common::{check_placeholders, datasource};
 
 fuzz_target!(|data: &[u8]| {
+    let started = Instant::now();
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
@@ -91,4 +30,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    assert!(started.elapsed() < Duration::from_millis(100), "slow input: {:?}", started.elapsed());
 });
