@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use query::{AttrType, CompileOptions, DatasourceDef, Dialect, Value, compile_select, parse_query};
 use store::{Db, DbTarget};
 
-const W1_QUERY: &str = r#"{"filter":[{"name":{"like":"ab"}},{"salary":{"gte":50000}}],"sort":{"name":1},"limit":10}"#;
+const W1_QUERY: &str =
+    r#"{"filter":[{"name":{"like":"ab"}},{"salary":{"gte":50000}}],"sort":{"name":1},"limit":10}"#;
 const W2_QUERY: &str = r#"{"filter":[{"empId":{"eq":1}}]}"#;
 
 struct Opts {
@@ -79,8 +80,14 @@ fn parse_args() -> Opts {
         if a == "--bench" {
             continue;
         }
-        let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
-        let num = |s: String| -> f64 { s.parse().unwrap_or_else(|_| usage(&format!("bad number {s}"))) };
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        let num = |s: String| -> f64 {
+            s.parse()
+                .unwrap_or_else(|_| usage(&format!("bad number {s}")))
+        };
         match a.as_str() {
             "--sqlite-dir" => target = Some(DbTarget::SqliteDir(PathBuf::from(val()))),
             "--postgres" => target = Some(DbTarget::Postgres(val())),
@@ -120,8 +127,17 @@ fn prepare(ds: &query::Datasource, dialect: Dialect, json: &str, id_param: bool)
     let c = compile_select(ds, &q, &CompileOptions::new(dialect, today)).expect("compile_select");
     // The id of `{"empId": {"eq": N}}` is the first bind (WHERE comes before LIMIT/OFFSET).
     let id_slot = if id_param {
-        let slot = c.select.params.iter().position(|p| matches!(p, Value::Int(_)));
-        assert_eq!(slot, Some(0), "W2: expected the id as the first bind: {:?}", c.select);
+        let slot = c
+            .select
+            .params
+            .iter()
+            .position(|p| matches!(p, Value::Int(_)));
+        assert_eq!(
+            slot,
+            Some(0),
+            "W2: expected the id as the first bind: {:?}",
+            c.select
+        );
         slot
     } else {
         None
@@ -189,7 +205,8 @@ async fn run_workload(db: &Db, p: &Prepared, o: &Opts, name: &str) -> serde_json
                     match r {
                         Ok(rows) => {
                             out.rows += rows.len() as u64;
-                            out.lat_us.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+                            out.lat_us
+                                .push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
                         }
                         Err(e) => {
                             out.errors += 1;
@@ -227,7 +244,11 @@ async fn run_workload(db: &Db, p: &Prepared, o: &Opts, name: &str) -> serde_json
     };
     let n = lat.len() as f64;
     let qps = n / o.duration;
-    let mean = if lat.is_empty() { 0.0 } else { lat.iter().map(|&x| x as f64).sum::<f64>() / n };
+    let mean = if lat.is_empty() {
+        0.0
+    } else {
+        lat.iter().map(|&x| x as f64).sum::<f64>() / n
+    };
     eprintln!(
         "floor {name}: {qps:.0} queries/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} rows/query, {errors} errors",
         pct(0.50) as f64 / 1000.0,
