@@ -214,12 +214,13 @@ pub async fn load_app(
             app.app_uid
         )]);
     }
-    store::migrate::run(&store.db, &app.app_uid, &src.migrations)
+    let migrated = store::migrate::run(&store.db, &app.app_uid, &src.migrations)
         .await
         .map_err(|e| vec![format!("migrations: {e}")])?;
 
     let mut problems = Vec::new();
     let mut datasources = Vec::new();
+    let mut defs = Vec::new();
     let schema = store.schema_of(&app.app_uid);
     for (file, text) in &src.datasources {
         let def = match DatasourceDef::parse(file, text) {
@@ -235,16 +236,12 @@ pub async fn load_app(
                 def.name
             ));
         }
-        // Check the table and columns even when the definition has other problems, so that
-        // every problem is reported in one go.
         if let Err(p) = def.resolve(file, &app.app_uid, Some(&schema)) {
             problems.extend(p);
         }
-        if query::meta::is_identifier(&def.table) {
-            check_columns(store, &app.app_uid, file, &def, &mut problems).await;
-        }
         let canonical = serde_json::to_string(&def).unwrap_or_default();
         datasources.push((def.name.clone(), canonical));
+        defs.push((file, def));
     }
     let mut roles = Vec::new();
     if let Some(text) = &src.roles_json {
@@ -284,9 +281,6 @@ pub async fn load_app(
             }
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
     let meta = AppMetadata {
         app_uid: app.app_uid.clone(),
         org_uid: org_uid.to_string(),
@@ -295,12 +289,26 @@ pub async fn load_app(
         datasources,
         roles,
     };
-    if store
-        .app_metadata_unchanged(&meta)
-        .await
-        .map_err(|e| vec![e.to_string()])?
+    // Tables change only through migrations: metadata stored as it is now, with no migration
+    // applied since, was checked against the tables when it was stored.
+    if problems.is_empty()
+        && migrated.applied.is_empty()
+        && store
+            .app_metadata_unchanged(&meta)
+            .await
+            .map_err(|e| vec![e.to_string()])?
     {
         return Ok(app.app_uid);
+    }
+    // Check tables and columns even for definitions with other problems, so that every problem
+    // is reported in one go.
+    for (file, def) in &defs {
+        if query::meta::is_identifier(&def.table) {
+            check_columns(store, &app.app_uid, file, def, &mut problems).await;
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     store
         .replace_app_metadata(&meta, "system")

@@ -11,7 +11,8 @@
 //! Options: `--workloads w1,w2` (default both), `--tasks 64`, `--pool 16` (the server's default
 //! `max_connections`), `--warmup 2`, `--duration 10` (seconds), `--w1-query JSON`,
 //! `--w2-query JSON` (`empId` of its first `eq` is replaced by a random id in `1..=--ids`),
-//! `--ids 100000`, `--app bench`, `--schema bench`. Prints one `RESULT {json}` line per workload.
+//! `--ids 100000`, `--app bench`, `--schema bench`, and `--inline-limit` (an experiment: LIMIT
+//! and OFFSET as literals instead of binds, which the server does not do). Prints one `RESULT {json}` line per workload.
 //!
 //! Each of `--tasks` tokio tasks loops: acquire a pooled connection, `fetch_all` the compiled
 //! statement, release; exactly what the server's handler does per query request. W2 compiles
@@ -45,6 +46,7 @@ struct Opts {
     w1_query: String,
     w2_query: String,
     ids: i64,
+    inline_limit: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -52,7 +54,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: floor (--sqlite-dir DIR | --postgres URL) --app-dir DIR [--workloads w1,w2] \
          [--tasks 64] [--pool 16] [--warmup 2] [--duration 10] [--ids 100000] \
-         [--w1-query JSON] [--w2-query JSON] [--app bench] [--schema bench]"
+         [--w1-query JSON] [--w2-query JSON] [--app bench] [--schema bench] [--inline-limit]"
     );
     std::process::exit(2)
 }
@@ -73,6 +75,7 @@ fn parse_args() -> Opts {
         w1_query: W1_QUERY.into(),
         w2_query: W2_QUERY.into(),
         ids: 100_000,
+        inline_limit: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -100,6 +103,7 @@ fn parse_args() -> Opts {
             "--warmup" => o.warmup = num(val()),
             "--duration" => o.duration = num(val()),
             "--ids" => o.ids = num(val()) as i64,
+            "--inline-limit" => o.inline_limit = true,
             "--w1-query" => o.w1_query = val(),
             "--w2-query" => o.w2_query = val(),
             "-h" | "--help" => usage("help"),
@@ -120,7 +124,13 @@ struct Prepared {
     id_slot: Option<usize>,
 }
 
-fn prepare(ds: &query::Datasource, dialect: Dialect, json: &str, id_param: bool) -> Prepared {
+fn prepare(
+    ds: &query::Datasource,
+    dialect: Dialect,
+    json: &str,
+    id_param: bool,
+    inline_limit: bool,
+) -> Prepared {
     let v: serde_json::Value = serde_json::from_str(json).expect("query JSON");
     let q = parse_query(&v).expect("parse_query");
     let today = chrono::Utc::now().date_naive();
@@ -142,9 +152,22 @@ fn prepare(ds: &query::Datasource, dialect: Dialect, json: &str, id_param: bool)
     } else {
         None
     };
+    let (mut sql, mut params) = (c.select.sql, c.select.params);
+    if inline_limit {
+        // An experiment, not what the server does: LIMIT and OFFSET (the last two binds) as
+        // literals. On SQLite a bound LIMIT marks the statement to be re-prepared whenever it is
+        // re-bound, which defeats the statement cache.
+        let at = sql.rfind(" LIMIT ").expect("a LIMIT clause");
+        let n = params.len();
+        let (Value::Int(limit), Value::Int(offset)) = (&params[n - 2], &params[n - 1]) else {
+            panic!("LIMIT/OFFSET binds expected last: {params:?}");
+        };
+        sql = format!("{} LIMIT {limit} OFFSET {offset}", &sql[..at]);
+        params.truncate(n - 2);
+    }
     Prepared {
-        sql: c.select.sql.into(),
-        params: c.select.params,
+        sql: sql.into(),
+        params,
         types: c.columns.iter().map(|c| c.ty).collect::<Vec<_>>().into(),
         id_slot,
     }
@@ -287,8 +310,8 @@ fn main() {
         );
         for w in &o.workloads {
             let p = match w.as_str() {
-                "w1" => prepare(&ds, dialect, &o.w1_query, false),
-                "w2" => prepare(&ds, dialect, &o.w2_query, true),
+                "w1" => prepare(&ds, dialect, &o.w1_query, false, o.inline_limit),
+                "w2" => prepare(&ds, dialect, &o.w2_query, true, o.inline_limit),
                 other => usage(&format!("unknown workload {other}")),
             };
             eprintln!("floor {w}: {}", p.sql);

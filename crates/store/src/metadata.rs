@@ -261,8 +261,11 @@ impl Store {
             Db::Postgres(_) => {
                 self.db
                     .fetch_all(
-                        "SELECT upper(column_name) FROM information_schema.columns \
-                         WHERE table_schema = lower($1) AND table_name = lower($2)",
+                        "SELECT upper(a.attname) FROM pg_catalog.pg_attribute a \
+                         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = lower($1) AND c.relname = lower($2) \
+                         AND a.attnum > 0 AND NOT a.attisdropped",
                         &[text(&self.schema_of(app_uid)), text(table)],
                         &[AttrType::String],
                     )
