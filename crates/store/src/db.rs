@@ -77,8 +77,14 @@ impl Db {
                 let opts = sqlite_options(&dir.join("cloudio.db"));
                 let attached = attached_apps(dir);
                 let apps = attached.clone();
+                // SQLite work is CPU-bound in each connection's own thread and writers queue on one
+                // lock: more connections than twice the cores add threads and page caches (2 MiB
+                // each), not throughput.
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let size =
+                    max_connections.clamp(1, u32::try_from(2 * cores).unwrap_or(u32::MAX).max(2));
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(max_connections.max(1))
+                    .max_connections(size)
                     .min_connections(1)
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(move |conn, _| {
