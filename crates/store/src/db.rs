@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -63,6 +64,9 @@ pub enum Db {
         dir: PathBuf,
         /// The app databases every connection of this pool attaches.
         attached: Vec<(String, String)>,
+        /// Writers of this process queue here, in order, before `BEGIN IMMEDIATE`: SQLite's own
+        /// busy handler polls with growing sleeps, which made tail latencies of a second.
+        write_lock: Arc<tokio::sync::Mutex<()>>,
     },
     Postgres(PgPool),
 }
@@ -103,6 +107,7 @@ impl Db {
                     pool,
                     dir: dir.clone(),
                     attached,
+                    write_lock: Arc::default(),
                 })
             }
             DbTarget::Postgres(url) => {
@@ -127,6 +132,7 @@ impl Db {
                 pool,
                 dir,
                 attached,
+                ..
             } if attached != attached_apps(&dir) => {
                 pool.close().await;
                 Db::connect(&DbTarget::SqliteDir(dir), max_connections).await
@@ -151,7 +157,7 @@ impl Db {
 
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
-            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?),
+            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, None),
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -161,7 +167,12 @@ impl Db {
     /// read transaction tries to upgrade.
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self {
-            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Sqlite {
+                pool, write_lock, ..
+            } => {
+                let turn = write_lock.clone().lock_owned().await;
+                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
+            }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -288,28 +299,32 @@ impl Conn {
 
 /// A transaction; dropped without [`Tx::commit`] it rolls back.
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// With this process's write turn, when the transaction writes.
+    Sqlite(
+        sqlx::Transaction<'static, Sqlite>,
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+    ),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
 impl Tx {
     pub fn raw(&mut self) -> Raw<'_> {
         match self {
-            Tx::Sqlite(c) => Raw::Sqlite(c),
+            Tx::Sqlite(c, _) => Raw::Sqlite(c),
             Tx::Postgres(c) => Raw::Postgres(c),
         }
     }
 
     pub fn dialect(&self) -> Dialect {
         match self {
-            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Sqlite(..) => Dialect::Sqlite,
             Tx::Postgres(_) => Dialect::Postgres,
         }
     }
 
     pub async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Sqlite(t, _turn) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
