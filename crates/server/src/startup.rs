@@ -253,7 +253,7 @@ impl Server {
             metrics: Metrics::default(),
             started,
         });
-        state.hasher.prewarm();
+        state.hasher.start_trimmer();
         let app = router::app(state.clone(), routes);
         Ok(Server {
             listener,
