@@ -157,21 +157,30 @@ impl Db {
 
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
-            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, None),
+            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, WriteTurn(None)),
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
 
-    /// A transaction that will write: on SQLite it takes the write lock at once (`BEGIN
-    /// IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing when a
-    /// read transaction tries to upgrade.
+    /// This process's turn to write: on SQLite, writers queue here in order (SQLite's own busy
+    /// handler polls with growing sleeps); on PostgreSQL there is nothing to wait for. Hold it
+    /// for as long as the write lasts.
+    pub async fn write_turn(&self) -> WriteTurn {
+        match self {
+            Db::Sqlite { write_lock, .. } => WriteTurn(Some(write_lock.clone().lock_owned().await)),
+            Db::Postgres(_) => WriteTurn(None),
+        }
+    }
+
+    /// A transaction that will write: on SQLite it takes this process's write turn and then the
+    /// database's write lock at once (`BEGIN IMMEDIATE`), so a read never has to upgrade.
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self {
             Db::Sqlite {
                 pool, write_lock, ..
             } => {
-                let turn = write_lock.clone().lock_owned().await;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
+                let turn = WriteTurn(Some(write_lock.clone().lock_owned().await));
+                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
             }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -298,12 +307,17 @@ impl Conn {
 }
 
 /// A transaction; dropped without [`Tx::commit`] it rolls back.
+/// See [`Db::write_turn`].
+#[must_use]
+pub struct WriteTurn(
+    /// Held, never read: dropping it passes the turn on.
+    #[allow(dead_code)]
+    Option<tokio::sync::OwnedMutexGuard<()>>,
+);
+
 pub enum Tx {
     /// With this process's write turn, when the transaction writes.
-    Sqlite(
-        sqlx::Transaction<'static, Sqlite>,
-        Option<tokio::sync::OwnedMutexGuard<()>>,
-    ),
+    Sqlite(sqlx::Transaction<'static, Sqlite>, WriteTurn),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 

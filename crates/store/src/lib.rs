@@ -12,7 +12,7 @@ pub mod metadata;
 pub mod migrate;
 pub mod platform;
 
-pub use db::{Conn, Db, DbTarget, Raw, Tx, portable};
+pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
 pub use platform::{LiveSession, NewUser, Session, Store, User};

@@ -377,7 +377,33 @@ pub async fn post_api(
 
     let mut results: Vec<(String, Json)> = Vec::with_capacity(plan.len());
     let mut touched = Touched::new();
-    if writes {
+    if let [
+        Alias {
+            name,
+            ds,
+            work: Work::Post(rows),
+        },
+    ] = plan.as_slice()
+        && rows.len() == 1
+        && ds.app_uid != crate::startup::PLATFORM_APP
+    {
+        // One statement is its own transaction: no BEGIN and COMMIT round trips. Rows of the
+        // platform's datasources may write more than their statement, so they take the general
+        // path below.
+        let _turn = state.store.db.write_turn().await;
+        let mut conn = state.store.db.acquire().await?;
+        let r = run_post(
+            &mut conn.raw(),
+            &state,
+            &authed,
+            name,
+            ds,
+            rows,
+            &mut touched,
+        )
+        .await?;
+        results.push((name.clone(), r));
+    } else if writes {
         let mut tx = state.store.db.begin_write().await?;
         for a in plan.iter().filter(|a| matches!(a.work, Work::Post(_))) {
             if let Work::Post(rows) = &a.work {
