@@ -137,12 +137,26 @@ pub fn compile_select(
     let mut select = Sql::new();
     select.append(&list).append(&body);
     if !shape.order.is_empty() {
+        // Key and required attributes hold no NULLs: no NULL placement for them, so that a plain
+        // index on the column can serve the order (PostgreSQL cannot use an `ASC` index for
+        // `ASC NULLS FIRST`).
+        let not_null: Vec<String> = ds
+            .attributes
+            .iter()
+            .filter(|a| a.required || ds.primary_key.contains(&a.code))
+            .map(|a| format!("x.{}", a.column))
+            .collect();
         select.push(" ORDER BY ");
         for (i, (expr, dir)) in shape.order.iter().enumerate() {
             if i > 0 {
                 select.push(", ");
             }
-            select.push(expr).push(order_suffix(opts.dialect, *dir));
+            let suffix = if not_null.contains(expr) {
+                order_suffix(Dialect::Sqlite, *dir)
+            } else {
+                order_suffix(opts.dialect, *dir)
+            };
+            select.push(expr).push(suffix);
         }
     }
     select.push(" LIMIT ").bind(Value::Int(limit));
@@ -188,7 +202,7 @@ fn limit_error(opts: &CompileOptions) -> QueryError {
 }
 
 /// NULLs first ascending and last descending, in every dialect: SQLite and MySQL do that on
-/// their own, PostgreSQL is told.
+/// their own, PostgreSQL is told (for attributes that may hold NULLs).
 fn order_suffix(d: Dialect, dir: SortDir) -> &'static str {
     match (d, dir) {
         (Dialect::Postgres, SortDir::Asc) => " ASC NULLS FIRST",

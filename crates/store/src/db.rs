@@ -97,6 +97,10 @@ impl Db {
                             for (schema, path) in apps {
                                 let sql = format!("ATTACH DATABASE '{path}' AS {schema}");
                                 conn.execute(AssertSqlSafe(sql)).await?;
+                                // As for the main database: with WAL, NORMAL is safe against a
+                                // crash of the process; FULL would fsync every commit.
+                                let sql = format!("PRAGMA {schema}.synchronous = NORMAL");
+                                conn.execute(AssertSqlSafe(sql)).await?;
                             }
                             Ok(())
                         })
