@@ -129,14 +129,6 @@ impl Catalog {
             many => Resolve::Ambiguous(many.iter().map(|s| s.to_string()).collect()),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.datasources.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.datasources.is_empty()
-    }
 }
 
 /// The current catalog, swapped whole when metadata changes.

@@ -159,13 +159,6 @@ impl Db {
         })
     }
 
-    pub async fn begin(&self) -> Result<Tx> {
-        Ok(match self {
-            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, WriteTurn(None)),
-            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-        })
-    }
-
     /// This process's turn to write: on SQLite, writers queue here in order (SQLite's own busy
     /// handler polls with growing sleeps); on PostgreSQL there is nothing to wait for. Hold it
     /// for as long as the write lasts.

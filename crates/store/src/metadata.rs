@@ -92,7 +92,7 @@ impl Store {
     /// (added or renamed; roles no longer declared are kept, since users may hold them) and all
     /// of its grants.
     pub async fn replace_app_metadata(&self, m: &AppMetadata, by: &str) -> Result<()> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let d = tx.dialect();
         let now = self.who_now(Utc::now());
         let who = |v: &mut Vec<Value>| {
