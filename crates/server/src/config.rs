@@ -34,6 +34,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub max_connections: u32,
+    /// Requests handled at once; further requests wait in arrival order (their connections stay
+    /// open). Bounds the memory of a burst: a waiting request holds its head, not a handler.
+    pub max_inflight_requests: usize,
     /// The org used when `/v1/auth` names none.
     pub default_org: String,
     /// Largest accepted request body.
@@ -72,6 +75,7 @@ impl Default for Config {
             data_dir: PathBuf::from("cloudio-data"),
             database_url: None,
             max_connections: 16,
+            max_inflight_requests: 128,
             default_org: "cloudio".into(),
             body_limit_bytes: 10 * 1024 * 1024,
             session_idle_secs: 30 * 60,
@@ -128,6 +132,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             problems.push("max_connections must be at least 1".into());
+        }
+        if self.max_inflight_requests == 0 {
+            problems.push("max_inflight_requests must be at least 1".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::{auth, data, status};
@@ -31,6 +32,7 @@ pub fn routes() -> Router<AppState> {
 /// the error envelope for framework-made errors, and the body limit.
 pub fn app(state: AppState, routes: Router<AppState>) -> Router {
     let limit = state.config.body_limit_bytes;
+    let inflight = state.config.max_inflight_requests;
     routes
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -42,6 +44,8 @@ pub fn app(state: AppState, routes: Router<AppState>) -> Router {
             crate::metrics::middleware,
         ))
         .layer(middleware::from_fn(request_id::middleware))
+        // Outermost: a request waiting for its turn holds only its head.
+        .layer(GlobalConcurrencyLimitLayer::new(inflight))
         .with_state(state)
 }
 

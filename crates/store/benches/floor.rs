@@ -12,8 +12,8 @@
 //! `max_connections`), `--warmup 2`, `--duration 10` (seconds), `--w1-query JSON`,
 //! `--w2-query JSON` (`empId` of its first `eq` is replaced by a random id in `1..=--ids`),
 //! `--ids 100000`, `--app bench`, `--schema bench`, and `--inline-limit` (an experiment: LIMIT
-//! and OFFSET as literals instead of binds, which the server does not do) and
-//! `--no-acquire-ping` (an experiment: the same pool with sqlx's `test_before_acquire(false)`). Prints one `RESULT {json}` line per workload.
+//! and OFFSET as literals instead of binds, which the server does not do). Prints one
+//! `RESULT {json}` line per workload.
 //!
 //! Each of `--tasks` tokio tasks loops: acquire a pooled connection, `fetch_all` the compiled
 //! statement, release; exactly what the server's handler does per query request. W2 compiles
@@ -48,7 +48,6 @@ struct Opts {
     w2_query: String,
     ids: i64,
     inline_limit: bool,
-    no_acquire_ping: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -56,7 +55,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: floor (--sqlite-dir DIR | --postgres URL) --app-dir DIR [--workloads w1,w2] \
          [--tasks 64] [--pool 16] [--warmup 2] [--duration 10] [--ids 100000] \
-         [--w1-query JSON] [--w2-query JSON] [--app bench] [--schema bench] [--inline-limit] [--no-acquire-ping]"
+         [--w1-query JSON] [--w2-query JSON] [--app bench] [--schema bench] [--inline-limit]"
     );
     std::process::exit(2)
 }
@@ -78,7 +77,6 @@ fn parse_args() -> Opts {
         w2_query: W2_QUERY.into(),
         ids: 100_000,
         inline_limit: false,
-        no_acquire_ping: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -107,7 +105,6 @@ fn parse_args() -> Opts {
             "--duration" => o.duration = num(val()),
             "--ids" => o.ids = num(val()) as i64,
             "--inline-limit" => o.inline_limit = true,
-            "--no-acquire-ping" => o.no_acquire_ping = true,
             "--w1-query" => o.w1_query = val(),
             "--w2-query" => o.w2_query = val(),
             "-h" | "--help" => usage("help"),
@@ -298,82 +295,6 @@ async fn run_workload(db: &Db, p: &Prepared, o: &Opts, name: &str) -> serde_json
     })
 }
 
-/// An experiment, not what the server does: the pool `Db::connect` makes (same options), but
-/// with `test_before_acquire(false)`, so an acquire does not ping the connection first (sqlx
-/// pings on every acquire by default: a round trip to PostgreSQL, a hop to the connection's
-/// worker thread and back on SQLite).
-async fn connect_without_acquire_ping(target: &DbTarget, max: u32) -> Db {
-    use sqlx::Executor;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
-    match target {
-        DbTarget::Postgres(url) => {
-            let opts = url
-                .parse::<PgConnectOptions>()
-                .expect("URL")
-                .options([("timezone", "UTC")]);
-            let pool = PgPoolOptions::new()
-                .max_connections(max.max(1))
-                .acquire_timeout(Duration::from_secs(10))
-                .test_before_acquire(false)
-                .connect_with(opts)
-                .await
-                .expect("connect");
-            Db::Postgres(pool)
-        }
-        DbTarget::SqliteDir(dir) => {
-            let opts = SqliteConnectOptions::new()
-                .filename(dir.join("cloudio.db"))
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
-            // The app databases beside cloudio.db, attached under their names, as the server does.
-            let mut apps: Vec<(String, String)> = std::fs::read_dir(dir)
-                .expect("data dir")
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "db"))
-                .filter_map(|p| {
-                    let stem = p.file_stem()?.to_str()?.to_string();
-                    (stem != "cloudio").then(|| (stem, p.to_string_lossy().replace('\'', "''")))
-                })
-                .collect();
-            apps.sort();
-            let attached = apps.clone();
-            // Capped at twice the cores, as `Db::connect` does on SQLite.
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let size = max.clamp(1, u32::try_from(2 * cores).unwrap_or(u32::MAX).max(2));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(size)
-                .min_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
-                .test_before_acquire(false)
-                .after_connect(move |conn, _| {
-                    let apps = apps.clone();
-                    Box::pin(async move {
-                        for (schema, path) in apps {
-                            let sql = format!("ATTACH DATABASE '{path}' AS {schema}");
-                            conn.execute(sqlx::AssertSqlSafe(sql)).await?;
-                        }
-                        Ok(())
-                    })
-                })
-                .connect_with(opts)
-                .await
-                .expect("connect");
-            Db::Sqlite {
-                pool,
-                dir: dir.clone(),
-                attached,
-                write_lock: Default::default(),
-            }
-        }
-    }
-}
-
 /// The pool's size limit as `Db::connect` set it (on SQLite it caps the requested size).
 fn pool_max(db: &Db) -> u32 {
     match db {
@@ -402,11 +323,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let db = if o.no_acquire_ping {
-            connect_without_acquire_ping(&o.target, o.pool).await
-        } else {
-            Db::connect(&o.target, o.pool).await.expect("connect")
-        };
+        let db = Db::connect(&o.target, o.pool).await.expect("connect");
         let dialect = db.dialect();
         let file = o.app_dir.join("datasources").join("Employees.json");
         let text = std::fs::read_to_string(&file).expect("read Employees.json");

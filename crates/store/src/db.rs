@@ -20,6 +20,7 @@ use sqlx::{
 };
 
 use crate::error::{Result, StoreError};
+use crate::writer::Writer;
 
 /// Where the database lives.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub enum Db {
         /// Writers of this process queue here, in order, before `BEGIN IMMEDIATE`: SQLite's own
         /// busy handler polls with growing sleeps, which made tail latencies of a second.
         write_lock: Arc<tokio::sync::Mutex<()>>,
+        /// Short writes are batched through here (see [`Writer`]).
+        writer: Writer,
     },
     Postgres(PgPool),
 }
@@ -91,6 +94,9 @@ impl Db {
                     .max_connections(size)
                     .min_connections(1)
                     .acquire_timeout(Duration::from_secs(10))
+                    // A file does not go away like a server: sqlx's ping on every acquire was a
+                    // hop to the connection's thread and back for nothing.
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _| {
                         let apps = apps.clone();
                         Box::pin(async move {
@@ -107,11 +113,14 @@ impl Db {
                     })
                     .connect_with(opts)
                     .await?;
+                let write_lock = Arc::<tokio::sync::Mutex<()>>::default();
+                let writer = Writer::start(&dir.join("cloudio.db"), &attached, write_lock.clone())?;
                 Ok(Db::Sqlite {
                     pool,
                     dir: dir.clone(),
                     attached,
-                    write_lock: Arc::default(),
+                    write_lock,
+                    writer,
                 })
             }
             DbTarget::Postgres(url) => {
@@ -121,6 +130,18 @@ impl Db {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
+                    // Ping only connections idle for a while (the server may have restarted or
+                    // a firewall dropped them), not every acquire: that was a round trip per
+                    // request.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for < Duration::from_secs(1) {
+                                return Ok(true);
+                            }
+                            Ok(conn.ping().await.is_ok())
+                        })
+                    })
                     .connect_with(opts)
                     .await?;
                 Ok(Db::Postgres(pool))
@@ -136,8 +157,10 @@ impl Db {
                 pool,
                 dir,
                 attached,
+                writer,
                 ..
             } if attached != attached_apps(&dir) => {
+                writer.stop();
                 pool.close().await;
                 Db::connect(&DbTarget::SqliteDir(dir), max_connections).await
             }
@@ -149,6 +172,15 @@ impl Db {
         match self {
             Db::Sqlite { .. } => Dialect::Sqlite,
             Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// SQLite's batching writer, for short writes; `None` on PostgreSQL, whose writers do not
+    /// queue.
+    pub fn writer(&self) -> Option<&Writer> {
+        match self {
+            Db::Sqlite { writer, .. } => Some(writer),
+            Db::Postgres(_) => None,
         }
     }
 
@@ -216,7 +248,10 @@ impl Db {
 
     pub async fn close(&self) {
         match self {
-            Db::Sqlite { pool, .. } => pool.close().await,
+            Db::Sqlite { pool, writer, .. } => {
+                writer.stop();
+                pool.close().await
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }
@@ -522,7 +557,7 @@ fn decode_pg(row: &PgRow, types: &[AttrType]) -> Result<Vec<Value>> {
 
 /// Converts a decoded cell into the attribute's type (SQLite keeps dates as text, booleans as
 /// integers, and so on).
-fn coerce(v: Value, ty: AttrType) -> std::result::Result<Value, String> {
+pub(crate) fn coerce(v: Value, ty: AttrType) -> std::result::Result<Value, String> {
     use AttrType as T;
     Ok(match (ty, v) {
         (_, Value::Null) => Value::Null,

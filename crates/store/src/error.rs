@@ -1,6 +1,6 @@
 //! The store's one error type. Driver errors are translated here, once.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached (connection refused, pool timed out, closed).
     #[error("database unavailable: {0}")]

@@ -11,8 +11,10 @@ pub mod error;
 pub mod metadata;
 pub mod migrate;
 pub mod platform;
+pub mod writer;
 
 pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
 pub use platform::{LiveSession, NewUser, Session, Store, User};
+pub use writer::{WriteConn, Writer};

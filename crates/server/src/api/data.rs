@@ -12,11 +12,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use chrono::Utc;
 use query::{
-    AttrType, CompileOptions, Compiled, Datasource, RowOp, Value, WriteContext, WriteRow,
-    compile_lookup, compile_select, compile_write, parse_query, parse_row, returning_columns,
+    AttrType, CompileOptions, Compiled, Datasource, Dialect, RowOp, Statement, Value, WriteContext,
+    WriteRow, compile_lookup, compile_select, compile_write, parse_query, parse_row,
+    returning_columns,
 };
 use serde_json::{Map, Value as Json};
-use store::Raw;
+use store::{Raw, Writer};
 
 use crate::api::parse_json;
 use crate::auth::guard::Authed;
@@ -238,6 +239,60 @@ fn describe_key(key: &[(String, Value)]) -> String {
 /// Users whose sessions or roles a post changed; their cached tokens are dropped after commit.
 type Touched = Vec<(String, String)>;
 
+/// The statement that writes one row; for inserts with server-made keys, with the new key.
+fn write_statement(
+    alias: &str,
+    ds: &Datasource,
+    row: &WriteRow,
+    ctx: &WriteContext<'_>,
+) -> ApiResult<Statement> {
+    if row.op == RowOp::Insert && ds.key_generation == query::KeyGeneration::Uuid {
+        // The server makes the key; the compiler reads no randomness.
+        let mut row = row.clone();
+        for k in &ds.primary_key {
+            row.values
+                .push((k.clone(), Value::Text(uuid::Uuid::new_v4().to_string())));
+        }
+        compile_write(ds, &row, ctx)
+    } else {
+        compile_write(ds, row, ctx)
+    }
+    .map_err(|e| bad(alias, e))
+}
+
+/// A database error while writing row `i`, named by alias and row.
+fn row_error(alias: &str, i: usize, e: store::StoreError) -> ApiError {
+    match ApiError::from(e) {
+        ApiError::BadRequest(m) => bad(alias, format!("row {i}: {m}")),
+        ApiError::Conflict(m) => ApiError::Conflict(format!("{alias}: row {i}: {m}")),
+        e => e,
+    }
+}
+
+/// Nothing matched key and lastUpdateDate: the row is gone (`exists` false), or it changed.
+fn not_written(alias: &str, i: usize, row: &WriteRow, exists: bool) -> ApiError {
+    let key = describe_key(&row.key);
+    if exists {
+        ApiError::Conflict(format!(
+            "{alias}: row {i} ({key}) was changed by someone else since the given lastUpdateDate; query it again"
+        ))
+    } else {
+        ApiError::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
+    }
+}
+
+fn post_result(rows: Vec<Json>, started: Instant) -> Json {
+    let mut result = Map::new();
+    let posted = rows.len();
+    result.insert("data".into(), Json::Array(rows));
+    result.insert(
+        "postElapsed".into(),
+        Json::from(started.elapsed().as_millis() as u64),
+    );
+    result.insert("rowsPosted".into(), Json::from(posted));
+    Json::Object(result)
+}
+
 async fn run_post(
     raw: &mut Raw<'_>,
     state: &AppState,
@@ -257,55 +312,72 @@ async fn run_post(
     let started = Instant::now();
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let st = if row.op == RowOp::Insert && ds.key_generation == query::KeyGeneration::Uuid {
-            // The server makes the key; the compiler reads no randomness.
-            let mut row = row.clone();
-            for k in &ds.primary_key {
-                row.values
-                    .push((k.clone(), Value::Text(uuid::Uuid::new_v4().to_string())));
-            }
-            compile_write(ds, &row, &ctx)
-        } else {
-            compile_write(ds, row, &ctx)
-        }
-        .map_err(|e| bad(alias, e))?;
+        let st = write_statement(alias, ds, row, &ctx)?;
         let returned = raw
             .fetch_all(&st.sql, &st.params, &types)
             .await
-            .map_err(|e| match ApiError::from(e) {
-                ApiError::BadRequest(m) => bad(alias, format!("row {i}: {m}")),
-                ApiError::Conflict(m) => ApiError::Conflict(format!("{alias}: row {i}: {m}")),
-                e => e,
-            })?;
+            .map_err(|e| row_error(alias, i, e))?;
         let Some(stored) = returned.into_iter().next() else {
-            // Nothing matched key and lastUpdateDate: the row is gone, or it changed.
             let lookup = compile_lookup(ds, &row.key, ctx.dialect).map_err(|e| bad(alias, e))?;
             let exists = !raw
                 .fetch_all(&lookup.sql, &lookup.params, &[AttrType::DateTime])
                 .await?
                 .is_empty();
-            let key = describe_key(&row.key);
-            return Err(if exists {
-                ApiError::Conflict(format!(
-                    "{alias}: row {i} ({key}) was changed by someone else since the given lastUpdateDate; query it again"
-                ))
-            } else {
-                ApiError::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
-            });
+            return Err(not_written(alias, i, row, exists));
         };
         let json = to_json_row(&columns, stored);
         platform_effects(raw, state, ds, row, &json, touched).await?;
         out.push(json);
     }
-    let mut result = Map::new();
-    let posted = out.len();
-    result.insert("data".into(), Json::Array(out));
-    result.insert(
-        "postElapsed".into(),
-        Json::from(started.elapsed().as_millis() as u64),
-    );
-    result.insert("rowsPosted".into(), Json::from(posted));
-    Ok(Json::Object(result))
+    Ok(post_result(out, started))
+}
+
+/// One row of an app's datasource on SQLite: a job of the batching writer (see
+/// `store::writer`), answered once its batch has committed. The same statements and answers as
+/// [`run_post`].
+async fn post_one(
+    writer: &Writer,
+    authed: &Authed,
+    alias: &str,
+    ds: &Datasource,
+    row: &WriteRow,
+) -> ApiResult<Json> {
+    enum Written {
+        Stored(Vec<Value>),
+        Missing { exists: bool },
+    }
+    let ctx = WriteContext {
+        dialect: Dialect::Sqlite,
+        user: authed.user_name(),
+        now: Utc::now(),
+    };
+    let columns = returning_columns(ds);
+    let types: Vec<AttrType> = columns.iter().map(|c| c.ty).collect();
+    let started = Instant::now();
+    let st = write_statement(alias, ds, row, &ctx)?;
+    let lookup = match row.op {
+        RowOp::Insert => None,
+        _ => Some(compile_lookup(ds, &row.key, Dialect::Sqlite).map_err(|e| bad(alias, e))?),
+    };
+    let written = writer
+        .run(move |w| {
+            if let Some(stored) = w.fetch_all(&st.sql, &st.params, &types)?.into_iter().next() {
+                return Ok(Written::Stored(stored));
+            }
+            let exists = match &lookup {
+                Some(l) => !w
+                    .fetch_all(&l.sql, &l.params, &[AttrType::DateTime])?
+                    .is_empty(),
+                None => false,
+            };
+            Ok(Written::Missing { exists })
+        })
+        .await
+        .map_err(|e| row_error(alias, 0, e))?;
+    match written {
+        Written::Stored(stored) => Ok(post_result(vec![to_json_row(&columns, stored)], started)),
+        Written::Missing { exists } => Err(not_written(alias, 0, row, exists)),
+    }
 }
 
 /// What writing the platform's own datasources implies beyond the row: a disabled user or a
@@ -384,24 +456,28 @@ pub async fn post_api(
             work: Work::Post(rows),
         },
     ] = plan.as_slice()
-        && rows.len() == 1
+        && let [row] = rows.as_slice()
         && ds.app_uid != crate::startup::PLATFORM_APP
     {
-        // One statement is its own transaction: no BEGIN and COMMIT round trips. Rows of the
-        // platform's datasources may write more than their statement, so they take the general
-        // path below.
-        let _turn = state.store.db.write_turn().await;
-        let mut conn = state.store.db.acquire().await?;
-        let r = run_post(
-            &mut conn.raw(),
-            &state,
-            &authed,
-            name,
-            ds,
-            rows,
-            &mut touched,
-        )
-        .await?;
+        // One statement is its own transaction: no BEGIN and COMMIT round trips (on SQLite, a
+        // job of the batching writer). Rows of the platform's datasources may write more than
+        // their statement, so they take the general path below.
+        let r = match state.store.db.writer() {
+            Some(writer) => post_one(writer, &authed, name, ds, row).await?,
+            None => {
+                let mut conn = state.store.db.acquire().await?;
+                run_post(
+                    &mut conn.raw(),
+                    &state,
+                    &authed,
+                    name,
+                    ds,
+                    rows,
+                    &mut touched,
+                )
+                .await?
+            }
+        };
         results.push((name.clone(), r));
     } else if writes {
         let mut tx = state.store.db.begin_write().await?;

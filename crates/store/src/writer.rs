@@ -1,0 +1,285 @@
+//! SQLite's writer: one thread with its own connection that runs short write jobs in batches.
+//!
+//! Through a pool, every single-row write paid for its own turn, connection hand-off, statement
+//! round trip to the driver's worker thread and commit, one after the other; the server spent
+//! most of its time waking threads. Here the jobs queued while a batch commits form the next
+//! batch: one `BEGIN IMMEDIATE`, each job inside its own savepoint (a failing job undoes only
+//! itself), one `COMMIT`, and only then the answers. A job learns it succeeded only once its
+//! batch is durable in the WAL; if the commit fails, every job of the batch gets the error.
+//!
+//! The writer takes the process's write turn ([`crate::Db::write_turn`]) for each batch, so it
+//! and the pool's write transactions never wait on SQLite's busy handler in this process.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use query::{AttrType, Value};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::db::coerce;
+use crate::error::{Result, StoreError};
+
+/// At most this many jobs share one transaction.
+const MAX_BATCH: usize = 256;
+
+/// A job: its code, run on the writer's connection, and its caller waiting for the answer.
+trait Job: Send {
+    /// Runs the code; returns what answers the caller once the batch's fate is known.
+    fn run(self: Box<Self>, conn: &WriteConn<'_>) -> Box<dyn FnOnce(Result<()>) + Send>;
+    /// The batch could not start: the code never runs.
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+struct Pending<F, T> {
+    f: F,
+    reply: tokio::sync::oneshot::Sender<Result<T>>,
+}
+
+impl<F, T> Job for Pending<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&WriteConn<'_>) -> Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &WriteConn<'_>) -> Box<dyn FnOnce(Result<()>) + Send> {
+        let Pending { f, reply } = *self;
+        let out = f(conn);
+        Box::new(move |committed: Result<()>| {
+            // A job's own error wins; otherwise the batch's.
+            let _ = reply.send(out.and_then(|v| committed.map(|()| v)));
+        })
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+enum Msg {
+    Job(Box<dyn Job>),
+    Stop,
+}
+
+/// A handle on the writer thread; clones share it. The thread ends on [`Writer::stop`] or when
+/// the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Writer {
+    /// Opens the writer's connection (`cloudio.db` with the app databases attached) and starts
+    /// its thread.
+    pub(crate) fn start(
+        main: &Path,
+        attached: &[(String, String)],
+        turn: Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Writer> {
+        let conn = open(main, attached).map_err(from_rusqlite)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(conn, rx, turn))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `f` on the writer's connection in the next batch; answers after that batch commits.
+    /// `f` must be short: it holds the database's write lock for every job of its batch.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteConn<'_>) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T>>();
+        self.tx
+            .send(Msg::Job(Box::new(Pending { f, reply })))
+            .map_err(|_| StoreError::Unavailable("the database is closed".into()))?;
+        answer
+            .await
+            // The job panicked (logged by the writer) or the writer stopped meanwhile.
+            .map_err(|_| StoreError::Other("the write was abandoned".into()))?
+    }
+
+    /// Asks the thread to finish its batch and close its connection.
+    pub(crate) fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
+fn open(main: &Path, attached: &[(String, String)]) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        main,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    for (schema, path) in attached {
+        // Checked identifiers and an escaped literal, as for the pool (see `attached_apps`).
+        conn.execute_batch(&format!(
+            "ATTACH DATABASE '{path}' AS {schema}; PRAGMA {schema}.synchronous = NORMAL;"
+        ))?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<()>>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = Vec::new();
+        match first {
+            Msg::Job(j) => batch.push(j),
+            Msg::Stop => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let _turn = turn.blocking_lock();
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>) {
+    let w = WriteConn { conn };
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = from_rusqlite(e);
+        tracing::warn!(error = %e, "a write batch could not begin");
+        for job in batch {
+            job.fail(e.clone());
+        }
+        return;
+    }
+    let mut finish = Vec::with_capacity(batch.len());
+    for job in batch {
+        let ran = conn
+            .execute_batch("SAVEPOINT job")
+            .map_err(from_rusqlite)
+            .and_then(|()| {
+                catch_unwind(AssertUnwindSafe(|| job.run(&w)))
+                    .map_err(|_| StoreError::Other("a write job panicked".into()))
+            });
+        match ran {
+            Ok(done) => {
+                // A job that failed answers with its own error whatever the batch does; undoing
+                // its partial work keeps the others' intact.
+                finish.push(done);
+                let _ = conn.execute_batch("RELEASE job");
+            }
+            Err(e) => {
+                // Its caller gets "abandoned" (the reply went with the job).
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                tracing::error!(error = %e, "a write job failed outside its own code");
+            }
+        }
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(from_rusqlite);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in finish {
+        done(match &committed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.clone()),
+        });
+    }
+}
+
+/// The writer's connection, as seen by a job: binds [`Value`]s and decodes rows like
+/// [`crate::Raw`] does for the pool.
+pub struct WriteConn<'c> {
+    conn: &'c Connection,
+}
+
+impl WriteConn<'_> {
+    /// Runs one statement and decodes each returned cell as the given type (by position).
+    pub fn fetch_all(
+        &self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> Result<Vec<Vec<Value>>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(from_rusqlite)?;
+        for (i, v) in params.iter().enumerate() {
+            bind(&mut stmt, i + 1, v).map_err(from_rusqlite)?;
+        }
+        let width = stmt.column_count();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(from_rusqlite)? {
+            let mut cells = Vec::with_capacity(width);
+            for i in 0..width {
+                let cell = match row.get_ref(i).map_err(from_rusqlite)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::Int(n),
+                    ValueRef::Real(f) => Value::Float(f),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        Value::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                };
+                let ty = types.get(i).copied().unwrap_or(AttrType::String);
+                cells
+                    .push(coerce(cell, ty).map_err(|e| {
+                        StoreError::Other(format!("cannot decode column {i}: {e}"))
+                    })?);
+            }
+            out.push(cells);
+        }
+        Ok(out)
+    }
+}
+
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, i: usize, v: &Value) -> rusqlite::Result<()> {
+    match v {
+        Value::Null => stmt.raw_bind_parameter(i, rusqlite::types::Null),
+        Value::Bool(b) => stmt.raw_bind_parameter(i, i64::from(*b)),
+        Value::Int(n) => stmt.raw_bind_parameter(i, *n),
+        Value::Float(f) => stmt.raw_bind_parameter(i, *f),
+        Value::Text(s) => stmt.raw_bind_parameter(i, s.as_str()),
+        Value::Date(d) => stmt.raw_bind_parameter(i, d.format("%Y-%m-%d").to_string()),
+        Value::DateTime(t) => stmt.raw_bind_parameter(i, query::value::format_datetime(t)),
+        Value::Json(j) => stmt.raw_bind_parameter(i, j.to_string()),
+    }
+}
+
+/// The same classification as for sqlx's errors (`error.rs`), by SQLite's extended codes.
+fn from_rusqlite(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(err, msg) => {
+            let text = msg.clone().unwrap_or_else(|| err.to_string());
+            match err.extended_code {
+                2067 | 1555 => StoreError::Duplicate(text),
+                1299 | 275 | 787 | 19 | 20 => StoreError::Constraint(text),
+                _ if err.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Constraint(text)
+                }
+                _ if matches!(
+                    err.code,
+                    rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::ReadOnly
+                ) =>
+                {
+                    StoreError::Unavailable(text)
+                }
+                _ => StoreError::Other(e.to_string()),
+            }
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
