@@ -25,35 +25,47 @@ use crate::error::{Result, StoreError};
 /// At most this many jobs share one transaction.
 const MAX_BATCH: usize = 256;
 
-/// A job: its code, run on the writer's connection, and its caller waiting for the answer.
+/// A job: its code, run on the writer's connection (perhaps twice, see [`run_batch`]), and its
+/// caller waiting for the answer.
 trait Job: Send {
-    /// Runs the code; returns what answers the caller once the batch's fate is known.
-    fn run(self: Box<Self>, conn: &WriteConn<'_>) -> Box<dyn FnOnce(Result<()>) + Send>;
-    /// The batch could not start: the code never runs.
-    fn fail(self: Box<Self>, e: StoreError);
+    /// Runs the code and keeps its outcome; says whether it succeeded.
+    fn run(&mut self, conn: &WriteConn<'_>) -> bool;
+    /// Answers the caller: the code's own error, else the batch's fate.
+    fn answer(self: Box<Self>, committed: Result<()>);
 }
 
 struct Pending<F, T> {
     f: F,
+    out: Option<Result<T>>,
     reply: tokio::sync::oneshot::Sender<Result<T>>,
 }
 
 impl<F, T> Job for Pending<F, T>
 where
     T: Send + 'static,
-    F: FnOnce(&WriteConn<'_>) -> Result<T> + Send + 'static,
+    F: Fn(&WriteConn<'_>) -> Result<T> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &WriteConn<'_>) -> Box<dyn FnOnce(Result<()>) + Send> {
-        let Pending { f, reply } = *self;
-        let out = f(conn);
-        Box::new(move |committed: Result<()>| {
-            // A job's own error wins; otherwise the batch's.
-            let _ = reply.send(out.and_then(|v| committed.map(|()| v)));
-        })
+    fn run(&mut self, conn: &WriteConn<'_>) -> bool {
+        let out = catch_unwind(AssertUnwindSafe(|| (self.f)(conn))).unwrap_or_else(|_| {
+            tracing::error!("a write job panicked");
+            Err(StoreError::Other(
+                "the write failed inside the server".into(),
+            ))
+        });
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
     }
 
-    fn fail(self: Box<Self>, e: StoreError) {
-        let _ = self.reply.send(Err(e));
+    fn answer(self: Box<Self>, committed: Result<()>) {
+        let out = match self.out {
+            Some(Err(e)) => Err(e),
+            Some(Ok(v)) => committed.map(|()| v),
+            None => Err(committed
+                .err()
+                .unwrap_or_else(|| StoreError::Other("the write did not run".into()))),
+        };
+        let _ = self.reply.send(out);
     }
 }
 
@@ -87,20 +99,25 @@ impl Writer {
     }
 
     /// Runs `f` on the writer's connection in the next batch; answers after that batch commits.
-    /// `f` must be short: it holds the database's write lock for every job of its batch.
+    /// `f` must be short (it holds the database's write lock for every job of its batch) and
+    /// may run twice: when its batch cannot commit, its work is undone and it runs again alone.
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteConn<'_>) -> Result<T> + Send + 'static,
+        F: Fn(&WriteConn<'_>) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T>>();
+        let job = Pending {
+            f,
+            out: None,
+            reply,
+        };
         self.tx
-            .send(Msg::Job(Box::new(Pending { f, reply })))
+            .send(Msg::Job(Box::new(job)))
             .map_err(|_| StoreError::Unavailable("the database is closed".into()))?;
         answer
             .await
-            // The job panicked (logged by the writer) or the writer stopped meanwhile.
-            .map_err(|_| StoreError::Other("the write was abandoned".into()))?
+            .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
     }
 
     /// Asks the thread to finish its batch and close its connection.
@@ -154,48 +171,49 @@ fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<(
     }
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>) {
+/// One transaction for the whole batch, a savepoint per job: a job that fails undoes only its
+/// own work. If the commit itself fails (a deferred constraint that one job broke, say), the
+/// batch is rolled back and each job runs again in a transaction of its own, so only the
+/// culprit fails.
+fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
     let w = WriteConn { conn };
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = from_rusqlite(e);
-        tracing::warn!(error = %e, "a write batch could not begin");
+    let committed = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        for job in &mut batch {
+            conn.execute_batch("SAVEPOINT job")?;
+            if !job.run(&w) {
+                conn.execute_batch("ROLLBACK TO job")?;
+            }
+            conn.execute_batch("RELEASE job")?;
+        }
+        conn.execute_batch("COMMIT")
+    });
+    let Err(e) = committed else {
         for job in batch {
-            job.fail(e.clone());
+            job.answer(Ok(()));
+        }
+        return;
+    };
+    let e = from_rusqlite(e);
+    let _ = conn.execute_batch("ROLLBACK");
+    if batch.len() == 1 || !matches!(e, StoreError::Constraint(_) | StoreError::Duplicate(_)) {
+        tracing::warn!(error = %e, jobs = batch.len(), "a write batch failed");
+        for job in batch {
+            job.answer(Err(e.clone()));
         }
         return;
     }
-    let mut finish = Vec::with_capacity(batch.len());
-    for job in batch {
-        let ran = conn
-            .execute_batch("SAVEPOINT job")
-            .map_err(from_rusqlite)
-            .and_then(|()| {
-                catch_unwind(AssertUnwindSafe(|| job.run(&w)))
-                    .map_err(|_| StoreError::Other("a write job panicked".into()))
-            });
-        match ran {
-            Ok(done) => {
-                // A job that failed answers with its own error whatever the batch does; undoing
-                // its partial work keeps the others' intact.
-                finish.push(done);
-                let _ = conn.execute_batch("RELEASE job");
+    for mut job in batch {
+        let alone = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            if job.run(&w) {
+                conn.execute_batch("COMMIT")
+            } else {
+                conn.execute_batch("ROLLBACK")
             }
-            Err(e) => {
-                // Its caller gets "abandoned" (the reply went with the job).
-                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                tracing::error!(error = %e, "a write job failed outside its own code");
-            }
-        }
-    }
-    let committed = conn.execute_batch("COMMIT").map_err(from_rusqlite);
-    if committed.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    for done in finish {
-        done(match &committed {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.clone()),
         });
+        if alone.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        job.answer(alone.map_err(from_rusqlite));
     }
 }
 

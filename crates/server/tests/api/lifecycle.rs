@@ -85,3 +85,69 @@ on_both!(shutdown_lets_in_flight_requests_finish, |kind| async move {
         .expect("server stops after the request");
     assert!(reqwest::get(status_url).await.is_err(), "listener closed");
 });
+
+on_both!(
+    requests_beyond_the_inflight_limit_wait_their_turn,
+    |kind| async move {
+        let db = TestDb::new(kind).await;
+        let config = server::Config {
+            max_inflight_requests: 1,
+            ..db.config()
+        };
+        let app = TestApp::spawn_on(db, config).await;
+        let client = app.client.clone();
+        let url = app.url("/test/slow");
+        let started = app.routes.slow_started.clone();
+        let slow = tokio::spawn(async move { client.get(url).send().await });
+        started.notified().await;
+        // The one slot is taken: a second request waits (its connection stays open), then runs.
+        let client = app.client.clone();
+        let status_url = app.url("/v1/status");
+        let waiting = tokio::spawn(async move { client.get(status_url).send().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second request waits for the slot"
+        );
+        app.routes.slow_release.notify_one();
+        assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+        let resp = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting request runs once the slot is free")
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        app.stop().await;
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_connections_dropped_behind_the_pool_cost_no_request() {
+    // As after a PostgreSQL restart or a firewall's idle timeout: every pooled connection dies.
+    // The pool pings connections idle for over a second before handing them out.
+    let app = TestApp::spawn(Kind::Postgres).await;
+    let admin = app.admin().await;
+    let query = serde_json::json!({"q": {"ds": "IoUsers", "query": {"limit": 1}}});
+    assert_eq!(app.api(&admin, &query).await.0, 200);
+    let url = app.db.as_ref().unwrap().url.clone().unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the server's connections were there to kill");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..20 {
+        let (status, body) = app.api(&admin, &query).await;
+        assert_eq!(
+            status, 200,
+            "request {i} after the connections died: {body}"
+        );
+    }
+    app.stop().await;
+}

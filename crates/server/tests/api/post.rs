@@ -526,3 +526,67 @@ on_both!(malformed_post_bodies_are_400, |kind| async move {
     }
     app.stop().await;
 });
+
+on_both!(
+    concurrent_single_row_posts_are_each_answered_with_their_own_row,
+    |kind| async move {
+        // On SQLite these are jobs of one batching writer: a duplicate in the middle of a batch
+        // fails alone, and no answer is crossed with another request's.
+        let app = spawn(kind).await;
+        let admin = app.admin().await;
+        ok(
+            &app,
+            &admin,
+            json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "taken", "body": "first"}]}}),
+        )
+        .await;
+        let url = app.url(&format!("/v1/api?csrf={}", admin.csrf));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..80 {
+            let (client, url, jwt) = (app.client.clone(), url.clone(), admin.jwt.clone());
+            tasks.spawn(async move {
+                let code = if i % 5 == 3 {
+                    "taken".to_string()
+                } else {
+                    format!("c{i:02}")
+                };
+                let body = json!({"n": {"ds": "Notes", "data": [
+                    {"_rs": "I", "noteCode": code, "body": format!("body {i}")}]}});
+                let r = client
+                    .post(url)
+                    .header("Authorization", format!("Bearer {jwt}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                (i, status, r.json::<Value>().await.expect("json"))
+            });
+        }
+        let mut stored = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (i, status, b) = done.unwrap();
+            if i % 5 == 3 {
+                assert_eq!(status, 409, "{i}: {b}");
+                assert_eq!(b["status"], "ERROR");
+            } else {
+                assert_eq!(status, 200, "{i}: {b}");
+                let row = &b["data"]["n"]["data"][0];
+                assert_eq!(row["noteCode"], format!("c{i:02}"), "{b}");
+                assert_eq!(row["body"], format!("body {i}"), "{b}");
+                assert_eq!(b["data"]["n"]["rowsPosted"], 1);
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 64);
+        assert_eq!(count(&app, &admin, "Notes").await, 65);
+        let first = ok(
+            &app,
+            &admin,
+            json!({"q": {"ds": "Notes", "query": {"filter": [{"noteCode": {"is": "taken"}}]}}}),
+        )
+        .await;
+        assert_eq!(first["data"]["q"]["data"][0]["body"], "first");
+        app.stop().await;
+    }
+);
