@@ -1,5 +1,6 @@
 //! SQLite's batching writer: every job answered on its own, a failing job undoes only itself,
 //! a commit that fails is retried job by job, a panic is an error (not a dead writer).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
