@@ -82,18 +82,23 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens the writer's connection (`cloudio.db` with the app databases attached) and starts
-    /// its thread.
+    /// Starts the writer's thread, which opens its own connection (`cloudio.db` with the app
+    /// databases attached).
     pub(crate) fn start(
         main: &Path,
         attached: &[(String, String)],
         turn: Arc<tokio::sync::Mutex<()>>,
     ) -> Result<Writer> {
-        let conn = open(main, attached).map_err(from_rusqlite)?;
         let (tx, rx) = mpsc::channel();
+        let (main, attached) = (main.to_path_buf(), attached.to_vec());
+        // The thread opens its own connection, off the start-up path; the pool has just opened
+        // the same files, so this fails only if the disk does meanwhile.
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, turn))
+            .spawn(move || match open(&main, &attached) {
+                Ok(conn) => run(conn, rx, turn),
+                Err(e) => refuse(&from_rusqlite(e), rx),
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Writer { tx })
     }
@@ -145,6 +150,14 @@ fn open(main: &Path, attached: &[(String, String)]) -> rusqlite::Result<Connecti
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// The writer could not open its connection: every job gets the reason.
+fn refuse(e: &StoreError, rx: mpsc::Receiver<Msg>) {
+    tracing::error!(error = %e, "the SQLite writer cannot open the database");
+    while let Ok(Msg::Job(job)) = rx.recv() {
+        job.answer(Err(StoreError::Unavailable(e.to_string())));
+    }
 }
 
 fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<()>>) {
