@@ -201,10 +201,7 @@ async fn admin_tools(db: &DbArgs) -> Result<(store::Store, Hasher)> {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok()))
         .with_writer(std::io::stdout)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
@@ -353,4 +350,21 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
         bail!("{}\n{body}", head.lines().next().unwrap_or(""));
     }
     Ok(body.to_string())
+}
+
+/// `RUST_LOG`, else `info,sqlx=warn`. Scripts wait for the `listening on` line (spec section 8),
+/// so start-up's own lines stay on unless `RUST_LOG` names `server::startup` itself.
+fn log_filter(rust_log: Option<String>) -> tracing_subscriber::EnvFilter {
+    let default = || tracing_subscriber::EnvFilter::new("info,sqlx=warn");
+    match rust_log {
+        Some(v) if !v.trim().is_empty() => {
+            let v = if v.contains("server::startup") {
+                v
+            } else {
+                format!("{v},server::startup=info")
+            };
+            tracing_subscriber::EnvFilter::try_new(v).unwrap_or_else(|_| default())
+        }
+        _ => default(),
+    }
 }

@@ -32,25 +32,27 @@ trait Job: Send {
     fn run(&mut self, conn: &WriteConn<'_>) -> bool;
     /// Answers the caller: the code's own error, else the batch's fate.
     fn answer(self: Box<Self>, committed: Result<()>);
+    /// Whether the job wants a transaction of its own (see [`Writer::run_alone`]).
+    fn alone(&self) -> bool;
 }
 
-struct Pending<F, T> {
+struct Pending<F, T, E> {
     f: F,
-    out: Option<Result<T>>,
-    reply: tokio::sync::oneshot::Sender<Result<T>>,
+    alone: bool,
+    out: Option<std::result::Result<T, E>>,
+    reply: tokio::sync::oneshot::Sender<std::result::Result<T, E>>,
 }
 
-impl<F, T> Job for Pending<F, T>
+impl<F, T, E> Job for Pending<F, T, E>
 where
     T: Send + 'static,
-    F: Fn(&WriteConn<'_>) -> Result<T> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
 {
     fn run(&mut self, conn: &WriteConn<'_>) -> bool {
         let out = catch_unwind(AssertUnwindSafe(|| (self.f)(conn))).unwrap_or_else(|_| {
             tracing::error!("a write job panicked");
-            Err(StoreError::Other(
-                "the write failed inside the server".into(),
-            ))
+            Err(StoreError::Other("the write failed inside the server".into()).into())
         });
         let ok = out.is_ok();
         self.out = Some(out);
@@ -60,12 +62,16 @@ where
     fn answer(self: Box<Self>, committed: Result<()>) {
         let out = match self.out {
             Some(Err(e)) => Err(e),
-            Some(Ok(v)) => committed.map(|()| v),
-            None => Err(committed
-                .err()
-                .unwrap_or_else(|| StoreError::Other("the write did not run".into()))),
+            Some(Ok(v)) => committed.map(|()| v).map_err(E::from),
+            None => Err(E::from(committed.err().unwrap_or_else(|| {
+                StoreError::Other("the write did not run".into())
+            }))),
         };
         let _ = self.reply.send(out);
+    }
+
+    fn alone(&self) -> bool {
+        self.alone
     }
 }
 
@@ -106,14 +112,40 @@ impl Writer {
     /// Runs `f` on the writer's connection in the next batch; answers after that batch commits.
     /// `f` must be short (it holds the database's write lock for every job of its batch) and
     /// may run twice: when its batch cannot commit, its work is undone and it runs again alone.
-    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    /// When `f` fails, its work is undone and its error is the answer; the error type is the
+    /// caller's (anything a [`StoreError`] converts into).
+    pub async fn run<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
-        F: Fn(&WriteConn<'_>) -> Result<T> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
-        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T>>();
+        self.submit(f, false).await
+    }
+
+    /// As [`Writer::run`], in a transaction of its own: for jobs that write many rows. In a
+    /// shared batch a job runs inside a savepoint, and SQLite then keeps a copy of every page
+    /// each of its statements changes until the job ends (a 10,000-row post wrote 185 MB to a
+    /// temporary file that way).
+    pub async fn run_alone<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, E, F>(&self, f: F, alone: bool) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Pending {
             f,
+            alone,
             out: None,
             reply,
         };
@@ -161,16 +193,24 @@ fn refuse(e: &StoreError, rx: mpsc::Receiver<Msg>) {
 }
 
 fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<()>>) {
+    // A job that wants its own transaction, taken from the queue while filling a batch.
+    let mut next: Option<Box<dyn Job>> = None;
     let mut stopping = false;
     while !stopping {
-        let Ok(first) = rx.recv() else { break };
-        let mut batch = Vec::new();
-        match first {
-            Msg::Job(j) => batch.push(j),
-            Msg::Stop => break,
-        }
-        while batch.len() < MAX_BATCH {
+        let first = match next.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(Msg::Job(j)) => j,
+                Ok(Msg::Stop) | Err(_) => break,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && !batch[0].alone() {
             match rx.try_recv() {
+                Ok(Msg::Job(j)) if j.alone() => {
+                    next = Some(j);
+                    break;
+                }
                 Ok(Msg::Job(j)) => batch.push(j),
                 Ok(Msg::Stop) => {
                     stopping = true;
@@ -180,8 +220,32 @@ fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<(
             }
         }
         let _turn = turn.blocking_lock();
-        run_batch(&conn, batch);
+        if batch.len() == 1 {
+            run_alone(&conn, batch.remove(0));
+        } else {
+            run_batch(&conn, batch);
+        }
     }
+    if let Some(j) = next {
+        let _turn = turn.blocking_lock();
+        run_alone(&conn, j);
+    }
+}
+
+/// One job, one transaction (no savepoint: the transaction is the job's).
+fn run_alone(conn: &Connection, mut job: Box<dyn Job>) {
+    let w = WriteConn { conn };
+    let done = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        if job.run(&w) {
+            conn.execute_batch("COMMIT")
+        } else {
+            conn.execute_batch("ROLLBACK")
+        }
+    });
+    if done.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    job.answer(done.map_err(from_rusqlite));
 }
 
 /// One transaction for the whole batch, a savepoint per job: a job that fails undoes only its
@@ -215,18 +279,8 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
         }
         return;
     }
-    for mut job in batch {
-        let alone = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-            if job.run(&w) {
-                conn.execute_batch("COMMIT")
-            } else {
-                conn.execute_batch("ROLLBACK")
-            }
-        });
-        if alone.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        job.answer(alone.map_err(from_rusqlite));
+    for job in batch {
+        run_alone(conn, job);
     }
 }
 

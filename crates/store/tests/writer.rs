@@ -225,3 +225,51 @@ async fn a_closed_database_refuses_jobs() {
     let r = insert(&w, "late".into()).await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_runs_alone_keeps_its_place_between_batches() {
+    let (_dir, db) = db().await;
+    let w = db.writer().unwrap().clone();
+    let turn = db.write_turn().await;
+    let mut small = Vec::new();
+    for i in 0..10 {
+        small.push(tokio::spawn(insert(&w, format!("a{i}"))));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Many rows, then a duplicate: nothing of it may remain.
+    let big = {
+        let w = w.clone();
+        tokio::spawn(async move {
+            w.run_alone(|c| -> Result<(), StoreError> {
+                for i in 0..500 {
+                    c.fetch_all(
+                        "INSERT INTO t (name) VALUES (?) RETURNING id",
+                        &[Value::Text(format!("big{i:03}"))],
+                        &[AttrType::Integer],
+                    )?;
+                }
+                c.fetch_all(
+                    "INSERT INTO t (name) VALUES ('a0') RETURNING id",
+                    &[],
+                    &[AttrType::Integer],
+                )?;
+                Ok(())
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for i in 0..10 {
+        small.push(tokio::spawn(insert(&w, format!("b{i}"))));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(turn);
+    for s in small {
+        s.await.unwrap().unwrap();
+    }
+    let r = big.await.unwrap();
+    assert!(matches!(r, Err(StoreError::Duplicate(_))), "{r:?}");
+    let got = names(&db).await;
+    assert_eq!(got.len(), 20, "{got:?}");
+    assert!(got.iter().all(|n| !n.starts_with("big")));
+}

@@ -117,3 +117,30 @@ async fn stops_on(kind: Kind, sig: &str) {
 
 on_both!(sigterm_stops_gracefully, |kind| stops_on(kind, "TERM"));
 on_both!(sigint_stops_gracefully, |kind| stops_on(kind, "INT"));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listening_line_survives_a_quiet_log_filter() {
+    // Scripts find the port in `listening on <addr>`; `RUST_LOG=warn` must not hide it.
+    let db = TestDb::new(Kind::Sqlite).await;
+    let server = Proc::serve(
+        &db,
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("CLOUDIO_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    let r = client().get(server.url("/v1/status")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Other modules' info lines stay off.
+    assert!(
+        !server
+            .stdout()
+            .iter()
+            .any(|l| l.contains("INFO") && !l.contains("server::startup")),
+        "{}",
+        server.output()
+    );
+    server.stop().await;
+}

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use store::Session;
 
 use crate::api::parse_json;
+use crate::auth::credential_header;
 use crate::auth::guard::Authed;
-use crate::auth::header::{credential_header, parse_token};
+use crate::auth::header::parse_token;
 use crate::auth::jwt::Claims;
 use crate::error::{ApiError, ApiResult, LOGIN_DENIED};
 use crate::state::AppState;

@@ -17,7 +17,7 @@ use query::{
     returning_columns,
 };
 use serde_json::{Map, Value as Json};
-use store::{Raw, Writer};
+use store::{Raw, WriteConn};
 
 use crate::api::parse_json;
 use crate::auth::guard::Authed;
@@ -200,19 +200,40 @@ async fn run_query(raw: &mut Raw<'_>, compiled: &Compiled) -> ApiResult<Json> {
         .fetch_all(&compiled.select.sql, &compiled.select.params, &types)
         .await?;
     let total = match &compiled.count {
-        Some(count) => {
-            let r = raw
-                .fetch_all(&count.sql, &count.params, &[AttrType::Integer])
-                .await?;
-            Some(
-                r.into_iter()
-                    .next()
-                    .and_then(|r| r.into_iter().next())
-                    .map_or(Json::from(0), |v| v.to_json()),
-            )
-        }
+        Some(count) => Some(
+            raw.fetch_all(&count.sql, &count.params, &[AttrType::Integer])
+                .await?,
+        ),
         None => None,
     };
+    Ok(query_result(compiled, rows, total, started))
+}
+
+/// [`run_query`] on the SQLite writer's connection, inside a writer job.
+fn run_query_sync(w: &WriteConn<'_>, compiled: &Compiled) -> ApiResult<Json> {
+    let types: Vec<AttrType> = compiled.columns.iter().map(|c| c.ty).collect();
+    let started = Instant::now();
+    let rows = w.fetch_all(&compiled.select.sql, &compiled.select.params, &types)?;
+    let total = match &compiled.count {
+        Some(count) => Some(w.fetch_all(&count.sql, &count.params, &[AttrType::Integer])?),
+        None => None,
+    };
+    Ok(query_result(compiled, rows, total, started))
+}
+
+/// A query's answer: its rows, and the count's single cell when it asked for one.
+fn query_result(
+    compiled: &Compiled,
+    rows: Vec<Vec<Value>>,
+    count: Option<Vec<Vec<Value>>>,
+    started: Instant,
+) -> Json {
+    let total = count.map(|r| {
+        r.into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .map_or(Json::from(0), |v| v.to_json())
+    });
     let elapsed = started.elapsed().as_millis() as u64;
     let fetched = rows.len();
     let data: Vec<Json> = rows
@@ -226,7 +247,7 @@ async fn run_query(raw: &mut Raw<'_>, compiled: &Compiled) -> ApiResult<Json> {
     if let Some(t) = total {
         result.insert("totalCount".into(), t);
     }
-    Ok(Json::Object(result))
+    Json::Object(result)
 }
 
 fn describe_key(key: &[(String, Value)]) -> String {
@@ -332,52 +353,65 @@ async fn run_post(
     Ok(post_result(out, started))
 }
 
-/// One row of an app's datasource on SQLite: a job of the batching writer (see
-/// `store::writer`), answered once its batch has committed. The same statements and answers as
-/// [`run_post`].
-async fn post_one(
-    writer: &Writer,
-    authed: &Authed,
+/// [`run_post`] on the SQLite writer's connection, inside a writer job; for apps'
+/// datasources only (no platform effects).
+fn run_post_sync(
+    w: &WriteConn<'_>,
+    ctx: &WriteContext<'_>,
     alias: &str,
     ds: &Datasource,
-    row: &WriteRow,
+    rows: &[WriteRow],
 ) -> ApiResult<Json> {
-    enum Written {
-        Stored(Vec<Value>),
-        Missing { exists: bool },
-    }
-    let ctx = WriteContext {
-        dialect: Dialect::Sqlite,
-        user: authed.user_name(),
-        now: Utc::now(),
-    };
     let columns = returning_columns(ds);
     let types: Vec<AttrType> = columns.iter().map(|c| c.ty).collect();
     let started = Instant::now();
-    let st = write_statement(alias, ds, row, &ctx)?;
-    let lookup = match row.op {
-        RowOp::Insert => None,
-        _ => Some(compile_lookup(ds, &row.key, Dialect::Sqlite).map_err(|e| bad(alias, e))?),
-    };
-    let written = writer
-        .run(move |w| {
-            if let Some(stored) = w.fetch_all(&st.sql, &st.params, &types)?.into_iter().next() {
-                return Ok(Written::Stored(stored));
-            }
-            let exists = match &lookup {
-                Some(l) => !w
-                    .fetch_all(&l.sql, &l.params, &[AttrType::DateTime])?
-                    .is_empty(),
-                None => false,
-            };
-            Ok(Written::Missing { exists })
-        })
-        .await
-        .map_err(|e| row_error(alias, 0, e))?;
-    match written {
-        Written::Stored(stored) => Ok(post_result(vec![to_json_row(&columns, stored)], started)),
-        Written::Missing { exists } => Err(not_written(alias, 0, row, exists)),
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let st = write_statement(alias, ds, row, ctx)?;
+        let returned = w
+            .fetch_all(&st.sql, &st.params, &types)
+            .map_err(|e| row_error(alias, i, e))?;
+        let Some(stored) = returned.into_iter().next() else {
+            let lookup = compile_lookup(ds, &row.key, ctx.dialect).map_err(|e| bad(alias, e))?;
+            let exists = !w
+                .fetch_all(&lookup.sql, &lookup.params, &[AttrType::DateTime])?
+                .is_empty();
+            return Err(not_written(alias, i, row, exists));
+        };
+        out.push(to_json_row(&columns, stored));
     }
+    Ok(post_result(out, started))
+}
+
+/// A whole request as one job of SQLite's batching writer (see `store::writer`): its posts in
+/// alias order, then its queries, answered once the batch has committed. A failure undoes the
+/// request's writes and nothing else's.
+fn run_plan_sync(
+    w: &WriteConn<'_>,
+    plan: &[Alias],
+    user: &str,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<Vec<(String, Json)>> {
+    let ctx = WriteContext {
+        dialect: Dialect::Sqlite,
+        user,
+        now,
+    };
+    let mut results = Vec::with_capacity(plan.len());
+    for a in plan {
+        if let Work::Post(rows) = &a.work {
+            results.push((
+                a.name.clone(),
+                run_post_sync(w, &ctx, &a.name, &a.ds, rows)?,
+            ));
+        }
+    }
+    for a in plan {
+        if let Work::Query(c) = &a.work {
+            results.push((a.name.clone(), run_query_sync(w, c)?));
+        }
+    }
+    Ok(results)
 }
 
 /// What writing the platform's own datasources implies beyond the row: a disabled user or a
@@ -447,37 +481,54 @@ pub async fn post_api(
     let writes = plan.iter().any(|a| matches!(a.work, Work::Post(_)));
     hash_passwords(&state, &mut plan).await?;
 
+    let order: Vec<String> = plan.iter().map(|a| a.name.clone()).collect();
     let mut results: Vec<(String, Json)> = Vec::with_capacity(plan.len());
     let mut touched = Touched::new();
-    if let [
+    let platform_posts = plan
+        .iter()
+        .any(|a| matches!(a.work, Work::Post(_)) && a.ds.app_uid == crate::startup::PLATFORM_APP);
+    if let Some(writer) = state.store.db.writer()
+        && writes
+        && !platform_posts
+    {
+        // SQLite: the whole request is one job of the batching writer. Posts to the platform's
+        // datasources may write more than their rows (sessions), so they take the pool below.
+        let (user, now) = (authed.user_name().to_string(), Utc::now());
+        let rows: usize = plan
+            .iter()
+            .map(|a| match &a.work {
+                Work::Post(rows) => rows.len(),
+                Work::Query(_) => 0,
+            })
+            .sum();
+        let job = move |w: &WriteConn<'_>| run_plan_sync(w, &plan, &user, now);
+        results = if rows <= 1 {
+            writer.run(job).await?
+        } else {
+            writer.run_alone(job).await?
+        };
+    } else if let [
         Alias {
             name,
             ds,
             work: Work::Post(rows),
         },
     ] = plan.as_slice()
-        && let [row] = rows.as_slice()
-        && ds.app_uid != crate::startup::PLATFORM_APP
+        && rows.len() == 1
+        && !platform_posts
     {
-        // One statement is its own transaction: no BEGIN and COMMIT round trips (on SQLite, a
-        // job of the batching writer). Rows of the platform's datasources may write more than
-        // their statement, so they take the general path below.
-        let r = match state.store.db.writer() {
-            Some(writer) => post_one(writer, &authed, name, ds, row).await?,
-            None => {
-                let mut conn = state.store.db.acquire().await?;
-                run_post(
-                    &mut conn.raw(),
-                    &state,
-                    &authed,
-                    name,
-                    ds,
-                    rows,
-                    &mut touched,
-                )
-                .await?
-            }
-        };
+        // One statement is its own transaction: no BEGIN and COMMIT round trips.
+        let mut conn = state.store.db.acquire().await?;
+        let r = run_post(
+            &mut conn.raw(),
+            &state,
+            &authed,
+            name,
+            ds,
+            rows,
+            &mut touched,
+        )
+        .await?;
         results.push((name.clone(), r));
     } else if writes {
         let mut tx = state.store.db.begin_write().await?;
@@ -515,8 +566,8 @@ pub async fn post_api(
     }
     // Answer in the request's alias order.
     let mut out = Map::with_capacity(results.len());
-    for a in &plan {
-        if let Some(pos) = results.iter().position(|(n, _)| n == &a.name) {
+    for name in &order {
+        if let Some(pos) = results.iter().position(|(n, _)| n == name) {
             let (n, r) = results.swap_remove(pos);
             out.insert(n, r);
         }

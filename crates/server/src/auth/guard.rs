@@ -19,7 +19,8 @@ use chrono::Utc;
 use moka::sync::Cache;
 use subtle::ConstantTimeEq;
 
-use crate::auth::header::{credential_header, parse_bearer};
+use crate::auth::credential_header;
+use crate::auth::header::parse_bearer;
 use crate::auth::jwt::{Claims, SKEW_SECS};
 use crate::error::ApiError;
 use crate::state::AppState;

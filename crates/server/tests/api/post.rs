@@ -590,3 +590,63 @@ on_both!(
         app.stop().await;
     }
 );
+
+on_both!(
+    concurrent_multi_row_posts_fail_or_succeed_whole,
+    |kind| async move {
+        // Each request writes five rows and queries them back; every third breaks at its last
+        // row (a duplicate key). On SQLite the requests share writer batches: a failing one
+        // must leave none of its rows, and the others all of theirs.
+        let app = spawn(kind).await;
+        let admin = app.admin().await;
+        ok(
+            &app,
+            &admin,
+            json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "taken"}]}}),
+        )
+        .await;
+        let url = app.url(&format!("/v1/api?csrf={}", admin.csrf));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let (client, url, jwt) = (app.client.clone(), url.clone(), admin.jwt.clone());
+            tasks.spawn(async move {
+                let mut rows: Vec<Value> = (0..4)
+                    .map(|r| json!({"_rs": "I", "noteCode": format!("r{i:02}-{r}")}))
+                    .collect();
+                let last = if i % 3 == 0 {
+                    "taken".to_string()
+                } else {
+                    format!("r{i:02}-4")
+                };
+                rows.push(json!({"_rs": "I", "noteCode": last}));
+                let body = json!({
+                    "mine": {"ds": "Notes", "query": {"filter": [{"noteCode": {"sw": format!("r{i:02}-")}}]}},
+                    "n": {"ds": "Notes", "data": rows}});
+                let r = client
+                    .post(url)
+                    .header("Authorization", format!("Bearer {jwt}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                (i, status, r.json::<Value>().await.expect("json"))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (i, status, b) = done.unwrap();
+            if i % 3 == 0 {
+                assert_eq!(status, 409, "{i}: {b}");
+            } else {
+                assert_eq!(status, 200, "{i}: {b}");
+                assert_eq!(b["data"]["n"]["rowsPosted"], 5, "{b}");
+                assert_eq!(
+                    b["data"]["mine"]["rowsFetched"], 5,
+                    "the query sees its own request's rows: {b}"
+                );
+            }
+        }
+        assert_eq!(count(&app, &admin, "Notes").await, 1 + 20 * 5);
+        app.stop().await;
+    }
+);
