@@ -45,6 +45,38 @@ async fn count(app: &TestApp, login: &Login, ds: &str) -> i64 {
     b["data"]["c"]["totalCount"].as_i64().unwrap()
 }
 
+/// Sends `body(i)` for each `i` in `0..n` at once, each from its own task and connection;
+/// the answers `(i, status, body)` in the order they completed.
+async fn api_concurrently(
+    app: &TestApp,
+    login: &Login,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<(usize, u16, Value)> {
+    let url = app.url(&format!("/v1/api?csrf={}", login.csrf));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (client, url, jwt, body) =
+            (app.client.clone(), url.clone(), login.jwt.clone(), body(i));
+        tasks.spawn(async move {
+            let r = client
+                .post(url)
+                .header("Authorization", format!("Bearer {jwt}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            (i, status, r.json::<Value>().await.expect("json"))
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        out.push(done.expect("task"));
+    }
+    out
+}
+
 fn is_micros_utc(v: &Value) -> bool {
     let s = v.as_str().unwrap_or("");
     s.len() == 27 && s.ends_with('Z') && s.as_bytes()[19] == b'.'
@@ -540,32 +572,18 @@ on_both!(
             json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "taken", "body": "first"}]}}),
         )
         .await;
-        let url = app.url(&format!("/v1/api?csrf={}", admin.csrf));
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..80 {
-            let (client, url, jwt) = (app.client.clone(), url.clone(), admin.jwt.clone());
-            tasks.spawn(async move {
-                let code = if i % 5 == 3 {
-                    "taken".to_string()
-                } else {
-                    format!("c{i:02}")
-                };
-                let body = json!({"n": {"ds": "Notes", "data": [
-                    {"_rs": "I", "noteCode": code, "body": format!("body {i}")}]}});
-                let r = client
-                    .post(url)
-                    .header("Authorization", format!("Bearer {jwt}"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request");
-                let status = r.status().as_u16();
-                (i, status, r.json::<Value>().await.expect("json"))
-            });
-        }
+        let answers = api_concurrently(&app, &admin, 80, |i| {
+            let code = if i % 5 == 3 {
+                "taken".to_string()
+            } else {
+                format!("c{i:02}")
+            };
+            json!({"n": {"ds": "Notes", "data": [
+                {"_rs": "I", "noteCode": code, "body": format!("body {i}")}]}})
+        })
+        .await;
         let mut stored = 0;
-        while let Some(done) = tasks.join_next().await {
-            let (i, status, b) = done.unwrap();
+        for (i, status, b) in answers {
             if i % 5 == 3 {
                 assert_eq!(status, 409, "{i}: {b}");
                 assert_eq!(b["status"], "ERROR");
@@ -595,8 +613,8 @@ on_both!(
     concurrent_multi_row_posts_fail_or_succeed_whole,
     |kind| async move {
         // Each request writes five rows and queries them back; every third breaks at its last
-        // row (a duplicate key). On SQLite the requests share writer batches: a failing one
-        // must leave none of its rows, and the others all of theirs.
+        // row (a duplicate key). On SQLite each is a job of the one writer, in a transaction of
+        // its own: a failing one must leave none of its rows, and the others all of theirs.
         let app = spawn(kind).await;
         let admin = app.admin().await;
         ok(
@@ -605,36 +623,22 @@ on_both!(
             json!({"n": {"ds": "Notes", "data": [{"_rs": "I", "noteCode": "taken"}]}}),
         )
         .await;
-        let url = app.url(&format!("/v1/api?csrf={}", admin.csrf));
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..30 {
-            let (client, url, jwt) = (app.client.clone(), url.clone(), admin.jwt.clone());
-            tasks.spawn(async move {
-                let mut rows: Vec<Value> = (0..4)
-                    .map(|r| json!({"_rs": "I", "noteCode": format!("r{i:02}-{r}")}))
-                    .collect();
-                let last = if i % 3 == 0 {
-                    "taken".to_string()
-                } else {
-                    format!("r{i:02}-4")
-                };
-                rows.push(json!({"_rs": "I", "noteCode": last}));
-                let body = json!({
-                    "mine": {"ds": "Notes", "query": {"filter": [{"noteCode": {"sw": format!("r{i:02}-")}}]}},
-                    "n": {"ds": "Notes", "data": rows}});
-                let r = client
-                    .post(url)
-                    .header("Authorization", format!("Bearer {jwt}"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request");
-                let status = r.status().as_u16();
-                (i, status, r.json::<Value>().await.expect("json"))
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            let (i, status, b) = done.unwrap();
+        let answers = api_concurrently(&app, &admin, 30, |i| {
+            let mut rows: Vec<Value> = (0..4)
+                .map(|r| json!({"_rs": "I", "noteCode": format!("r{i:02}-{r}")}))
+                .collect();
+            let last = if i % 3 == 0 {
+                "taken".to_string()
+            } else {
+                format!("r{i:02}-4")
+            };
+            rows.push(json!({"_rs": "I", "noteCode": last}));
+            json!({
+                "mine": {"ds": "Notes", "query": {"filter": [{"noteCode": {"sw": format!("r{i:02}-")}}]}},
+                "n": {"ds": "Notes", "data": rows}})
+        })
+        .await;
+        for (i, status, b) in answers {
             if i % 3 == 0 {
                 assert_eq!(status, 409, "{i}: {b}");
             } else {
