@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -28,8 +29,9 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(status::get_metrics))
 }
 
-/// The routes with the cross-cutting layers: request id (outermost), metrics, panic catching,
-/// the error envelope for framework-made errors, and the body limit.
+/// The routes with the cross-cutting layers: request id (outermost), metrics, reading the body,
+/// the in-flight limit, panic catching, the error envelope for framework-made errors, and the
+/// body limit.
 pub fn app(state: AppState, routes: Router<AppState>) -> Router {
     let limit = state.config.body_limit_bytes;
     let inflight = state.config.max_inflight_requests;
@@ -39,14 +41,35 @@ pub fn app(state: AppState, routes: Router<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(envelope))
         .layer(CatchPanicLayer::custom(on_panic))
+        // A request waiting for its turn holds its head and body, not a handler.
+        .layer(GlobalConcurrencyLimitLayer::new(inflight))
+        .layer(middleware::from_fn_with_state(limit, read_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::middleware,
         ))
         .layer(middleware::from_fn(request_id::middleware))
-        // Outermost: a request waiting for its turn holds only its head.
-        .layer(GlobalConcurrencyLimitLayer::new(inflight))
         .with_state(state)
+}
+
+/// Reads the whole body (up to the limit) before the request takes an in-flight slot: a client
+/// that sends its body slowly then holds its connection, never a slot other requests need.
+async fn read_body(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        Err(e) => return Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+    };
+    Ok(next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await)
 }
 
 async fn fallback() -> ApiError {

@@ -151,3 +151,39 @@ async fn postgresql_connections_dropped_behind_the_pool_cost_no_request() {
     }
     app.stop().await;
 }
+
+on_both!(
+    a_slow_body_holds_its_connection_not_an_inflight_slot,
+    |kind| async move {
+        use tokio::io::AsyncWriteExt;
+        let db = TestDb::new(kind).await;
+        let config = server::Config {
+            max_inflight_requests: 1,
+            ..db.config()
+        };
+        let app = TestApp::spawn_on(db, config).await;
+        // A logged-in client (so the guard lets the request reach its body) announces 100 bytes
+        // of body and sends one.
+        let admin = app.admin().await;
+        let addr = app.base.trim_start_matches("http://").to_string();
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/api?csrf={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+            admin.csrf, admin.jwt
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The only slot is still free for everyone else.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            app.client.get(app.url("/v1/status")).send(),
+        )
+        .await
+        .expect("a slow body must not hold the in-flight slot")
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        drop(slow);
+        app.stop().await;
+    }
+);
