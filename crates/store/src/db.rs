@@ -101,12 +101,9 @@ impl Db {
                         let apps = apps.clone();
                         Box::pin(async move {
                             for (schema, path) in apps {
-                                let sql = format!("ATTACH DATABASE '{path}' AS {schema}");
-                                conn.execute(AssertSqlSafe(sql)).await?;
-                                // As for the main database: with WAL, NORMAL is safe against a
-                                // crash of the process; FULL would fsync every commit.
-                                let sql = format!("PRAGMA {schema}.synchronous = NORMAL");
-                                conn.execute(AssertSqlSafe(sql)).await?;
+                                for sql in attach_statements(&schema, &path) {
+                                    conn.execute(AssertSqlSafe(sql)).await?;
+                                }
                             }
                             Ok(())
                         })
@@ -205,10 +202,8 @@ impl Db {
     /// database's write lock at once (`BEGIN IMMEDIATE`), so a read never has to upgrade.
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self {
-            Db::Sqlite {
-                pool, write_lock, ..
-            } => {
-                let turn = WriteTurn(Some(write_lock.clone().lock_owned().await));
+            Db::Sqlite { pool, .. } => {
+                let turn = self.write_turn().await;
                 Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
             }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
@@ -265,6 +260,19 @@ impl Db {
     }
 }
 
+/// SQLite's wait for a lock held by another process (the CLI, another node on the same files).
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attaches one app database (from [`attached_apps`]: a checked identifier and an escaped
+/// path) at `synchronous = NORMAL`: as for the main database, with WAL that is safe against a
+/// crash of the process, where FULL would fsync every commit.
+pub(crate) fn attach_statements(schema: &str, path: &str) -> [String; 2] {
+    [
+        format!("ATTACH DATABASE '{path}' AS {schema}"),
+        format!("PRAGMA {schema}.synchronous = NORMAL"),
+    ]
+}
+
 fn sqlite_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
@@ -272,7 +280,7 @@ fn sqlite_options(path: &Path) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
 }
 
 /// Opens one SQLite file directly (an app's own database), for that app's migrations.
@@ -447,17 +455,35 @@ impl Raw<'_> {
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
+/// How a [`Value`] is stored in SQLite: booleans as integers, dates, times and JSON as text.
+/// The one mapping for the pool ([`bind_sqlite`]) and the writer (`writer.rs`).
+pub(crate) enum SqliteParam<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(Cow<'a, str>),
+}
+
+pub(crate) fn sqlite_param(v: &Value) -> SqliteParam<'_> {
+    match v {
+        Value::Null => SqliteParam::Null,
+        Value::Bool(b) => SqliteParam::Int(i64::from(*b)),
+        Value::Int(i) => SqliteParam::Int(*i),
+        Value::Float(f) => SqliteParam::Float(*f),
+        Value::Text(s) => SqliteParam::Text(Cow::Borrowed(s)),
+        Value::Date(d) => SqliteParam::Text(Cow::Owned(d.format("%Y-%m-%d").to_string())),
+        Value::DateTime(t) => SqliteParam::Text(Cow::Owned(query::value::format_datetime(t))),
+        Value::Json(j) => SqliteParam::Text(Cow::Owned(j.to_string())),
+    }
+}
+
 fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &[Value]) -> SqliteQuery<'q> {
     for v in params {
-        q = match v {
-            Value::Null => q.bind(None::<String>),
-            Value::Bool(b) => q.bind(i64::from(*b)),
-            Value::Int(i) => q.bind(*i),
-            Value::Float(f) => q.bind(*f),
-            Value::Text(s) => q.bind(s.clone()),
-            Value::Date(d) => q.bind(d.format("%Y-%m-%d").to_string()),
-            Value::DateTime(t) => q.bind(query::value::format_datetime(t)),
-            Value::Json(j) => q.bind(j.to_string()),
+        q = match sqlite_param(v) {
+            SqliteParam::Null => q.bind(None::<String>),
+            SqliteParam::Int(i) => q.bind(i),
+            SqliteParam::Float(f) => q.bind(f),
+            SqliteParam::Text(s) => q.bind(s.into_owned()),
         };
     }
     q

@@ -13,13 +13,12 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
 
 use query::{AttrType, Value};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db::coerce;
+use crate::db::{SQLITE_BUSY_TIMEOUT, SqliteParam, attach_statements, coerce, sqlite_param};
 use crate::error::{Result, StoreError};
 
 /// At most this many jobs share one transaction.
@@ -170,15 +169,15 @@ fn open(main: &Path, attached: &[(String, String)]) -> rusqlite::Result<Connecti
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    // The same settings as the pool's connections (`sqlite_options`, `attach_statements`).
+    conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     for (schema, path) in attached {
-        // Checked identifiers and an escaped literal, as for the pool (see `attached_apps`).
-        conn.execute_batch(&format!(
-            "ATTACH DATABASE '{path}' AS {schema}; PRAGMA {schema}.synchronous = NORMAL;"
-        ))?;
+        for sql in attach_statements(schema, path) {
+            conn.execute_batch(&sql)?;
+        }
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -329,15 +328,11 @@ impl WriteConn<'_> {
 }
 
 fn bind(stmt: &mut rusqlite::CachedStatement<'_>, i: usize, v: &Value) -> rusqlite::Result<()> {
-    match v {
-        Value::Null => stmt.raw_bind_parameter(i, rusqlite::types::Null),
-        Value::Bool(b) => stmt.raw_bind_parameter(i, i64::from(*b)),
-        Value::Int(n) => stmt.raw_bind_parameter(i, *n),
-        Value::Float(f) => stmt.raw_bind_parameter(i, *f),
-        Value::Text(s) => stmt.raw_bind_parameter(i, s.as_str()),
-        Value::Date(d) => stmt.raw_bind_parameter(i, d.format("%Y-%m-%d").to_string()),
-        Value::DateTime(t) => stmt.raw_bind_parameter(i, query::value::format_datetime(t)),
-        Value::Json(j) => stmt.raw_bind_parameter(i, j.to_string()),
+    match sqlite_param(v) {
+        SqliteParam::Null => stmt.raw_bind_parameter(i, rusqlite::types::Null),
+        SqliteParam::Int(n) => stmt.raw_bind_parameter(i, n),
+        SqliteParam::Float(f) => stmt.raw_bind_parameter(i, f),
+        SqliteParam::Text(s) => stmt.raw_bind_parameter(i, s.as_ref()),
     }
 }
 
