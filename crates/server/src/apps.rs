@@ -5,7 +5,10 @@
 //! ```text
 //! app.json                     {"appUid", "name", "description"}
 //! datasources/<Name>.json      one datasource
-//! roles.json                   {"roles": [{"roleUid", "name", "grants": {"<ds>": ["query", ...]}}]}
+//! datasources/<Name>.<hook>.js|ts   a hook script (preQuery, postQuery, beforeInsert, ...)
+//! functions/<moduleUri>.js|ts  a cloud-function ES module
+//! roles.json                   {"roles": [{"roleUid", "name", "grants": {"<ds>": ["query", ...]},
+//!                                          "functions": {"<moduleUri>": ["<fn>" | "*"]}}]}
 //! migrations/io_*.sql          for every database
 //! migrations/<dialect>/io_*.sql   for one database only (sqlite, postgres, mysql)
 //! ```
@@ -18,7 +21,7 @@ use serde::Deserialize;
 use store::migrate::Migration;
 use store::{AppMetadata, RoleGrants, Store};
 
-use crate::catalog::Action;
+use crate::engine::Action;
 
 /// An app's files, read from disk or built in.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +31,8 @@ pub struct AppSource {
     pub datasources: Vec<(String, String)>,
     pub roles_json: Option<String>,
     pub migrations: Vec<Migration>,
+    /// (path in the app directory, source): hooks and cloud-function modules.
+    pub scripts: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +58,11 @@ struct RoleJson {
     name: Option<String>,
     #[serde(default)]
     grants: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    functions: BTreeMap<String, Vec<String>>,
+    /// Read by the workflow engine; accepted here so roles.json may carry them.
+    #[serde(default)]
+    workflows: BTreeMap<String, Vec<String>>,
 }
 
 fn dialect_dir(d: Dialect) -> &'static str {
@@ -71,15 +81,20 @@ impl AppSource {
         };
         let app_json = read(&dir.join("app.json"))?;
         let mut datasources = Vec::new();
+        let mut scripts = Vec::new();
         if let Ok(entries) = std::fs::read_dir(dir.join("datasources")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.ends_with(".json") {
                     datasources.push((format!("datasources/{name}"), read(&e.path())?));
+                } else if name.ends_with(".js") || name.ends_with(".ts") {
+                    scripts.push((format!("datasources/{name}"), read(&e.path())?));
                 }
             }
         }
         datasources.sort();
+        read_modules(&dir.join("functions"), "functions", &mut scripts)?;
+        scripts.sort();
         let roles_path = dir.join("roles.json");
         let roles_json = if roles_path.exists() {
             Some(read(&roles_path)?)
@@ -98,6 +113,7 @@ impl AppSource {
             datasources,
             roles_json,
             migrations,
+            scripts,
         })
     }
 
@@ -122,6 +138,7 @@ impl AppSource {
                 name: "io_20261128000100_create_employees.sql".into(),
                 sql: migration.into(),
             }],
+            scripts: Vec::new(),
         }
     }
 
@@ -150,6 +167,64 @@ impl AppSource {
             ],
             roles_json: Some(include_str!("../platform-app/roles.json").into()),
             migrations: Vec::new(),
+            scripts: Vec::new(),
+        }
+    }
+}
+
+/// Reads `.js`/`.ts` files under `dir` (recursively) as `prefix/<relative path>`.
+fn read_modules(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let path = e.path();
+        if path.is_dir() {
+            read_modules(&path, &format!("{prefix}/{name}"), out)?;
+        } else if name.ends_with(".js") || name.ends_with(".ts") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+            out.push((format!("{prefix}/{name}"), text));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every script of an app: its path names a hook of one of `datasources` or a module,
+/// no file exists as both `.js` and `.ts`, and it compiles (types stripped, syntax checked).
+fn check_scripts(scripts: &[(String, String)], datasources: &[String], problems: &mut Vec<String>) {
+    use crate::engine::catalog::ScriptPath;
+    let mut stems = std::collections::HashMap::new();
+    for (path, source) in scripts {
+        let parsed = match ScriptPath::parse(path) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                problems.push(e);
+                continue;
+            }
+            None => {
+                problems.push(format!("{path}: not a hook or a function module"));
+                continue;
+            }
+        };
+        let stem = &path[..path.len() - 3];
+        if let Some(other) = stems.insert(stem.to_string(), path.clone()) {
+            problems.push(format!(
+                "{other} and {path}: one script, two files; keep one"
+            ));
+        }
+        if let ScriptPath::Hook { datasource, .. } = &parsed
+            && !datasources.iter().any(|d| d == datasource)
+        {
+            problems.push(format!("{path}: no datasource `{datasource}` in this app"));
+        }
+        if let Err(e) = script::compile(path, source, parsed.kind()) {
+            problems.push(e.to_string());
         }
     }
 }
@@ -271,16 +346,31 @@ pub async fn load_app(
                             grants.push((ds.clone(), a));
                         }
                     }
+                    let mut functions = Vec::new();
+                    for (module, names) in role.functions {
+                        for f in names {
+                            if f.is_empty() {
+                                problems.push(format!(
+                                    "roles.json: `roles[{i}].functions.{module}`: empty function name"
+                                ));
+                            }
+                            functions.push((module.clone(), f));
+                        }
+                    }
+                    let _ = role.workflows;
                     let name = role.name.unwrap_or_else(|| role.role_uid.clone());
                     roles.push(RoleGrants {
                         role_uid: role.role_uid,
                         name,
                         grants,
+                        functions,
                     });
                 }
             }
         }
     }
+    let names: Vec<String> = datasources.iter().map(|(n, _)| n.clone()).collect();
+    check_scripts(&src.scripts, &names, &mut problems);
     let meta = AppMetadata {
         app_uid: app.app_uid.clone(),
         org_uid: org_uid.to_string(),
@@ -288,6 +378,7 @@ pub async fn load_app(
         description: app.description,
         datasources,
         roles,
+        scripts: src.scripts.clone(),
     };
     // Tables change only through migrations: metadata stored as it is now, with no migration
     // applied since, was checked against the tables when it was stored.

@@ -66,6 +66,42 @@ pub struct Config {
     pub app_dirs: Vec<PathBuf>,
     /// Also load the built-in demo app (`--demo`).
     pub demo: bool,
+    /// Server-side scripts (`[scripts]`).
+    pub scripts: ScriptsConfig,
+}
+
+/// `[scripts]`: the sandbox's pool and the limits of each execution.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScriptsConfig {
+    /// Executions at once (default: one per core); a request that finds every worker busy
+    /// waits up to its own wall-clock limit, then gets 503.
+    pub workers: usize,
+    pub hook_timeout_ms: u64,
+    pub function_timeout_ms: u64,
+    pub memory_limit_mib: usize,
+    pub stack_limit_kib: usize,
+    pub max_db_calls: u32,
+    /// Hosts (`name` or `name:port`) that `db.fetch` may reach; empty: every fetch refused.
+    pub fetch_allow: Vec<String>,
+    pub fetch_timeout_ms: u64,
+    pub fetch_max_bytes: usize,
+}
+
+impl Default for ScriptsConfig {
+    fn default() -> Self {
+        ScriptsConfig {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            hook_timeout_ms: 1_000,
+            function_timeout_ms: 30_000,
+            memory_limit_mib: 64,
+            stack_limit_kib: 512,
+            max_db_calls: 100,
+            fetch_allow: Vec::new(),
+            fetch_timeout_ms: 10_000,
+            fetch_max_bytes: 10 << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -95,6 +131,7 @@ impl Default for Config {
             query_max_depth: 32,
             app_dirs: Vec::new(),
             demo: false,
+            scripts: ScriptsConfig::default(),
         }
     }
 }
@@ -133,6 +170,13 @@ impl Config {
         if self.max_connections == 0 {
             problems.push("max_connections must be at least 1".into());
         }
+        let s = &self.scripts;
+        if s.workers == 0 || s.hook_timeout_ms == 0 || s.function_timeout_ms == 0 {
+            problems.push("[scripts] workers and timeouts must be positive".into());
+        }
+        if s.memory_limit_mib < 4 || s.stack_limit_kib < 64 {
+            problems.push("[scripts] memory_limit_mib must be at least 4 and stack_limit_kib at least 64".into());
+        }
         if self.max_inflight_requests == 0 {
             problems.push("max_inflight_requests must be at least 1".into());
         }
@@ -140,6 +184,30 @@ impl Config {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+
+    /// The engine's part of the configuration.
+    pub fn engine_settings(&self) -> crate::engine::Settings {
+        let s = &self.scripts;
+        let hook = script::Limits {
+            wall: Duration::from_millis(s.hook_timeout_ms),
+            memory_bytes: s.memory_limit_mib << 20,
+            stack_bytes: s.stack_limit_kib << 10,
+            max_host_calls: s.max_db_calls,
+        };
+        crate::engine::Settings {
+            default_limit: self.query_default_limit,
+            max_limit: self.query_max_limit,
+            max_depth: self.query_max_depth,
+            hook_limits: hook,
+            function_limits: script::Limits {
+                wall: Duration::from_millis(s.function_timeout_ms),
+                ..hook
+            },
+            fetch_allow: s.fetch_allow.clone(),
+            fetch_timeout: Duration::from_millis(s.fetch_timeout_ms),
+            fetch_max_bytes: s.fetch_max_bytes,
         }
     }
 

@@ -29,6 +29,12 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 400 with the title `Script Error`: a script failed (its name and error in the message).
+    #[error("{0}")]
+    Script(String),
+    /// 503: every script worker stayed busy.
+    #[error("{0}")]
+    Busy(String),
     /// Logged with the request id; the client sees only the id.
     #[error("internal: {0}")]
     Internal(String),
@@ -50,7 +56,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Script(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,7 +72,8 @@ impl ApiError {
             ApiError::Conflict(_) => "Conflict",
             ApiError::PayloadTooLarge => "Payload Too Large",
             ApiError::TooManyRequests { .. } => "Too Many Requests",
-            ApiError::Unavailable(_) => "Service Unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy(_) => "Service Unavailable",
+            ApiError::Script(_) => "Script Error",
             ApiError::Internal(_) => "Internal Error",
         }
     }
@@ -101,6 +109,23 @@ impl From<store::StoreError> for ApiError {
                 )
             }
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::engine::Error> for ApiError {
+    fn from(e: crate::engine::Error) -> Self {
+        use crate::engine::Error as E;
+        match e {
+            E::Invalid(m) | E::User(m) => ApiError::BadRequest(m),
+            E::Denied(m) => ApiError::AccessDenied(m),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Script(m) => ApiError::Script(m),
+            E::Busy => ApiError::Busy(
+                "All script workers are busy; try again shortly.".into(),
+            ),
+            E::Store(e) => ApiError::from(e),
         }
     }
 }

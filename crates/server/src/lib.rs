@@ -9,8 +9,8 @@
 pub mod api;
 pub mod apps;
 pub mod auth;
-pub mod catalog;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod request_id;

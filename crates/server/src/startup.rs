@@ -16,14 +16,14 @@ use crate::apps::{AppSource, load_app};
 use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
 use crate::auth::password::Hasher;
-use crate::catalog::CatalogCell;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::router;
 use crate::state::{AppState, Inner};
 
 pub const PLATFORM_ORG: &str = "cloudio";
-pub const PLATFORM_APP: &str = "cloudio";
+pub use store::PLATFORM_APP;
 pub const PLATFORM_ROLES: [(&str, &str); 3] = [
     ("administrator", "Administrator"),
     ("developer", "Developer"),
@@ -226,8 +226,13 @@ impl Server {
         let generated_admin_password =
             bootstrap(&store, &hasher, admin_password.as_deref()).await?;
         let store = load_apps(store, &config).await?;
-        let catalog = CatalogCell::default();
-        catalog.reload(&store).await?;
+        let engine = Engine::new(
+            store.clone(),
+            hasher,
+            config.engine_settings(),
+            config.scripts.workers,
+        );
+        engine.catalog.reload(&store).await?;
         let secret = jwt_secret(&config)?;
         let previous: Vec<&[u8]> = config
             .jwt_previous_secrets
@@ -247,13 +252,12 @@ impl Server {
             store,
             config,
             keys,
-            hasher,
             tokens,
-            catalog,
+            engine,
             metrics: Metrics::default(),
             started,
         });
-        state.hasher.start_trimmer();
+        state.engine.hasher.start_trimmer();
         let app = router::app(state.clone(), routes);
         Ok(Server {
             listener,

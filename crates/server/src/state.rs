@@ -8,8 +8,7 @@ use store::Store;
 
 use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
-use crate::auth::password::Hasher;
-use crate::catalog::CatalogCell;
+use crate::engine::Engine;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -20,9 +19,9 @@ pub struct Inner {
     pub store: Store,
     pub config: Config,
     pub keys: Keys,
-    pub hasher: Hasher,
     pub tokens: TokenCache,
-    pub catalog: CatalogCell,
+    /// The datasource engine: catalog, hook chain, scripts, password hashing.
+    pub engine: Engine,
     pub metrics: Metrics,
     pub started: Instant,
 }

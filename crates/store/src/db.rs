@@ -210,6 +210,16 @@ impl Db {
         })
     }
 
+    /// A transaction that reads and writes only if it must (a script's `db` call): on SQLite a
+    /// deferred `BEGIN` without the write turn, so reads of many requests overlap; a write in
+    /// it takes SQLite's lock then (waiting up to the busy timeout).
+    pub async fn begin_read(&self) -> Result<Tx> {
+        Ok(match self {
+            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, WriteTurn(None)),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
         self.acquire().await?.raw().execute(sql, params).await
     }
@@ -424,12 +434,43 @@ impl Raw<'_> {
             Raw::Sqlite(c) => {
                 let q = bind_sqlite(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let rows = q.fetch_all(&mut **c).await?;
-                rows.iter().map(|r| decode_sqlite(r, types)).collect()
+                rows.iter().map(|r| decode_sqlite(r, Some(types))).collect()
             }
             Raw::Postgres(c) => {
                 let q = bind_pg(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let rows = q.fetch_all(&mut **c).await?;
-                rows.iter().map(|r| decode_pg(r, types)).collect()
+                rows.iter().map(|r| decode_pg(r, Some(types))).collect()
+            }
+        }
+    }
+
+    /// Runs a query with no typing (a script's own SQL): the column names, and each cell as the
+    /// database stores it.
+    pub async fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+        match self {
+            Raw::Sqlite(c) => {
+                let q = bind_sqlite(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                let rows = q.fetch_all(&mut **c).await?;
+                let names = column_names(rows.first());
+                let rows = rows
+                    .iter()
+                    .map(|r| decode_sqlite(r, None))
+                    .collect::<Result<_>>()?;
+                Ok((names, rows))
+            }
+            Raw::Postgres(c) => {
+                let q = bind_pg(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                let rows = q.fetch_all(&mut **c).await?;
+                let names = column_names(rows.first());
+                let rows = rows
+                    .iter()
+                    .map(|r| decode_pg(r, None))
+                    .collect::<Result<_>>()?;
+                Ok((names, rows))
             }
         }
     }
@@ -528,7 +569,13 @@ fn decode_err(col: usize, e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("cannot decode column {col}: {e}"))
 }
 
-fn decode_sqlite(row: &SqliteRow, types: &[AttrType]) -> Result<Vec<Value>> {
+fn column_names<R: Row>(row: Option<&R>) -> Vec<String> {
+    row.map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Decodes a row; with `types`, each cell is converted to its attribute's type.
+fn decode_sqlite(row: &SqliteRow, types: Option<&[AttrType]>) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(row.len());
     for i in 0..row.len() {
         let raw = row.try_get_raw(i)?;
@@ -543,13 +590,18 @@ fn decode_sqlite(row: &SqliteRow, types: &[AttrType]) -> Result<Vec<Value>> {
             "BLOB" => Value::Text(String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>(i)?).into()),
             _ => Value::Text(row.try_get::<String, _>(i)?),
         };
-        let ty = types.get(i).copied().unwrap_or(AttrType::String);
-        out.push(coerce(cell, ty).map_err(|e| decode_err(i, e))?);
+        out.push(match types {
+            Some(types) => {
+                let ty = types.get(i).copied().unwrap_or(AttrType::String);
+                coerce(cell, ty).map_err(|e| decode_err(i, e))?
+            }
+            None => cell,
+        });
     }
     Ok(out)
 }
 
-fn decode_pg(row: &PgRow, types: &[AttrType]) -> Result<Vec<Value>> {
+fn decode_pg(row: &PgRow, types: Option<&[AttrType]>) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(row.len());
     for (i, col) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i)?;
@@ -575,8 +627,13 @@ fn decode_pg(row: &PgRow, types: &[AttrType]) -> Result<Vec<Value>> {
             "UUID" => Value::Text(row.try_get::<uuid::Uuid, _>(i)?.to_string()),
             _ => Value::Text(row.try_get::<String, _>(i)?),
         };
-        let ty = types.get(i).copied().unwrap_or(AttrType::String);
-        out.push(coerce(cell, ty).map_err(|e| decode_err(i, e))?);
+        out.push(match types {
+            Some(types) => {
+                let ty = types.get(i).copied().unwrap_or(AttrType::String);
+                coerce(cell, ty).map_err(|e| decode_err(i, e))?
+            }
+            None => cell,
+        });
     }
     Ok(out)
 }

@@ -13,6 +13,9 @@ pub mod migrate;
 pub mod platform;
 pub mod writer;
 
+/// The built-in app that holds the platform's own tables and datasources.
+pub const PLATFORM_APP: &str = "cloudio";
+
 pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};

@@ -18,6 +18,9 @@ pub struct AppMetadata {
     /// (datasource name, definition as JSON text)
     pub datasources: Vec<(String, String)>,
     pub roles: Vec<RoleGrants>,
+    /// (path in the app directory, source text): `datasources/<Name>.<hook>.js|ts`,
+    /// `functions/<moduleUri>.js|ts`.
+    pub scripts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -26,6 +29,8 @@ pub struct RoleGrants {
     pub name: String,
     /// (datasource, action)
     pub grants: Vec<(String, String)>,
+    /// (moduleUri, function name or `*`)
+    pub functions: Vec<(String, String)>,
 }
 
 impl AppMetadata {
@@ -52,6 +57,16 @@ impl AppMetadata {
                 field(ds);
                 field(action);
             }
+            field("functions");
+            for (module, function) in &r.functions {
+                field(module);
+                field(function);
+            }
+        }
+        field("scripts");
+        for (path, source) in &self.scripts {
+            field(path);
+            field(source);
         }
         hex::encode(h.finalize())
     }
@@ -64,6 +79,10 @@ pub struct StoredMetadata {
     pub datasources: Vec<(String, String, String)>,
     /// (app, role, datasource, action)
     pub grants: Vec<(String, String, String, String)>,
+    /// (app, path, source)
+    pub scripts: Vec<(String, String, String)>,
+    /// (app, role, moduleUri, function name or `*`)
+    pub functions: Vec<(String, String, String, String)>,
 }
 
 fn text(s: &str) -> Value {
@@ -83,9 +102,18 @@ impl Store {
     /// The schema (PostgreSQL) or attached database (SQLite) holding an app's tables.
     pub fn schema_of(&self, app_uid: &str) -> String {
         match (self.dialect(), app_uid) {
-            (Dialect::Sqlite, "cloudio") => "main".into(),
+            (Dialect::Sqlite, crate::PLATFORM_APP) => "main".into(),
             _ => app_schema(app_uid),
         }
+    }
+
+    /// The statement that makes an app's schema the default for unqualified table names for
+    /// the rest of a transaction (a script's own SQL); `None` on SQLite, where an app's
+    /// attached database is found by name anyway.
+    pub fn search_path_statement(&self, app_uid: &str) -> Option<String> {
+        let schema = self.schema_of(app_uid);
+        (self.dialect() == Dialect::Postgres && query::meta::is_identifier(&schema))
+            .then(|| format!("SET LOCAL search_path TO {schema}"))
     }
 
     /// Replaces an app's metadata in one transaction: the app row, its datasources, its roles
@@ -143,13 +171,30 @@ impl Store {
             )
             .await?;
         }
-        exec(
-            &mut tx,
-            d,
-            &format!("DELETE FROM {} WHERE APP_UID = ?", self.t("io_role_grants")),
-            &[text(&m.app_uid)],
-        )
-        .await?;
+        for table in ["io_role_grants", "io_role_functions", "io_scripts"] {
+            exec(
+                &mut tx,
+                d,
+                &format!("DELETE FROM {} WHERE APP_UID = ?", self.t(table)),
+                &[text(&m.app_uid)],
+            )
+            .await?;
+        }
+        for (path, source) in &m.scripts {
+            let mut params = vec![text(&m.app_uid), text(path), text(source)];
+            who(&mut params);
+            exec(
+                &mut tx,
+                d,
+                &format!(
+                    "INSERT INTO {} (APP_UID, PATH, SOURCE, CREATED_BY, CREATION_DATE, \
+                     LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    self.t("io_scripts")
+                ),
+                &params,
+            )
+            .await?;
+        }
         for role in &m.roles {
             let mut params = vec![text(&m.app_uid), text(&role.role_uid), text(&role.name)];
             who(&mut params);
@@ -175,6 +220,24 @@ impl Store {
                         self.t("io_role_grants")
                     ),
                     &[text(&m.app_uid), text(&role.role_uid), text(ds), text(action)],
+                )
+                .await?;
+            }
+            for (module, function) in &role.functions {
+                exec(
+                    &mut tx,
+                    d,
+                    &format!(
+                        "INSERT INTO {} (APP_UID, ROLE_UID, MODULE_URI, FUNCTION_NAME) \
+                         VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        self.t("io_role_functions")
+                    ),
+                    &[
+                        text(&m.app_uid),
+                        text(&role.role_uid),
+                        text(module),
+                        text(function),
+                    ],
                 )
                 .await?;
             }
@@ -249,10 +312,51 @@ impl Store {
                 )
             })
             .collect();
+        let scripts = self
+            .texts_of(&format!(
+                "SELECT APP_UID, PATH, SOURCE FROM {} ORDER BY APP_UID, PATH",
+                self.t("io_scripts")
+            ))
+            .await?
+            .into_iter()
+            .map(|mut t| {
+                let mut t = t.drain(..);
+                (
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let functions = self
+            .texts_of(&format!(
+                "SELECT APP_UID, ROLE_UID, MODULE_URI, FUNCTION_NAME FROM {}",
+                self.t("io_role_functions")
+            ))
+            .await?
+            .into_iter()
+            .map(|mut t| {
+                let mut t = t.drain(..);
+                (
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                    t.next().unwrap_or_default(),
+                )
+            })
+            .collect();
         Ok(StoredMetadata {
             datasources,
             grants,
+            scripts,
+            functions,
         })
+    }
+
+    /// Every row of a platform query with no parameters, as text cells.
+    async fn texts_of(&self, sql: &str) -> Result<Vec<Vec<String>>> {
+        let rows = self.db.fetch_all(sql, &[], &[AttrType::String; 4]).await?;
+        Ok(rows.into_iter().map(texts).collect())
     }
 
     /// Upper-cased column names of an app's table, or `None` if the table does not exist.

@@ -557,21 +557,17 @@ impl Store {
     }
 
     /// Ends a user's sessions inside a caller's transaction.
-    pub async fn delete_user_sessions_in(
-        &self,
-        raw: &mut crate::db::Raw<'_>,
-        org_uid: &str,
-        user_name: &str,
-    ) -> Result<u64> {
+    /// The statement that ends a user's sessions, for a caller to run inside its own
+    /// transaction (the engine, when a post disables a user or changes a password).
+    pub fn end_sessions_statement(&self, org_uid: &str, user_name: &str) -> (String, Vec<Value>) {
         let sql = format!(
             "DELETE FROM {} WHERE ORG_UID = ? AND USER_NAME = ?",
             self.t("io_sessions")
         );
-        raw.execute(
-            &portable(self.dialect(), &sql),
-            &[text(org_uid), text(user_name)],
+        (
+            portable(self.dialect(), &sql).into_owned(),
+            vec![text(org_uid), text(user_name)],
         )
-        .await
     }
 
     /// Deletes sessions idle since `idle_before` or created before `created_before` (micros).

@@ -28,7 +28,7 @@ const MAX_BATCH: usize = 256;
 /// caller waiting for the answer.
 trait Job: Send {
     /// Runs the code and keeps its outcome; says whether it succeeded.
-    fn run(&mut self, conn: &WriteConn<'_>) -> bool;
+    fn run(&mut self, conn: &mut WriteConn<'_>) -> bool;
     /// Answers the caller: the code's own error, else the batch's fate.
     fn answer(self: Box<Self>, committed: Result<()>);
     /// Whether the job wants a transaction of its own (see [`Writer::run_alone`]).
@@ -46,9 +46,9 @@ impl<F, T, E> Job for Pending<F, T, E>
 where
     T: Send + 'static,
     E: From<StoreError> + Send + 'static,
-    F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
+    F: Fn(&mut WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
 {
-    fn run(&mut self, conn: &WriteConn<'_>) -> bool {
+    fn run(&mut self, conn: &mut WriteConn<'_>) -> bool {
         let out = catch_unwind(AssertUnwindSafe(|| (self.f)(conn))).unwrap_or_else(|_| {
             tracing::error!("a write job panicked");
             Err(StoreError::Other("the write failed inside the server".into()).into())
@@ -117,7 +117,7 @@ impl Writer {
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
+        F: Fn(&mut WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         self.submit(f, false).await
     }
@@ -130,7 +130,7 @@ impl Writer {
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
+        F: Fn(&mut WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         self.submit(f, true).await
     }
@@ -139,7 +139,7 @@ impl Writer {
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: Fn(&WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
+        F: Fn(&mut WriteConn<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Pending {
@@ -191,7 +191,7 @@ fn refuse(e: &StoreError, rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<()>>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<()>>) {
     // A job that wants its own transaction, taken from the queue while filling a batch.
     let mut next: Option<Box<dyn Job>> = None;
     let mut stopping = false;
@@ -220,22 +220,21 @@ fn run(conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<(
         }
         let _turn = turn.blocking_lock();
         if batch.len() == 1 {
-            run_alone(&conn, batch.remove(0));
+            run_alone(&mut conn, batch.remove(0));
         } else {
-            run_batch(&conn, batch);
+            run_batch(&mut conn, batch);
         }
     }
     if let Some(j) = next {
         let _turn = turn.blocking_lock();
-        run_alone(&conn, j);
+        run_alone(&mut conn, j);
     }
 }
 
 /// One job, one transaction (no savepoint: the transaction is the job's).
-fn run_alone(conn: &Connection, mut job: Box<dyn Job>) {
-    let w = WriteConn { conn };
+fn run_alone(conn: &mut Connection, mut job: Box<dyn Job>) {
     let done = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-        if job.run(&w) {
+        if job.run(&mut WriteConn { conn: &mut *conn }) {
             conn.execute_batch("COMMIT")
         } else {
             conn.execute_batch("ROLLBACK")
@@ -251,12 +250,11 @@ fn run_alone(conn: &Connection, mut job: Box<dyn Job>) {
 /// own work. If the commit itself fails (a deferred constraint that one job broke, say), the
 /// batch is rolled back and each job runs again in a transaction of its own, so only the
 /// culprit fails.
-fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
-    let w = WriteConn { conn };
+fn run_batch(conn: &mut Connection, mut batch: Vec<Box<dyn Job>>) {
     let committed = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         for job in &mut batch {
             conn.execute_batch("SAVEPOINT job")?;
-            if !job.run(&w) {
+            if !job.run(&mut WriteConn { conn: &mut *conn }) {
                 conn.execute_batch("ROLLBACK TO job")?;
             }
             conn.execute_batch("RELEASE job")?;
@@ -284,12 +282,22 @@ fn run_batch(conn: &Connection, mut batch: Vec<Box<dyn Job>>) {
 }
 
 /// The writer's connection, as seen by a job: binds [`Value`]s and decodes rows like
-/// [`crate::Raw`] does for the pool.
+/// [`crate::Raw`] does for the pool. Holds the connection mutably, so it is `Send` (a job's
+/// code may be written once for the pool and the writer).
 pub struct WriteConn<'c> {
-    conn: &'c Connection,
+    conn: &'c mut Connection,
 }
 
 impl WriteConn<'_> {
+    /// Runs one statement; returns the rows it changed.
+    pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(from_rusqlite)?;
+        for (i, v) in params.iter().enumerate() {
+            bind(&mut stmt, i + 1, v).map_err(from_rusqlite)?;
+        }
+        Ok(stmt.raw_execute().map_err(from_rusqlite)? as u64)
+    }
+
     /// Runs one statement and decodes each returned cell as the given type (by position).
     pub fn fetch_all(
         &self,
@@ -297,7 +305,22 @@ impl WriteConn<'_> {
         params: &[Value],
         types: &[AttrType],
     ) -> Result<Vec<Vec<Value>>> {
+        Ok(self.query(sql, params, Some(types))?.1)
+    }
+
+    /// Runs one statement with no typing: column names and cells as SQLite stores them.
+    pub fn fetch_named(&self, sql: &str, params: &[Value]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+        self.query(sql, params, None)
+    }
+
+    fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        types: Option<&[AttrType]>,
+    ) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(from_rusqlite)?;
+        let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         for (i, v) in params.iter().enumerate() {
             bind(&mut stmt, i + 1, v).map_err(from_rusqlite)?;
         }
@@ -315,15 +338,19 @@ impl WriteConn<'_> {
                         Value::Text(String::from_utf8_lossy(t).into_owned())
                     }
                 };
-                let ty = types.get(i).copied().unwrap_or(AttrType::String);
-                cells
-                    .push(coerce(cell, ty).map_err(|e| {
-                        StoreError::Other(format!("cannot decode column {i}: {e}"))
-                    })?);
+                cells.push(match types {
+                    Some(types) => {
+                        let ty = types.get(i).copied().unwrap_or(AttrType::String);
+                        coerce(cell, ty).map_err(|e| {
+                            StoreError::Other(format!("cannot decode column {i}: {e}"))
+                        })?
+                    }
+                    None => cell,
+                });
             }
             out.push(cells);
         }
-        Ok(out)
+        Ok((names, out))
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn post_auth(
     let user = state.store.find_user(&org, &creds.user_name).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     // Verify even when the user is unknown or may not log in: the same work either way.
-    let password_ok = state.hasher.verify(creds.password, hash).await?;
+    let password_ok = state.engine.hasher.verify(creds.password, hash).await?;
     let user = match user {
         Some(u) if password_ok && u.may_log_in(now.date_naive()) => u,
         _ => {

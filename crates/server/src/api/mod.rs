@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod data;
+pub mod functions;
 pub mod status;
 
 use axum::body::Bytes;

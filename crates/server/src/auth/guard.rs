@@ -43,6 +43,16 @@ pub struct Profile {
 }
 
 impl Authed {
+    /// Who the engine acts for.
+    pub fn principal(&self) -> crate::engine::Principal {
+        crate::engine::Principal {
+            org_uid: self.claims.org_uid.clone(),
+            user_name: self.claims.sub.clone(),
+            roles: self.roles.clone(),
+            request_id: crate::request_id::current(),
+        }
+    }
+
     pub fn user_name(&self) -> &str {
         &self.claims.sub
     }

@@ -1,0 +1,746 @@
+//! Workers that run executions in QuickJS, each in a fresh context, and the event loop that
+//! connects a script's `db` calls to the caller.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use rquickjs::loader::{Loader, Resolver};
+use rquickjs::promise::PromiseState;
+use rquickjs::{Context, Ctx, Function, Module, Promise, Runtime, Value};
+use serde_json::Value as Json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::compile::Kind;
+use crate::{CompileError, Execution, Modules, Program, ScriptError};
+
+/// What a running execution tells its caller.
+#[derive(Debug)]
+pub enum Event {
+    /// The script called `db.<op>(...)`; answer with [`HostCall::reply`].
+    Call(HostCall),
+    /// The execution ended: hooks give their globals, functions their value.
+    Done(Result<Json, ScriptError>),
+}
+
+/// One `db` call of a script: `op` is the method name, `args` its arguments (a JSON array; a
+/// JS `Date` arrives as `{"$date": "<ISO-8601>"}`).
+#[derive(Debug)]
+pub struct HostCall {
+    pub op: String,
+    pub args: Json,
+    id: u64,
+    reply: mpsc::Sender<Reply>,
+}
+
+type Reply = (u64, Result<Json, String>);
+
+impl HostCall {
+    /// Settles the script's promise: `Ok` resolves it with the value, `Err` rejects it with an
+    /// `Error` carrying the message.
+    pub fn reply(self, result: Result<Json, String>) {
+        // The execution may have ended meanwhile (its wall clock ran out): nobody to tell.
+        let _ = self.reply.send((self.id, result));
+    }
+}
+
+/// A started execution: the caller polls [`Running::next`] and serves the calls.
+pub struct Running {
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+}
+
+impl Running {
+    pub async fn next(&mut self) -> Event {
+        self.events.recv().await.unwrap_or_else(|| {
+            Event::Done(Err(ScriptError::Script(
+                "the script worker stopped".into(),
+            )))
+        })
+    }
+}
+
+struct Job {
+    exec: Execution,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    reply_tx: mpsc::Sender<Reply>,
+    replies: mpsc::Receiver<Reply>,
+    /// Held while the job runs: the pool's bound.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A bounded set of worker threads, each with a QuickJS runtime of its own.
+pub struct Pool {
+    jobs: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "script::Pool({} workers)", self.size)
+    }
+}
+
+/// Thread stack of a worker: well above QuickJS's own stack limit, which is what stops deep
+/// recursion.
+const THREAD_STACK: usize = 16 << 20;
+
+impl Pool {
+    pub fn new(size: usize) -> Pool {
+        let size = size.max(1);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..size {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("script-{i}"))
+                .stack_size(THREAD_STACK)
+                .spawn(move || {
+                    let mut worker = Worker::default();
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => worker.run(job),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a script worker");
+            }
+        }
+        Pool {
+            jobs,
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Executions running now.
+    pub fn busy(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+
+    /// Starts an execution on a free worker, waiting for one up to the execution's wall-clock
+    /// limit ([`ScriptError::Busy`] after that). A `nested` execution (a hook run by a script's
+    /// own `db` call, whose caller holds a worker already) runs on a thread of its own instead,
+    /// so nesting can never wait for itself.
+    pub async fn start(&self, exec: Execution, nested: bool) -> Result<Running, ScriptError> {
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reply_tx, replies) = mpsc::channel();
+        if nested {
+            let job = Job {
+                exec,
+                events,
+                reply_tx,
+                replies,
+                _permit: None,
+            };
+            std::thread::Builder::new()
+                .name("script-nested".into())
+                .stack_size(THREAD_STACK)
+                .spawn(move || Worker::default().run(job))
+                .map_err(|e| ScriptError::Script(format!("cannot start a script thread: {e}")))?;
+        } else {
+            let wall = exec.limits.wall;
+            let permit =
+                match tokio::time::timeout(wall, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(ScriptError::Busy),
+                };
+            let job = Job {
+                exec,
+                events,
+                reply_tx,
+                replies,
+                _permit: Some(permit),
+            };
+            self.jobs
+                .send(job)
+                .map_err(|_| ScriptError::Script("the script workers stopped".into()))?;
+        }
+        Ok(Running { events: events_rx })
+    }
+}
+
+/// Checks that compiled JavaScript parses in QuickJS (without running it).
+pub(crate) fn check_syntax(file: &str, js: &str, kind: Kind) -> Result<(), CompileError> {
+    let fail = |message: String| CompileError {
+        file: file.to_string(),
+        line: 1,
+        message,
+    };
+    let rt = Runtime::new().map_err(|e| fail(e.to_string()))?;
+    let ctx = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
+    ctx.with(|ctx| {
+        let result = match kind {
+            Kind::Hook => ctx.eval::<Value, _>(hook_source(js)).map(|_| ()),
+            Kind::Module => Module::declare(ctx.clone(), file, js).map(|_| ()),
+        };
+        result.map_err(|e| {
+            let (name, message, _) = describe(&ctx, &caught(&ctx, e));
+            let line = message_line(&message);
+            CompileError {
+                file: file.to_string(),
+                line,
+                message: format!("{name}: {message}"),
+            }
+        })
+    })
+}
+
+fn message_line(_message: &str) -> usize {
+    1
+}
+
+/// A hook body as an async function expression; called by the runner.
+fn hook_source(body: &str) -> String {
+    format!("(async function () {{\n{body}\n}})")
+}
+
+/// The globals every execution gets; `host(op, json)` and `log(level, text)` are the only
+/// native functions, and they stay hidden in this closure.
+const PRELUDE: &str = r#"(function (host, log, input) {
+  "use strict";
+  const g = globalThis;
+  class UserError extends Error {
+    constructor(message) { super(message); this.name = "UserError"; }
+  }
+  const replacer = function (k, v) {
+    const o = this[k];
+    return o instanceof Date ? { "$date": o.toISOString() } : v;
+  };
+  const call = (op, args) => host(op, JSON.stringify(args, replacer))
+    .then((v) => v, (m) => { throw new Error(m); });
+  const opt = (o) => (o === undefined || o === null ? {} : o);
+  const db = Object.freeze({
+    find: (ds, query, opts) => call("find", [ds, opt(query), opt(opts)]),
+    findOne: (ds, query, opts) => call("findOne", [ds, opt(query), opt(opts)]),
+    insertOne: (ds, row, opts) => call("insertOne", [ds, row, opt(opts)]),
+    insertMany: (ds, rows, opts) => call("insertMany", [ds, rows, opt(opts)]),
+    updateOne: (ds, row, opts) => call("updateOne", [ds, row, opt(opts)]),
+    updateMany: (ds, rows, opts) => call("updateMany", [ds, rows, opt(opts)]),
+    deleteOne: (ds, row, opts) => call("deleteOne", [ds, row, opt(opts)]),
+    deleteMany: (ds, rows, opts) => call("deleteMany", [ds, rows, opt(opts)]),
+    executeQuery: (sql, params, platformSchema) =>
+      call("executeQuery", [sql, params === undefined ? [] : params, !!platformSchema]),
+    queryString: (sql, params) => call("queryString", [sql, params === undefined ? [] : params]),
+    executeUpdate: (sql, params) => call("executeUpdate", [sql, params === undefined ? [] : params]),
+    fetch: (url, init) => call("fetch", [String(url), opt(init)]).then((r) => Object.freeze({
+      status: r.status,
+      ok: r.status >= 200 && r.status < 300,
+      headers: r.headers,
+      text: async () => r.body,
+      json: async () => JSON.parse(r.body),
+    })),
+  });
+  const text = (args) => args.map((a) => {
+    if (typeof a === "string") return a;
+    try { const s = JSON.stringify(a); return s === undefined ? String(a) : s; } catch (e) { return String(a); }
+  }).join(" ");
+  const Logger = Object.freeze({
+    log: (...a) => log("info", text(a)),
+    info: (...a) => log("info", text(a)),
+    debug: (...a) => log("debug", text(a)),
+    warn: (...a) => log("warn", text(a)),
+    error: (...a) => log("error", text(a)),
+  });
+  const dropped = ["createdBy", "creationDate", "lastUpdatedBy", "lastUpdateDate", "_rs"]
+    .concat(input.keys || []);
+  const utils = Object.freeze({
+    toNewRow(row) {
+      const out = {};
+      for (const [k, v] of Object.entries(row || {})) {
+        if (!dropped.includes(k)) out[k] = v;
+      }
+      return out;
+    },
+  });
+  const s = input.session;
+  const session = Object.freeze({
+    userName: () => s.userName,
+    orgUid: () => s.orgUid,
+    appUid: () => s.appUid,
+    roles: () => s.roles.slice(),
+  });
+  const fixed = (name, value) =>
+    Object.defineProperty(g, name, { value, writable: false, enumerable: false, configurable: false });
+  fixed("db", db);
+  fixed("session", session);
+  fixed("Logger", Logger);
+  fixed("UserError", UserError);
+  fixed("utils", utils);
+  fixed("console", Logger);
+  if (input.hook) {
+    g.query = input.query;
+    g.rows = input.rows;
+    g.skipQuery = false;
+    g.skipDML = false;
+  }
+})"#;
+
+/// Runs a hook and hands back the globals it may change.
+const HOOK_RUNNER: &str = r#"(function (hook) {
+  return hook().then(() => JSON.stringify({
+    query: globalThis.query,
+    rows: globalThis.rows,
+    skipQuery: !!globalThis.skipQuery,
+    skipDML: !!globalThis.skipDML,
+  }));
+})"#;
+
+/// Imports a function's module and calls the export.
+const FUNCTION_RUNNER: &str = r#"(function (module, name, arg) {
+  return import(module).then((ns) => {
+    const f = ns[name];
+    if (typeof f !== "function") {
+      throw { __cloudioNotFound: "module `" + module + "` has no exported function `" + name + "`" };
+    }
+    return f(arg);
+  }).then((v) => { const s = JSON.stringify(v === undefined ? null : v); return s === undefined ? "null" : s; });
+})"#;
+
+/// Resolves and loads an app's modules from memory; nothing else can be imported.
+#[derive(Clone, Default)]
+struct AppModules(Rc<RefCell<Arc<Modules>>>);
+
+/// `moduleUri` for an import `name` from module `base`: relative names against `base`'s
+/// folder, `.js`/`.ts` dropped; `..` never leaves the app.
+fn module_key(base: &str, name: &str) -> Option<String> {
+    let name = name
+        .strip_suffix(".js")
+        .or_else(|| name.strip_suffix(".ts"))
+        .unwrap_or(name);
+    let mut parts: Vec<&str> = Vec::new();
+    if name.starts_with("./") || name.starts_with("../") {
+        parts.extend(base.split('/'));
+        parts.pop();
+    }
+    for p in name.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+impl Resolver for AppModules {
+    fn resolve<'js>(
+        &mut self,
+        _ctx: &Ctx<'js>,
+        base: &str,
+        name: &str,
+        _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
+    ) -> rquickjs::Result<String> {
+        match module_key(base, name) {
+            Some(key) if self.0.borrow().contains_key(&key) => Ok(key),
+            _ => Err(rquickjs::Error::new_resolving(base, name)),
+        }
+    }
+}
+
+impl Loader for AppModules {
+    fn load<'js>(
+        &mut self,
+        ctx: &Ctx<'js>,
+        name: &str,
+        _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
+    ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
+        let source = self.0.borrow().get(name).cloned();
+        match source {
+            Some(js) => Module::declare(ctx.clone(), name, js.as_bytes().to_vec()),
+            None => Err(rquickjs::Error::new_loading(name)),
+        }
+    }
+}
+
+/// One worker's runtime, kept between executions until one hits a limit.
+#[derive(Default)]
+struct Worker {
+    rt: Option<Runtime>,
+    limits: Option<crate::Limits>,
+    deadline: Rc<Cell<Option<Instant>>>,
+    interrupted: Rc<Cell<bool>>,
+    modules: AppModules,
+}
+
+/// How an execution ended inside the worker.
+enum Failure {
+    Thrown(Json, String),
+    Limit(String),
+}
+
+impl Worker {
+    fn runtime(&mut self, limits: crate::Limits) -> rquickjs::Result<Runtime> {
+        if let (Some(rt), Some(l)) = (&self.rt, &self.limits)
+            && l.memory_bytes == limits.memory_bytes
+            && l.stack_bytes == limits.stack_bytes
+        {
+            return Ok(rt.clone());
+        }
+        let rt = Runtime::new()?;
+        rt.set_memory_limit(limits.memory_bytes);
+        rt.set_max_stack_size(limits.stack_bytes);
+        let (deadline, interrupted) = (self.deadline.clone(), self.interrupted.clone());
+        rt.set_interrupt_handler(Some(Box::new(move || {
+            let over = deadline.get().is_some_and(|d| Instant::now() >= d);
+            if over {
+                interrupted.set(true);
+            }
+            over
+        })));
+        rt.set_loader(self.modules.clone(), self.modules.clone());
+        self.rt = Some(rt.clone());
+        self.limits = Some(limits);
+        Ok(rt)
+    }
+
+    fn run(&mut self, job: Job) {
+        let Job {
+            exec,
+            events,
+            reply_tx,
+            replies,
+            _permit,
+        } = job;
+        let link = Link {
+            events,
+            reply_tx,
+            replies,
+        };
+        let out = self.execute(&exec, &link);
+        let events = link.events;
+        let _ = events.send(Event::Done(out));
+    }
+
+    fn execute(
+        &mut self,
+        exec: &Execution,
+        link: &Link,
+    ) -> Result<Json, ScriptError> {
+        let script_err = |m: String| ScriptError::Script(format!("{}: {m}", exec.name));
+        let rt = self
+            .runtime(exec.limits)
+            .map_err(|e| script_err(e.to_string()))?;
+        if let Program::Function { modules, .. } = &exec.program {
+            *self.modules.0.borrow_mut() = modules.clone();
+        }
+        let started = Instant::now();
+        let deadline = started + exec.limits.wall;
+        self.interrupted.set(false);
+        self.deadline.set(Some(deadline));
+        let result = match Context::full(&rt) {
+            Ok(ctx) => ctx.with(|ctx| run_in(&ctx, exec, link, deadline)),
+            Err(e) => Err(Failure::Limit(format!("cannot create a context: {e}"))),
+        };
+        self.deadline.set(None);
+        let interrupted = self.interrupted.get();
+        let out = match result {
+            Ok(v) => Ok(v),
+            Err(_) if interrupted => {
+                self.rt = None;
+                Err(script_err(format!(
+                    "the script ran longer than its limit of {} ms",
+                    exec.limits.wall.as_millis()
+                )))
+            }
+            Err(Failure::Limit(m)) => {
+                self.rt = None;
+                Err(script_err(m))
+            }
+            Err(Failure::Thrown(reason, stack)) => {
+                let out = classify(exec, &reason);
+                if let Err(ScriptError::Script(m)) = &out {
+                    tracing::warn!(
+                        target: "script",
+                        request_id = exec.request_id.as_deref(),
+                        app = %exec.session.app_uid,
+                        script = %exec.name,
+                        error = ?m,
+                        stack = ?stack,
+                        "script failed"
+                    );
+                    if is_resource_error(m) {
+                        self.rt = None;
+                    }
+                }
+                out
+            }
+        };
+        *self.modules.0.borrow_mut() = Arc::default();
+        match &self.rt {
+            Some(rt) => rt.run_gc(),
+            None => {}
+        }
+        out
+    }
+}
+
+fn is_resource_error(m: &str) -> bool {
+    m.contains("out of memory") || m.contains("stack overflow")
+}
+
+/// The error an execution's rejection reason means.
+fn classify(exec: &Execution, reason: &Json) -> Result<Json, ScriptError> {
+    if let Some(m) = reason.get("__cloudioNotFound").and_then(Json::as_str) {
+        return Err(ScriptError::NotFound(m.to_string()));
+    }
+    let name = reason.get("name").and_then(Json::as_str).unwrap_or("");
+    let message = reason.get("message").and_then(Json::as_str);
+    if name == "UserError" {
+        return Err(ScriptError::User(message.unwrap_or("").to_string()));
+    }
+    let text = match (name, message) {
+        ("", Some(m)) => m.to_string(),
+        (n, Some(m)) => format!("{n}: {m}"),
+        (_, None) => match reason {
+            Json::String(s) => s.clone(),
+            Json::Null => "null was thrown (often: out of memory)".into(),
+            other => other.to_string(),
+        },
+    };
+    Err(ScriptError::Script(format!("{}: {text}", exec.name)))
+}
+
+/// The caught exception of a failed call.
+fn caught<'js>(ctx: &Ctx<'js>, e: rquickjs::Error) -> Value<'js> {
+    match e {
+        rquickjs::Error::Exception => ctx.catch(),
+        other => rquickjs::String::from_str(ctx.clone(), &other.to_string())
+            .map(|s| s.into_value())
+            .unwrap_or_else(|_| Value::new_null(ctx.clone())),
+    }
+}
+
+/// `(name, message, stack)` of a thrown value.
+fn describe<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> (String, String, String) {
+    let j = reason_json(ctx, v);
+    let get = |k: &str| j.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+    let message = match j.get("message").and_then(Json::as_str) {
+        Some(m) => m.to_string(),
+        None => match &j {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+    };
+    (get("name"), message, get("stack"))
+}
+
+/// A thrown value as JSON, keeping an `Error`'s name, message and stack (which are not
+/// enumerable and so invisible to `JSON.stringify`).
+fn reason_json<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> Json {
+    if let Some(obj) = v.as_object() {
+        let mut m = serde_json::Map::new();
+        for key in ["name", "message", "stack", "__cloudioNotFound"] {
+            if let Ok(s) = obj.get::<_, Option<rquickjs::Coerced<String>>>(key)
+                && let Some(s) = s
+            {
+                m.insert(key.into(), Json::String(s.0));
+            }
+        }
+        if !m.is_empty() {
+            return Json::Object(m);
+        }
+    }
+    match ctx.json_stringify(v.clone()) {
+        Ok(Some(s)) => s
+            .to_string()
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Json::Null),
+        _ => v
+            .as_string()
+            .and_then(|s| s.to_string().ok())
+            .map_or(Json::Null, Json::String),
+    }
+}
+
+type Pending<'js> = Rc<RefCell<HashMap<u64, (Function<'js>, Function<'js>)>>>;
+
+fn thrown<'js>(ctx: &Ctx<'js>, e: rquickjs::Error) -> Failure {
+    let v = caught(ctx, e);
+    let (_, _, stack) = describe(ctx, &v);
+    Failure::Thrown(reason_json(ctx, &v), stack)
+}
+
+/// The channels between a worker and the caller of one execution.
+struct Link {
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    reply_tx: mpsc::Sender<Reply>,
+    replies: mpsc::Receiver<Reply>,
+}
+
+fn run_in<'js>(
+    ctx: &Ctx<'js>,
+    exec: &Execution,
+    link: &Link,
+    deadline: Instant,
+) -> Result<Json, Failure> {
+    let pending: Pending<'js> = Rc::default();
+    let calls = Rc::new(Cell::new(0u32));
+    let max_calls = exec.limits.max_host_calls;
+    let host = {
+        let pending = pending.clone();
+        let events = link.events.clone();
+        let reply_tx = link.reply_tx.clone();
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, op: String, args: String| -> rquickjs::Result<Promise<'js>> {
+                let (promise, resolve, reject) = ctx.promise()?;
+                let n = calls.get().saturating_add(1);
+                calls.set(n);
+                if n > max_calls {
+                    reject.call::<_, ()>((format!(
+                        "at most {max_calls} db calls per execution (this was call {n})"
+                    ),))?;
+                    return Ok(promise);
+                }
+                let args = serde_json::from_str(&args).unwrap_or(Json::Null);
+                let id = u64::from(n);
+                let call = HostCall {
+                    op,
+                    args,
+                    id,
+                    reply: reply_tx.clone(),
+                };
+                if events.send(Event::Call(call)).is_err() {
+                    reject.call::<_, ()>(("the request ended",))?;
+                } else {
+                    pending.borrow_mut().insert(id, (resolve, reject));
+                }
+                Ok(promise)
+            },
+        )
+        .map_err(|e| thrown(ctx, e))?
+    };
+    let log = {
+        let (request_id, app, name) = (
+            exec.request_id.clone(),
+            exec.session.app_uid.clone(),
+            exec.name.clone(),
+        );
+        Function::new(ctx.clone(), move |level: String, text: String| {
+            let rid = request_id.as_deref();
+            match level.as_str() {
+                "error" => tracing::error!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
+                "warn" => tracing::warn!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
+                "debug" => tracing::debug!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
+                _ => tracing::info!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
+            }
+        })
+        .map_err(|e| thrown(ctx, e))?
+    };
+    let mut input = exec.input.clone();
+    if let Json::Object(m) = &mut input {
+        m.insert(
+            "session".into(),
+            serde_json::to_value(&exec.session).unwrap_or(Json::Null),
+        );
+        m.insert(
+            "hook".into(),
+            Json::Bool(matches!(exec.program, Program::Hook { .. })),
+        );
+    }
+    let input_js = ctx
+        .json_parse(input.to_string())
+        .map_err(|e| thrown(ctx, e))?;
+    let prelude: Function<'js> = ctx.eval(PRELUDE).map_err(|e| thrown(ctx, e))?;
+    prelude
+        .call::<_, ()>((host, log, input_js.clone()))
+        .map_err(|e| thrown(ctx, e))?;
+    let promise: Promise<'js> = match &exec.program {
+        Program::Hook { body } => {
+            let hook: Function<'js> = ctx.eval(hook_source(body)).map_err(|e| thrown(ctx, e))?;
+            let runner: Function<'js> = ctx.eval(HOOK_RUNNER).map_err(|e| thrown(ctx, e))?;
+            runner.call((hook,)).map_err(|e| thrown(ctx, e))?
+        }
+        Program::Function {
+            module, function, ..
+        } => {
+            let runner: Function<'js> = ctx.eval(FUNCTION_RUNNER).map_err(|e| thrown(ctx, e))?;
+            let arg: Value<'js> = input_js
+                .as_object()
+                .and_then(|o| o.get::<_, Value<'js>>("arg").ok())
+                .unwrap_or_else(|| Value::new_null(ctx.clone()));
+            runner
+                .call((module.as_str(), function.as_str(), arg))
+                .map_err(|e| thrown(ctx, e))?
+        }
+    };
+    drive(ctx, &promise, &pending, link, deadline)
+}
+
+/// Runs the script's jobs until its promise settles, answering its host calls as the replies
+/// arrive; the wall clock bounds the whole.
+fn drive<'js>(
+    ctx: &Ctx<'js>,
+    promise: &Promise<'js>,
+    pending: &Pending<'js>,
+    link: &Link,
+    deadline: Instant,
+) -> Result<Json, Failure> {
+    loop {
+        while ctx.execute_pending_job() {}
+        match promise.state() {
+            PromiseState::Resolved => {
+                let s: String = promise
+                    .result::<String>()
+                    .unwrap_or_else(|| Ok("null".into()))
+                    .map_err(|e| thrown(ctx, e))?;
+                return serde_json::from_str(&s)
+                    .map_err(|e| Failure::Limit(format!("the script's result is not JSON: {e}")));
+            }
+            PromiseState::Rejected => {
+                let reason = match promise.result::<Value<'js>>() {
+                    Some(Err(e)) => caught(ctx, e),
+                    Some(Ok(v)) => v,
+                    None => Value::new_null(ctx.clone()),
+                };
+                let (_, _, stack) = describe(ctx, &reason);
+                return Err(Failure::Thrown(reason_json(ctx, &reason), stack));
+            }
+            PromiseState::Pending => {}
+        }
+        if pending.borrow().is_empty() {
+            return Err(Failure::Limit(
+                "the script awaits something that can never happen (no timers exist here)".into(),
+            ));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (id, result) = match link.replies.recv_timeout(left) {
+            Ok(reply) => reply,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(Failure::Limit(format!(
+                    "the script waited on db calls past its wall-clock limit ({} pending)",
+                    pending.borrow().len()
+                )));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Failure::Limit("the request ended".into()));
+            }
+        };
+        let Some((resolve, reject)) = pending.borrow_mut().remove(&id) else {
+            continue;
+        };
+        let settled = match result {
+            Ok(v) => ctx
+                .json_parse(v.to_string())
+                .and_then(|v| resolve.call::<_, ()>((v,))),
+            Err(m) => reject.call::<_, ()>((m,)),
+        };
+        settled.map_err(|e| thrown(ctx, e))?;
+    }
+}

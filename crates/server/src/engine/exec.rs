@@ -1,0 +1,236 @@
+//! The one executor: statements run the same way on a pool connection or transaction
+//! ([`store::Raw`], async) and on SQLite's writer thread ([`store::WriteConn`], synchronous
+//! and always ready), so the chain is written once over [`Exec`].
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use query::{
+    AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Statement,
+    Value, WriteContext, WriteRow, compile_lookup, compile_write, returning_columns,
+};
+use serde_json::{Map, Value as Json};
+use store::{Raw, WriteConn};
+
+use super::{Error, Result};
+
+/// Where statements run.
+pub(crate) trait Exec: Send {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement and decodes each cell as the given type (by position).
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> impl Future<Output = store::Result<Vec<Vec<Value>>>> + Send;
+    /// Runs a statement with no typing: column names and cells as the database gives them.
+    fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = store::Result<(Vec<String>, Vec<Vec<Value>>)>> + Send;
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = store::Result<u64>> + Send;
+    /// Whether scripts may run here (not on the writer thread, which must stay short).
+    fn runs_scripts(&self) -> bool;
+}
+
+impl Exec for Raw<'_> {
+    fn dialect(&self) -> Dialect {
+        Raw::dialect(self)
+    }
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> impl Future<Output = store::Result<Vec<Vec<Value>>>> + Send {
+        Raw::fetch_all(self, sql, params, types)
+    }
+    fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = store::Result<(Vec<String>, Vec<Vec<Value>>)>> + Send {
+        Raw::fetch_named(self, sql, params)
+    }
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = store::Result<u64>> + Send {
+        Raw::execute(self, sql, params)
+    }
+    fn runs_scripts(&self) -> bool {
+        true
+    }
+}
+
+impl Exec for WriteConn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> impl Future<Output = store::Result<Vec<Vec<Value>>>> + Send {
+        std::future::ready(WriteConn::fetch_all(self, sql, params, types))
+    }
+    fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = store::Result<(Vec<String>, Vec<Vec<Value>>)>> + Send {
+        std::future::ready(WriteConn::fetch_named(self, sql, params))
+    }
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = store::Result<u64>> + Send {
+        std::future::ready(WriteConn::execute(self, sql, params))
+    }
+    fn runs_scripts(&self) -> bool {
+        false
+    }
+}
+
+/// Runs a future made only of writer-thread steps (always ready) to its end, on the writer's
+/// own thread.
+pub(crate) fn finish_now<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => Err(Error::Store(store::StoreError::Other(
+            "a writer job waited on something outside the writer".into(),
+        ))),
+    }
+}
+
+pub(crate) fn to_json_row(columns: &[OutputColumn], row: Vec<Value>) -> Json {
+    let mut m = Map::with_capacity(row.len() + 1);
+    for (col, v) in columns.iter().zip(row) {
+        m.insert(col.name.clone(), v.to_json());
+    }
+    m.insert("_rs".into(), Json::from("Q"));
+    Json::Object(m)
+}
+
+/// A query's rows (as the wire shows them) and, when asked, its total count.
+pub(crate) async fn fetch<E: Exec>(
+    exec: &mut E,
+    compiled: &Compiled,
+) -> Result<(Vec<Json>, Option<Json>)> {
+    let types: Vec<AttrType> = compiled.columns.iter().map(|c| c.ty).collect();
+    let rows = exec
+        .fetch_all(&compiled.select.sql, &compiled.select.params, &types)
+        .await?;
+    let total = match &compiled.count {
+        Some(count) => Some(
+            exec.fetch_all(&count.sql, &count.params, &[AttrType::Integer])
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .map_or(Json::from(0), |v| v.to_json()),
+        ),
+        None => None,
+    };
+    let rows = rows
+        .into_iter()
+        .map(|r| to_json_row(&compiled.columns, r))
+        .collect();
+    Ok((rows, total))
+}
+
+fn bad(alias: &str, msg: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{alias}: {msg}"))
+}
+
+fn describe_key(key: &[(String, Value)]) -> String {
+    key.iter()
+        .map(|(k, v)| format!("{k}={}", v.to_json()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The statement that writes one row; for inserts with server-made keys, with the new key.
+fn write_statement(
+    alias: &str,
+    ds: &Datasource,
+    row: &WriteRow,
+    ctx: &WriteContext<'_>,
+) -> Result<Statement> {
+    if row.op == RowOp::Insert && ds.key_generation == KeyGeneration::Uuid {
+        // The server makes the key; the compiler reads no randomness.
+        let mut row = row.clone();
+        for k in &ds.primary_key {
+            row.values
+                .push((k.clone(), Value::Text(uuid::Uuid::new_v4().to_string())));
+        }
+        compile_write(ds, &row, ctx)
+    } else {
+        compile_write(ds, row, ctx)
+    }
+    .map_err(|e| bad(alias, e))
+}
+
+/// A database error while writing row `i`, named by alias and row.
+fn row_error(alias: &str, i: usize, e: store::StoreError) -> Error {
+    match e {
+        store::StoreError::Duplicate(_) => Error::Conflict(format!(
+            "{alias}: row {i}: A row with the same key already exists."
+        )),
+        store::StoreError::Constraint(detail) => {
+            tracing::info!(%detail, "value rejected by the database");
+            bad(
+                alias,
+                format!(
+                    "row {i}: A value was rejected by the database (type, length or a required value)."
+                ),
+            )
+        }
+        e => Error::Store(e),
+    }
+}
+
+/// Writes one row; returns it as it now stands (deleted rows as they were).
+pub(crate) async fn write_row<E: Exec>(
+    exec: &mut E,
+    wctx: &WriteContext<'_>,
+    alias: &str,
+    ds: &Datasource,
+    i: usize,
+    row: &WriteRow,
+) -> Result<Json> {
+    let columns = returning_columns(ds);
+    let types: Vec<AttrType> = columns.iter().map(|c| c.ty).collect();
+    let st = write_statement(alias, ds, row, wctx)?;
+    let returned = exec
+        .fetch_all(&st.sql, &st.params, &types)
+        .await
+        .map_err(|e| row_error(alias, i, e))?;
+    let Some(stored) = returned.into_iter().next() else {
+        let lookup = compile_lookup(ds, &row.key, wctx.dialect).map_err(|e| bad(alias, e))?;
+        let exists = !exec
+            .fetch_all(&lookup.sql, &lookup.params, &[AttrType::DateTime])
+            .await?
+            .is_empty();
+        let key = describe_key(&row.key);
+        return Err(if exists {
+            Error::Conflict(format!(
+                "{alias}: row {i} ({key}) was changed by someone else since the given lastUpdateDate; query it again"
+            ))
+        } else {
+            Error::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
+        });
+    };
+    Ok(to_json_row(&columns, stored))
+}

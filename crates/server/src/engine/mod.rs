@@ -1,0 +1,172 @@
+//! The datasource engine: everything between a caller and the store. `/v1/api`, the `db`
+//! object of scripts and cloud functions all come here.
+//!
+//! ```text
+//! plan    resolve each alias, check grants, parse, compile      (plan.rs, catalog.rs)
+//! execute one executor over a pool transaction or SQLite's writer (exec.rs)
+//! chain   preQuery -> SQL -> postQuery; before* -> writes -> after* (chain.rs, builtin.rs)
+//! host    a script's db calls, run as the calling user          (host.rs)
+//! ```
+//!
+//! Invariants (absences):
+//! - no HTTP here: no status codes, no headers; errors are [`Error`], mapped once by `server`;
+//! - no SQL text for the platform's tables (that is `store`'s), none built from client input;
+//! - each path exists once: the executor hides whether a request runs on a pool connection,
+//!   a transaction or SQLite's writer thread.
+
+pub mod builtin;
+pub mod catalog;
+mod chain;
+mod error;
+mod exec;
+mod host;
+mod plan;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use query::CompileOptions;
+use serde_json::{Map, Value as Json};
+use store::Store;
+
+pub use catalog::{Action, Catalog, CatalogCell, Hook, Hooks, Resolve};
+pub use error::{Error, Result};
+
+use crate::auth::password::Hasher;
+
+/// Who is asking: the user, their roles and the request they came with.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub org_uid: String,
+    pub user_name: String,
+    /// `(appUid, roleUid)` pairs.
+    pub roles: Arc<Vec<(String, String)>>,
+    pub request_id: Option<String>,
+}
+
+impl Principal {
+    /// The user's roles in one app.
+    pub fn roles_in(&self, app: &str) -> Vec<String> {
+        self.roles
+            .iter()
+            .filter(|(a, _)| a == app)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+/// Limits and switches of the engine, from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_limit: u64,
+    pub max_limit: u64,
+    pub max_depth: usize,
+    pub hook_limits: script::Limits,
+    pub function_limits: script::Limits,
+    /// Hosts `db.fetch` may reach (exact host names, or `host:port`).
+    pub fetch_allow: Vec<String>,
+    pub fetch_timeout: std::time::Duration,
+    pub fetch_max_bytes: usize,
+}
+
+/// What a `/v1/api` request produced.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// alias -> result, in the request's alias order.
+    pub data: Map<String, Json>,
+    /// Users whose sessions or roles the request changed (their cached tokens must go).
+    pub touched: Vec<(String, String)>,
+}
+
+/// The engine; clones share it.
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub catalog: CatalogCell,
+    pub hasher: Hasher,
+    pub scripts: script::Pool,
+    pub settings: Settings,
+    http: reqwest::Client,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Engine {
+    pub fn new(store: Store, hasher: Hasher, settings: Settings, workers: usize) -> Engine {
+        let http = reqwest::Client::builder()
+            // A script must not be walked to an address the allow-list does not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.fetch_timeout)
+            .build()
+            .unwrap_or_default();
+        Engine(Arc::new(Inner {
+            store,
+            catalog: CatalogCell::default(),
+            hasher,
+            scripts: script::Pool::new(workers),
+            settings,
+            http,
+        }))
+    }
+
+    fn compile_options(&self, today: chrono::NaiveDate) -> CompileOptions {
+        let mut opts = CompileOptions::new(self.store.dialect(), today);
+        opts.default_limit = self.settings.default_limit;
+        opts.max_limit = self.settings.max_limit;
+        opts.max_depth = self.settings.max_depth;
+        opts
+    }
+
+    /// A `/v1/api` body: every alias planned (so a bad alias fails before any SQL), then posts in
+    /// order and queries after them, in one transaction, hooks included.
+    pub async fn api(&self, who: &Principal, body: &Map<String, Json>) -> Result<Answer> {
+        chain::run_request(self, who, body).await
+    }
+
+    /// Calls an app's cloud function with one argument, in a transaction of its own.
+    pub async fn call_function(
+        &self,
+        who: &Principal,
+        app: &str,
+        module: &str,
+        function: &str,
+        arg: Json,
+    ) -> Result<Json> {
+        chain::run_function(self, who, app, module, function, arg).await
+    }
+}
+
+/// The state of one request as it goes through the chain.
+pub(crate) struct Ctx<'a> {
+    pub engine: &'a Engine,
+    pub who: &'a Principal,
+    pub opts: CompileOptions,
+    pub now: DateTime<Utc>,
+    pub touched: Vec<(String, String)>,
+    /// How many hooks are running, one inside another's `db` call.
+    pub depth: usize,
+    /// `(app, datasource)` whose hooks are running: their `db` calls skip those hooks.
+    pub running: Vec<(String, String)>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(engine: &'a Engine, who: &'a Principal) -> Ctx<'a> {
+        let now = Utc::now();
+        Ctx {
+            engine,
+            who,
+            opts: engine.compile_options(now.date_naive()),
+            now,
+            touched: Vec::new(),
+            depth: 0,
+            running: Vec::new(),
+        }
+    }
+}
