@@ -219,7 +219,7 @@ on_both!(
             .await
             .unwrap();
         expect_401(&app, &a.jwt, &a.csrf, "disabled user").await;
-        let hash = app.state.hasher.hash("new-pw".into()).await.unwrap();
+        let hash = app.state.engine.hasher.hash("new-pw".into()).await.unwrap();
         app.state
             .set_user_password("cloudio", "u2", &hash, "admin")
             .await

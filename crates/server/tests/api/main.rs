@@ -15,3 +15,4 @@ mod query_errors;
 mod query_scope;
 mod query_shape;
 mod rate_limit;
+mod scripts;

@@ -1,0 +1,400 @@
+//! The sandbox on its own: globals, errors, limits with hostile scripts, host calls, isolation
+//! between executions, escapes tried, modules. The engine's use of it is tested in the server's
+//! API tests, on real databases.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use script::{
+    Event, Execution, Kind, Limits, Modules, Pool, Program, ScriptError, SessionInfo, compile,
+};
+use serde_json::{Value as Json, json};
+
+fn hook(body: &str, input: Json) -> Execution {
+    Execution {
+        program: Program::Hook {
+            body: compile("t.js", body, Kind::Hook).unwrap().into(),
+        },
+        name: "Employees.postQuery".into(),
+        request_id: Some("req-1".into()),
+        session: SessionInfo {
+            user_name: "steve".into(),
+            org_uid: "cloudio".into(),
+            app_uid: "demo".into(),
+            roles: vec!["hr".into()],
+        },
+        input,
+        limits: Limits::HOOK,
+    }
+}
+
+fn rows_input(rows: Json) -> Json {
+    json!({"query": {"filter": []}, "rows": rows, "keys": ["empId"]})
+}
+
+/// Runs an execution, answering each host call with `serve`.
+async fn run_with(
+    pool: &Pool,
+    exec: Execution,
+    mut serve: impl FnMut(&str, &Json) -> Result<Json, String>,
+) -> Result<Json, ScriptError> {
+    let mut running = pool.start(exec, false).await?;
+    loop {
+        match running.next().await {
+            Event::Call(call) => {
+                let r = serve(&call.op, &call.args);
+                call.reply(r);
+            }
+            Event::Done(out) => return out,
+        }
+    }
+}
+
+async fn run(pool: &Pool, exec: Execution) -> Result<Json, ScriptError> {
+    run_with(pool, exec, |op, _| Err(format!("no host for {op}"))).await
+}
+
+#[tokio::test]
+async fn a_hook_changes_rows_and_sees_its_globals() {
+    let pool = Pool::new(1);
+    let out = run(
+        &pool,
+        hook(
+            "rows.forEach(r => { r.double = r.n * 2; });\n\
+             rows.push({n: 0, who: session.userName(), app: session.appUid(), roles: session.roles()});\n\
+             query.filter.push({n: {gt: 1}});",
+            rows_input(json!([{"n": 1}, {"n": 2}])),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["rows"][0]["double"], 2);
+    assert_eq!(out["rows"][1]["double"], 4);
+    assert_eq!(
+        out["rows"][2],
+        json!({"n": 0, "who": "steve", "app": "demo", "roles": ["hr"]})
+    );
+    assert_eq!(out["query"]["filter"], json!([{"n": {"gt": 1}}]));
+    assert_eq!(out["skipQuery"], false);
+}
+
+#[tokio::test]
+async fn rows_may_be_replaced_and_flags_set() {
+    let pool = Pool::new(1);
+    let out = run(
+        &pool,
+        hook(
+            "rows = [{a: 1}]; skipQuery = true; skipDML = true; return 5;",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["rows"], json!([{"a": 1}]));
+    assert_eq!(out["skipQuery"], true);
+    assert_eq!(out["skipDML"], true);
+}
+
+#[tokio::test]
+async fn user_error_is_its_message_and_other_errors_name_the_hook() {
+    let pool = Pool::new(1);
+    let e = run(
+        &pool,
+        hook(
+            "throw new UserError('Salary must be positive');",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e, ScriptError::User("Salary must be positive".into()));
+    let e = run(&pool, hook("const x = 1; x();", rows_input(json!([]))))
+        .await
+        .unwrap_err();
+    let ScriptError::Script(m) = e else {
+        panic!("{e:?}")
+    };
+    assert!(
+        m.starts_with("Employees.postQuery: TypeError: "),
+        "{m}"
+    );
+    let e = run(
+        &pool,
+        hook("await Promise.reject(new RangeError('no'));", rows_input(json!([]))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e,
+        ScriptError::Script("Employees.postQuery: RangeError: no".into())
+    );
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_near_the_limit_and_the_pool_goes_on() {
+    let pool = Pool::new(1);
+    let mut exec = hook("while (true) {}", rows_input(json!([])));
+    exec.limits.wall = Duration::from_millis(300);
+    let started = Instant::now();
+    let e = run(&pool, exec).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(400 + 300),
+        "{took:?}"
+    );
+    assert!(e.to_string().contains("limit of 300 ms"), "{e}");
+    // The same worker serves the next execution.
+    let out = run(&pool, hook("rows.push(1);", rows_input(json!([]))))
+        .await
+        .unwrap();
+    assert_eq!(out["rows"], json!([1]));
+}
+
+#[tokio::test]
+async fn memory_past_the_limit_fails_the_execution_not_the_process() {
+    let pool = Pool::new(1);
+    let mut exec = hook(
+        "const a = []; while (true) { a.push('x'.repeat(1 << 20) + a.length); }",
+        rows_input(json!([])),
+    );
+    exec.limits.memory_bytes = 16 << 20;
+    exec.limits.wall = Duration::from_secs(20);
+    let e = run(&pool, exec).await.unwrap_err();
+    assert!(matches!(e, ScriptError::Script(_)), "{e:?}");
+    // Catching the out-of-memory error does not help the script either.
+    let mut exec = hook(
+        "try { const a = []; while (true) a.push(new Array(1e6).fill(1)); } catch (e) { rows.push('caught'); }",
+        rows_input(json!([])),
+    );
+    exec.limits.memory_bytes = 16 << 20;
+    exec.limits.wall = Duration::from_secs(20);
+    let _ = run(&pool, exec).await;
+    let out = run(&pool, hook("rows.push('fine');", rows_input(json!([]))))
+        .await
+        .unwrap();
+    assert_eq!(out["rows"], json!(["fine"]));
+}
+
+#[tokio::test]
+async fn deep_recursion_is_a_script_error() {
+    let pool = Pool::new(1);
+    let e = run(
+        &pool,
+        hook("function f(n) { return f(n + 1) + 1; } f(0);", rows_input(json!([]))),
+    )
+    .await
+    .unwrap_err();
+    let ScriptError::Script(m) = e else {
+        panic!("{e:?}")
+    };
+    assert!(m.contains("stack"), "{m}");
+}
+
+#[tokio::test]
+async fn host_calls_round_trip_and_the_101st_fails() {
+    let pool = Pool::new(1);
+    let mut seen = Vec::new();
+    let out = run_with(
+        &pool,
+        hook(
+            "const r = await db.find('Employees', {filter: [{name: {is: 'a'}}]});\n\
+             rows = r;\n\
+             const d = new Date(Date.UTC(2021, 4, 30, 4, 19, 41));\n\
+             await db.insertOne('Employees', {name: 'b', joined: d});\n\
+             try { await db.findOne('Missing', {}); } catch (e) { rows.push(e.message); }",
+            rows_input(json!([])),
+        ),
+        |op, args| {
+            seen.push((op.to_string(), args.clone()));
+            match op {
+                "find" => Ok(json!([{"name": "a", "_rs": "Q"}])),
+                "insertOne" => Ok(args[1].clone()),
+                _ => Err("Access Denied - datasource `Missing` is not available to you.".into()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["rows"],
+        json!([{"name": "a", "_rs": "Q"}, "Access Denied - datasource `Missing` is not available to you."])
+    );
+    assert_eq!(seen[0].1, json!(["Employees", {"filter": [{"name": {"is": "a"}}]}, {}]));
+    assert_eq!(
+        seen[1].1[1]["joined"],
+        json!({"$date": "2021-05-30T04:19:41.000Z"})
+    );
+    let mut calls = 0;
+    let out = run_with(
+        &pool,
+        hook(
+            "for (let i = 0; i < 100; i++) await db.queryString('SELECT 1', []);\n\
+             try { await db.queryString('SELECT 1', []); } catch (e) { rows.push(e.message); }\n\
+             try { await db.queryString('SELECT 1', []); } catch (e) { rows.push('again'); }",
+            rows_input(json!([])),
+        ),
+        |_, _| {
+            calls += 1;
+            Ok(json!("1"))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(calls, 100);
+    assert!(
+        out["rows"][0].as_str().unwrap().contains("at most 100 db calls"),
+        "{out}"
+    );
+    assert_eq!(out["rows"][1], "again");
+}
+
+#[tokio::test]
+async fn promise_all_runs_calls_together() {
+    let pool = Pool::new(1);
+    let out = run_with(
+        &pool,
+        hook(
+            "const [a, b] = await Promise.all([db.find('A', {}), db.find('B', {})]);\n\
+             rows = a.concat(b);",
+            rows_input(json!([])),
+        ),
+        |_, args| Ok(json!([{"ds": args[0]}])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["rows"], json!([{"ds": "A"}, {"ds": "B"}]));
+}
+
+#[tokio::test]
+async fn a_host_call_never_answered_ends_at_the_wall_clock() {
+    let pool = Pool::new(1);
+    let mut exec = hook("await db.find('A', {});", rows_input(json!([])));
+    exec.limits.wall = Duration::from_millis(200);
+    let started = Instant::now();
+    let mut running = pool.start(exec, false).await.unwrap();
+    let mut held = Vec::new();
+    let out = loop {
+        match running.next().await {
+            Event::Call(call) => held.push(call),
+            Event::Done(out) => break out,
+        }
+    };
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(out.unwrap_err().to_string().contains("wall-clock"));
+}
+
+#[tokio::test]
+async fn nothing_leaks_between_executions() {
+    let pool = Pool::new(1);
+    run(
+        &pool,
+        hook(
+            "globalThis.leak = 42; Object.prototype.polluted = 1; Array.prototype.push = null;",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .unwrap_err();
+    let out = run(
+        &pool,
+        hook(
+            "rows.push(typeof leak, ({}).polluted === undefined);",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["rows"], json!(["undefined", true]));
+}
+
+#[tokio::test]
+async fn escapes_find_nothing() {
+    let pool = Pool::new(1);
+    let out = run(
+        &pool,
+        hook(
+            "rows.push(typeof require, typeof process, typeof setTimeout, typeof std, typeof os);\n\
+             const g = Function('return this')();\n\
+             rows.push(Object.getOwnPropertyNames(g).filter(n => n.startsWith('__')).length);\n\
+             try { await import('/etc/passwd'); rows.push('imported'); } catch (e) { rows.push('no import'); }\n\
+             try { db.find = null; } catch (e) {}\n\
+             rows.push(typeof db.find);",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["rows"],
+        json!(["undefined", "undefined", "undefined", "undefined", "undefined", 0, "no import", "function"])
+    );
+}
+
+#[tokio::test]
+async fn functions_import_each_other() {
+    let pool = Pool::new(1);
+    let mut modules = Modules::new();
+    modules.insert(
+        "payroll/util".into(),
+        compile(
+            "functions/payroll/util.ts",
+            "export const twice = (n: number): number => n * 2;",
+            Kind::Module,
+        )
+        .unwrap()
+        .into(),
+    );
+    modules.insert(
+        "payroll/calc".into(),
+        compile(
+            "functions/payroll/calc.ts",
+            "import type { X } from '@cloudio-saas/datasource-types';\n\
+             import { twice } from './util.js';\n\
+             export async function run(arg: {n: number}) { return {n: twice(arg.n), user: session.userName()}; }",
+            Kind::Module,
+        )
+        .unwrap()
+        .into(),
+    );
+    let modules = Arc::new(modules);
+    let call = |function: &str, arg: Json| Execution {
+        program: Program::Function {
+            modules: modules.clone(),
+            module: "payroll/calc".into(),
+            function: function.into(),
+        },
+        name: format!("payroll/calc.{function}"),
+        request_id: None,
+        session: SessionInfo {
+            user_name: "steve".into(),
+            ..Default::default()
+        },
+        input: json!({"arg": arg}),
+        limits: Limits::FUNCTION,
+    };
+    let out = run(&pool, call("run", json!({"n": 21}))).await.unwrap();
+    assert_eq!(out, json!({"n": 42, "user": "steve"}));
+    let e = run(&pool, call("missing", json!(null))).await.unwrap_err();
+    assert!(matches!(e, ScriptError::NotFound(_)), "{e:?}");
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let e = compile("datasources/E.beforeInsert.js", "let a = 1;\nlet b = (;\n", Kind::Hook)
+        .unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("datasources/E.beforeInsert.js", 2));
+}
+
+#[tokio::test]
+async fn a_full_pool_answers_busy_after_the_wall_clock() {
+    let pool = Pool::new(1);
+    let mut slow = hook("while (true) {}", rows_input(json!([])));
+    slow.limits.wall = Duration::from_millis(800);
+    let first = pool.start(slow, false).await.unwrap();
+    let mut quick = hook("rows.push(1);", rows_input(json!([])));
+    quick.limits.wall = Duration::from_millis(100);
+    let e = pool.start(quick, false).await.err().unwrap();
+    assert_eq!(e, ScriptError::Busy);
+    drop(first);
+}
