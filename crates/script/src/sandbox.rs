@@ -184,7 +184,8 @@ pub(crate) fn check_syntax(file: &str, js: &str, kind: Kind) -> Result<(), Compi
     ctx.with(|ctx| {
         let result = match kind {
             Kind::Hook => ctx.eval::<Value, _>(hook_source(js)).map(|_| ()),
-            Kind::Module => Module::declare(ctx.clone(), file, js).map(|_| ()),
+            // A module's imports would be loaded to compile it; oxc has parsed it whole already.
+            Kind::Module => Ok(()),
         };
         result.map_err(|e| {
             let (name, message, _) = describe(&ctx, &caught(&ctx, e));
@@ -212,6 +213,9 @@ fn hook_source(body: &str) -> String {
 const PRELUDE: &str = r#"(function (host, log, input) {
   "use strict";
   const g = globalThis;
+  // Kept here: a script may replace the globals, not what the platform's helpers use.
+  const stringify = JSON.stringify;
+  const parse = JSON.parse;
   class UserError extends Error {
     constructor(message) { super(message); this.name = "UserError"; }
   }
@@ -219,7 +223,7 @@ const PRELUDE: &str = r#"(function (host, log, input) {
     const o = this[k];
     return o instanceof Date ? { "$date": o.toISOString() } : v;
   };
-  const call = (op, args) => host(op, JSON.stringify(args, replacer))
+  const call = (op, args) => host(op, stringify(args, replacer))
     .then((v) => v, (m) => { throw new Error(m); });
   const opt = (o) => (o === undefined || o === null ? {} : o);
   const db = Object.freeze({
@@ -240,12 +244,12 @@ const PRELUDE: &str = r#"(function (host, log, input) {
       ok: r.status >= 200 && r.status < 300,
       headers: r.headers,
       text: async () => r.body,
-      json: async () => JSON.parse(r.body),
+      json: async () => parse(r.body),
     })),
   });
   const text = (args) => args.map((a) => {
     if (typeof a === "string") return a;
-    try { const s = JSON.stringify(a); return s === undefined ? String(a) : s; } catch (e) { return String(a); }
+    try { const s = stringify(a); return s === undefined ? String(a) : s; } catch (e) { return String(a); }
   }).join(" ");
   const Logger = Object.freeze({
     log: (...a) => log("info", text(a)),
@@ -290,7 +294,7 @@ const PRELUDE: &str = r#"(function (host, log, input) {
 
 /// Runs a hook and hands back the globals it may change.
 const HOOK_RUNNER: &str = r#"(function (hook) {
-  return hook().then(() => JSON.stringify({
+  return hook().then(() => ({
     query: globalThis.query,
     rows: globalThis.rows,
     skipQuery: !!globalThis.skipQuery,
@@ -306,7 +310,7 @@ const FUNCTION_RUNNER: &str = r#"(function (module, name, arg) {
       throw { __cloudioNotFound: "module `" + module + "` has no exported function `" + name + "`" };
     }
     return f(arg);
-  }).then((v) => { const s = JSON.stringify(v === undefined ? null : v); return s === undefined ? "null" : s; });
+  });
 })"#;
 
 /// Resolves and loads an app's modules from memory; nothing else can be imported.
@@ -680,7 +684,11 @@ fn run_in<'js>(
                 .map_err(|e| thrown(ctx, e))?
         }
     };
-    drive(ctx, &promise, &pending, link, deadline)
+    let out = drive(ctx, &promise, &pending, link, deadline);
+    // The host function holds this map, and the map holds JS functions: a cycle through Rust
+    // that QuickJS's collector cannot see. Break it, or the runtime leaks (and asserts).
+    pending.borrow_mut().clear();
+    out
 }
 
 /// Runs the script's jobs until its promise settles, answering its host calls as the replies
@@ -696,10 +704,15 @@ fn drive<'js>(
         while ctx.execute_pending_job() {}
         match promise.state() {
             PromiseState::Resolved => {
-                let s: String = promise
-                    .result::<String>()
-                    .unwrap_or_else(|| Ok("null".into()))
-                    .map_err(|e| thrown(ctx, e))?;
+                let v: Value<'js> = match promise.result::<Value<'js>>() {
+                    Some(r) => r.map_err(|e| thrown(ctx, e))?,
+                    None => Value::new_null(ctx.clone()),
+                };
+                // QuickJS's own JSON, not the script's `JSON.stringify`.
+                let s = match ctx.json_stringify(v).map_err(|e| thrown(ctx, e))? {
+                    Some(s) => s.to_string().map_err(|e| thrown(ctx, e))?,
+                    None => "null".into(),
+                };
                 return serde_json::from_str(&s)
                     .map_err(|e| Failure::Limit(format!("the script's result is not JSON: {e}")));
             }
