@@ -358,7 +358,7 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
     assert_eq!(s, 200, "{b}");
     // A JS Date becomes the UTC date of a Date attribute.
     assert_eq!(b["data"]["madeOn"], "2024-02-29");
-    let id = b["data"]["itemId"].clone();
+    let id = b["data"]["partId"].clone();
     call(&app, &admin, "samples/insert", json!({"name": "nut", "qty": 1})).await;
     let (s, b) = call(&app, &admin, "samples/fetchMany", json!({})).await;
     assert_eq!(s, 200, "{b}");
@@ -367,13 +367,13 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
     assert_eq!(b["data"]["qty"], 1);
     let (_, b) = call(&app, &admin, "samples/fetchOne", json!({"name": "none"})).await;
     assert_eq!(b["data"], Value::Null);
-    let (s, b) = call(&app, &admin, "samples/duplicate", json!({"itemId": id})).await;
+    let (s, b) = call(&app, &admin, "samples/duplicate", json!({"partId": id})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["data"]["name"], "bolt (copy)");
-    assert_ne!(b["data"]["itemId"], id);
+    assert_ne!(b["data"]["partId"], id);
     let (s, b) = call(&app, &admin, "samples/refuse", json!({})).await;
     assert_envelope(s, &b, 400);
-    assert_eq!(b["message"], "Items cannot be archived on weekends");
+    assert_eq!(b["message"], "Parts cannot be archived on weekends");
     let (s, b) = call(
         &app,
         &admin,
