@@ -59,11 +59,38 @@ W4_OURS_BODY = {"E": {"ds": "Employees", "data": [{"_rs": "I", "name": "Bench in
                                                       "salary": 1}]}}
 W4_PB_BODY = {"name": "Bench insert", "salary": 1}
 
+# W5 and W6: server-side JavaScript on both. Ours: a cloud function (`functions/bench.js`,
+# export `hello`) and a `postQuery` hook on a second datasource over the same table
+# (`EmployeesHooked`); PocketBase: `routerAdd` and `onRecordEnrich` in a `pb_hooks` file (JSVM,
+# 0.40 API), loaded only by the processes of the script phases (`--hooksDir`).
+HOOKED_DS = "EmployeesHooked"
+POSTQUERY_JS = "// bench/compare.py, W6: a computed field on every row.\nfor (const r of rows) r.x = 1;\n"
+FN_MODULE, FN_NAME = "bench", "hello"
+FN_JS = ("// bench/compare.py, W5: a cloud function answering a small JSON.\n"
+         "export function hello(arg) {\n  return { hello: \"world\", n: arg.n };\n}\n")
+W5_ARG = {"n": 42}
+W5_ANSWER = {"hello": "world", "n": 42}
+W5_PB_PATH = "/api/bench/hello"
+PB_HOOKS_JS = f"""// bench/compare.py: W5 and W6 for PocketBase's JSVM (0.40 API).
+routerAdd("POST", "{W5_PB_PATH}", (e) => {{
+  const body = e.requestInfo().body;
+  return e.json(200, {{ hello: "world", n: body.n }});
+}}, $apis.requireAuth());
+
+onRecordEnrich((e) => {{
+  e.record.withCustomData(true);
+  e.record.set("x", 1);
+  return e.next();
+}}, "employees");
+"""
+W6_OURS_BODY = {"E": {**W1_OURS_BODY["E"], "ds": HOOKED_DS}}
+
 # Targets (the issue): ours against PocketBase, and the product's own claims (spec section 10).
-RATIO_TARGET = {"W1": 2.0, "W2": 2.0, "W3": 1.0, "W4": 2.0}
+RATIO_TARGET = {"W1": 2.0, "W2": 2.0, "W3": 1.0, "W4": 2.0, "W5": 2.0, "W6": 2.0}
 STARTUP_TARGET_MS = 20.0
 IDLE_RSS_TARGET_MB = 20.0
 PEAK_RSS_TARGET_MB = 60.0
+SCRIPT_RSS_TARGET_MB = 100.0
 
 LIVE: list["Server"] = []
 
@@ -181,9 +208,12 @@ DATASOURCE = {
 }
 
 
-def write_app_dir(root: str, rows: int) -> str:
+def write_app_dir(root: str, rows: int, scripts: bool = False) -> str:
     """Our app: apps/demo's Employees datasource (read from the repository when it is there),
-    app uid `bench`, one role with all four actions, SQLite migrations with `rows` rows."""
+    app uid `bench`, one role with all four actions, SQLite migrations with `rows` rows.
+    `scripts`: also the W5/W6 scripts: a second datasource `EmployeesHooked` (the same but for
+    its name, so over the same table) with the `postQuery` hook, the function module
+    `functions/bench.js`, and their grants on the same role."""
     app = os.path.join(root, APP_UID)
     os.makedirs(os.path.join(app, "datasources"))
     os.makedirs(os.path.join(app, "migrations", "sqlite"))
@@ -197,9 +227,20 @@ def write_app_dir(root: str, rows: int) -> str:
                    "description": "bench/compare.py: 100k employees"}, f)
     with open(os.path.join(app, "datasources", "Employees.json"), "w") as f:
         json.dump(ds, f, indent=1)
+    role = {"roleUid": ROLE_UID, "name": "Bench user", "grants": {
+        "Employees": ["query", "insert", "update", "delete"]}}
+    if scripts:
+        with open(os.path.join(app, "datasources", f"{HOOKED_DS}.json"), "w") as f:
+            json.dump({**ds, "name": HOOKED_DS}, f, indent=1)
+        with open(os.path.join(app, "datasources", f"{HOOKED_DS}.postQuery.js"), "w") as f:
+            f.write(POSTQUERY_JS)
+        os.makedirs(os.path.join(app, "functions"))
+        with open(os.path.join(app, "functions", f"{FN_MODULE}.js"), "w") as f:
+            f.write(FN_JS)
+        role["grants"][HOOKED_DS] = ["query"]
+        role["functions"] = {FN_MODULE: ["*"]}
     with open(os.path.join(app, "roles.json"), "w") as f:
-        json.dump({"roles": [{"roleUid": ROLE_UID, "name": "Bench user", "grants": {
-            "Employees": ["query", "insert", "update", "delete"]}}]}, f)
+        json.dump({"roles": [role]}, f)
     with open(os.path.join(app, "migrations", "sqlite",
                            "io_20261128000100_create_employees.sql"), "w") as f:
         f.write(ours_migration(rows))
@@ -235,9 +276,11 @@ class Server:
     the health endpoint answered 200; the clock runs from just before fork/exec."""
 
     def __init__(self, kind: str, binary: str, data_dir: str, logfile: str,
-                 app_dir: str | None = None):
+                 app_dir: str | None = None, extra_args: list[str] | None = None):
         self.kind, self.binary, self.data_dir, self.logfile = kind, binary, data_dir, logfile
         self.app_dir = app_dir
+        # Appended to `serve ...`: PocketBase's `--hooksDir DIR`, our `--config FILE`.
+        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.addr: tuple[str, int] | None = None
         self.t_ready_ms = self.t_line_ms = float("nan")
@@ -264,6 +307,7 @@ class Server:
             self.addr = ("127.0.0.1", port)
             args = [self.binary, "serve", "--http", f"127.0.0.1:{port}", "--dir", self.data_dir]
             ready_re = PB_READY_RE
+        args += self.extra_args
         out = open(self.logfile, "ab")
         out.write(f"--- {' '.join(args)}\n".encode())
         out.flush()
@@ -417,11 +461,15 @@ def must(status_body, what: str) -> dict:
     return body
 
 
-def setup_ours(opts, tmp: str, logdir: str) -> dict:
-    data = os.path.join(tmp, "ours-data")
-    app = write_app_dir(os.path.join(tmp, "apps"), opts.rows)
-    logfile = os.path.join(logdir, "ours.log")
-    log(f"ours: first start, loading app `{APP_UID}` ({opts.rows} rows by migration)")
+def setup_ours(opts, tmp: str, logdir: str, scripts: bool = False) -> dict:
+    """A data directory with app `bench` loaded and its role granted to admin. `scripts`: the
+    app with the W5/W6 scripts, in a data directory of its own (`ours-js-data`), so the
+    processes of the other phases load no script at all."""
+    name = "ours-js" if scripts else "ours"
+    data = os.path.join(tmp, f"{name}-data")
+    app = write_app_dir(os.path.join(tmp, "apps-js" if scripts else "apps"), opts.rows, scripts)
+    logfile = os.path.join(logdir, f"{name}.log")
+    log(f"{name}: first start, loading app `{APP_UID}` ({opts.rows} rows by migration)")
     t0 = time.monotonic()
     s = Server("ours", opts.bin, data, logfile, app_dir=app).start(timeout=600)
     load_secs = time.monotonic() - t0
@@ -432,7 +480,7 @@ def setup_ours(opts, tmp: str, logdir: str) -> dict:
                        env={k: v for k, v in os.environ.items() if k != "RUST_LOG"})
     if p.returncode != 0:
         raise RuntimeError(f"cloudio role grant failed: {p.stdout}{p.stderr}")
-    log(f"ours: loaded in {load_secs:.1f} s; role `{ROLE_UID}` granted to admin")
+    log(f"{name}: loaded in {load_secs:.1f} s; role `{ROLE_UID}` granted to admin")
     return {"data_dir": data, "app_dir": app, "logfile": logfile, "load_secs": load_secs}
 
 
@@ -508,12 +556,16 @@ def pb_login(addr) -> str:
     return body["token"]
 
 
-def ours_query(addr, tok, query: dict) -> list[dict]:
+def ours_query(addr, tok, query: dict, ds: str = "Employees") -> list[dict]:
     jwt, csrf = tok
     body = must(json_req(addr, "POST", f"/v1/api?csrf={csrf}",
-                         {"E": {"ds": "Employees", "query": query}},
+                         {"E": {"ds": ds, "query": query}},
                          {"Authorization": f"Bearer {jwt}"}), "ours query")
     return body["data"]["E"]
+
+
+def ours_fn_path(csrf: str) -> str:
+    return f"/v1/fn/{APP_UID}/{FN_MODULE}/{FN_NAME}?csrf={csrf}"
 
 
 def num(x) -> float | None:
@@ -556,6 +608,36 @@ def check_same(ours_addr, ours_tok, pb_addr, pb_tok, rows: int, sample: int) -> 
             bad.append((n, mine, theirs))
     res["w2"] = {"ok": not bad, "checked": len(ids), "mismatches": bad[:5]}
     res["ok"] = res["count"]["ok"] and res["w1"]["ok"] and res["w2"]["ok"]
+    return res
+
+
+def check_scripts(ours_addr, ours_tok, pb_addr, pb_tok) -> dict:
+    """W5: both answer the same small JSON, and only to an authenticated caller. W6: both give
+    W1's 10 rows, in order, each with `x` = 1; ours gives no `x` without the hook."""
+    res: dict = {}
+    jwt, csrf = ours_tok
+    st, o = json_req(ours_addr, "POST", ours_fn_path(csrf), W5_ARG,
+                     {"Authorization": f"Bearer {jwt}"})
+    st_anon, _ = json_req(ours_addr, "POST", ours_fn_path(csrf), W5_ARG)
+    pst, p = json_req(pb_addr, "POST", W5_PB_PATH, W5_ARG, {"Authorization": pb_tok})
+    pst_anon, _ = json_req(pb_addr, "POST", W5_PB_PATH, W5_ARG)
+    res["w5"] = {"ours": [st, o], "pb": [pst, p], "anonymous": {"ours": st_anon, "pb": pst_anon},
+                 "ok": (st == 200 and o == {"status": "OK", "data": W5_ANSWER} and pst == 200
+                        and p == W5_ANSWER and st_anon in (401, 403)
+                        and pst_anon in (401, 403))}
+    q = W1_OURS_BODY["E"]["query"]
+    hooked = ours_query(ours_addr, ours_tok, q, HOOKED_DS)["data"]
+    plain = ours_query(ours_addr, ours_tok, q)["data"]
+    items = must(json_req(pb_addr, "GET", W1_PB_PATH, headers={"Authorization": pb_tok}),
+                 "PB W6")["items"]
+    ho = [(r["name"], num(r["salary"]), r.get("x")) for r in hooked]
+    hp = [(r["name"], num(r["salary"]), r.get("x")) for r in items]
+    pl = [(r["name"], num(r["salary"])) for r in plain]
+    res["w6"] = {"ours": ho, "pb": hp, "ok": (ho == hp and len(ho) == 10
+                                              and all(x == 1 for _, _, x in ho)
+                                              and pl == [(n, sal) for n, sal, _ in ho]
+                                              and not any("x" in r for r in plain))}
+    res["ok"] = res["w5"]["ok"] and res["w6"]["ok"]
     return res
 
 
@@ -611,6 +693,37 @@ class Workloads:
         }
 
 
+def fixed_request(d: str, name: str, method: str, path: str, headers: str,
+                  body: dict | None = None) -> tuple[str, dict]:
+    """The wrk spec (script, env) of one fixed request, its inputs written into directory `d`
+    as `<name>.h` (header lines) and `<name>.json` (the body)."""
+    os.makedirs(d, exist_ok=True)
+    env = {"BENCH_METHOD": method, "BENCH_PATH": path,
+           "BENCH_HEADERS": write_file(os.path.join(d, f"{name}.h"), headers)}
+    if body is not None:
+        env["BENCH_BODY"] = write_file(os.path.join(d, f"{name}.json"), json.dumps(body))
+    return "compare_fixed.lua", env
+
+
+def ours_headers(jwt: str) -> str:
+    return f"Authorization: Bearer {jwt}\nContent-Type: application/json\n"
+
+
+def script_workloads(tmp: str, ours_tok: tuple[str, str], pb_tok: str) -> dict:
+    """W5 and W6 for both (ours: the token of the scripts' data directory)."""
+    jwt, csrf = ours_tok
+    d = os.path.join(tmp, "wrk-inputs")
+    pb_h = f"Authorization: {pb_tok}\nContent-Type: application/json\n"
+    return {
+        ("W5", "ours"): fixed_request(d, "ours-w5", "POST", ours_fn_path(csrf),
+                                      ours_headers(jwt), W5_ARG),
+        ("W5", "pb"): fixed_request(d, "pb-w5", "POST", W5_PB_PATH, pb_h, W5_ARG),
+        ("W6", "ours"): fixed_request(d, "ours-w6", "POST", f"/v1/api?csrf={csrf}",
+                                      ours_headers(jwt), W6_OURS_BODY),
+        ("W6", "pb"): fixed_request(d, "pb-w6", "GET", W1_PB_PATH, pb_h),
+    }
+
+
 def run_wrk(server: Server, script: str, env_extra: dict, threads: int, conns: int, secs: float,
             label: str, raw_dir: str, seed: int = 1) -> dict:
     env = dict(os.environ)
@@ -656,6 +769,123 @@ def wait_for_quiet(max_wait: float, threshold: float) -> tuple[str, float]:
     return loadavg(), waited
 
 
+def run_rounds(opts, servers: dict, spec: dict, workloads, conns: dict, logdir: str,
+               errors: dict, loadavgs: dict) -> dict:
+    """Each workload, ours then PocketBase, `rounds` times (a warm-up before each measured
+    run); {(workload, kind): [wrk result of each round]}. Errors are added to `errors`."""
+    phases: dict = {}
+    for w in workloads:
+        loadavgs[w] = loadavg()
+        for rnd in range(opts.rounds):
+            for kind in ("ours", "pb"):
+                script, env = spec[(w, kind)]
+                label = f"{w}-{kind}-r{rnd + 1}"
+                if opts.warmup > 0:
+                    wu = run_wrk(servers[kind], script, env, opts.threads, conns[w],
+                                 opts.warmup, label + "-warmup", logdir, seed=1000 + rnd)
+                    errors[kind] += wu["non2xx"] + wu["sock_errors"]
+                log(f"{label}: wrk -c{conns[w]} {opts.duration}s (load {loadavg()})")
+                r = run_wrk(servers[kind], script, env, opts.threads, conns[w],
+                            opts.duration, label, logdir, seed=rnd + 1)
+                r["loadavg"] = loadavg()
+                errors[kind] += r["non2xx"] + r["sock_errors"]
+                phases.setdefault((w, kind), []).append(r)
+                log(f"{label}: {r['rps']:.0f} req/s, p50 {r['p50_us']} us, p99 "
+                    f"{r['p99_us']} us, errors {r['non2xx']}+{r['sock_errors']}")
+    return phases
+
+
+def measure_scripts(opts, tmp: str, logdir: str, js: dict, pb: dict, pb_tok: str,
+                    loadavgs: dict) -> dict:
+    """W5 and W6 on processes that load the scripts (ours: the `ours-js` data directory;
+    PocketBase: `--hooksDir`), then our peak RSS with as many script workers as connections."""
+    out: dict = {"conns": opts.script_conns}
+
+    def ours(extra=None) -> Server:
+        return Server("ours", opts.bin, js["data_dir"], js["logfile"], extra_args=extra)
+
+    def pbs() -> Server:
+        return Server("pb", opts.pocketbase, pb["data_dir"], pb["logfile"],
+                      extra_args=["--hooksDir", pb["hooks_dir"]])
+
+    # Login (Argon2 / bcrypt: kept out of the measured processes' memory) and checks.
+    o, p = ours().start(), pbs().start()
+    try:
+        tok = ours_login(o.addr)
+        out["check"] = check_scripts(o.addr, tok, p.addr, pb_tok)
+        out["workers"] = script_workers(o.pid)
+    finally:
+        o.stop()
+        p.stop()
+    log(f"scripts: checks W5 same: {out['check']['w5']['ok']}, W6 same: "
+        f"{out['check']['w6']['ok']}")
+    if not out["check"]["ok"]:
+        log(f"MISMATCH: {json.dumps(out['check'])[:2000]}")
+
+    # W5, W6: fresh processes, their RSS sampled all along.
+    spec = script_workloads(tmp, tok, pb_tok)
+    errors = {"ours": 0, "pb": 0}
+    o, p = ours().start(), pbs().start()
+    servers = {"ours": o, "pb": p}
+    try:
+        out["rss_start"] = {k: proc_status(s.pid) for k, s in servers.items()}
+        with RssSampler(o.pid) as so, RssSampler(p.pid) as sp:
+            phases = run_rounds(opts, servers, spec, ("W5", "W6"),
+                                {"W5": opts.script_conns, "W6": opts.script_conns}, logdir,
+                                errors, loadavgs)
+        out["rss_end"] = {k: proc_status(s.pid) for k, s in servers.items()}
+        out["peak_sampled_kb"] = {"ours": so.peak_kb, "pb": sp.peak_kb}
+        out["threads_end"] = {k: proc_status(s.pid)["Threads"] for k, s in servers.items()}
+    finally:
+        o.stop()
+        p.stop()
+    out["phases"] = {f"{w}/{k}": v for (w, k), v in phases.items()}
+    log(f"scripts: peak RSS ours {out['rss_end']['ours']['VmHWM']} kB, PB "
+        f"{out['rss_end']['pb']['VmHWM']} kB (VmHWM)")
+
+    # Our pool runs one execution per core and queues the rest: with `[scripts] workers` = the
+    # connections, every connection has an execution (a QuickJS runtime) of its own.
+    n = opts.script_workers_peak
+    if n:
+        cfg = write_file(os.path.join(tmp, f"ours-{n}-workers.toml"),
+                         f"[scripts]\nworkers = {n}\n")
+        loadavgs["scripts_workers"] = loadavg()
+        s = ours(["--config", cfg]).start()
+        try:
+            script, env = spec[("W5", "ours")]
+            before = proc_status(s.pid)
+            workers = script_workers(s.pid)
+            log(f"scripts-{n}-workers: W5 wrk -c{opts.script_conns} {opts.duration}s "
+                f"({workers} script threads)")
+            with RssSampler(s.pid) as sampler:
+                r = run_wrk(s, script, env, opts.threads, opts.script_conns, opts.duration,
+                            f"W5-ours-{n}-workers", logdir)
+            after = proc_status(s.pid)
+            errors["ours"] += r["non2xx"] + r["sock_errors"]
+            r.update({"workers": n, "script_threads": workers, "rss_before": before,
+                      "rss_after": after, "peak_sampled_kb": sampler.peak_kb})
+            out["many_workers"] = r
+            log(f"scripts-{n}-workers: {r['rps']:.0f} req/s, VmHWM {after['VmHWM']} kB, errors "
+                f"{r['non2xx']}+{r['sock_errors']}")
+        finally:
+            s.stop()
+    out["errors"] = errors
+    return out
+
+
+def script_workers(pid: int) -> int:
+    """Threads of `pid` named `script-<n>` (our script pool's workers)."""
+    n = 0
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                if re.fullmatch(r"script-\d+", f.read().strip()):
+                    n += 1
+    except OSError:
+        pass
+    return n
+
+
 def measure(opts, tmp: str) -> dict:
     logdir = os.path.join(tmp, "logs")
     os.makedirs(logdir)
@@ -663,6 +893,13 @@ def measure(opts, tmp: str) -> dict:
     ours_setup = setup_ours(opts, tmp, logdir)
     pb_setup = setup_pb(opts, tmp, logdir)
     res["load_secs"] = {"ours": ours_setup["load_secs"], "pb": pb_setup["load_secs"]}
+    if opts.scripts:
+        js_setup = setup_ours(opts, tmp, logdir, scripts=True)
+        # Not pb_data/../pb_hooks (PocketBase's default): only the script phases' processes
+        # load these, with --hooksDir.
+        pb_setup["hooks_dir"] = os.path.join(tmp, "pb-js-hooks")
+        os.makedirs(pb_setup["hooks_dir"])
+        write_file(os.path.join(pb_setup["hooks_dir"], "bench.pb.js"), PB_HOOKS_JS)
 
     def ours_server() -> Server:
         return Server("ours", opts.bin, ours_setup["data_dir"], ours_setup["logfile"])
@@ -727,27 +964,10 @@ def measure(opts, tmp: str) -> dict:
     wl = Workloads(tmp, ours_tok, pb_tok, opts.rows)
     conns = {"W1": opts.read_conns, "W2": opts.read_conns, "W3": opts.write_conns,
              "W4": opts.write_conns}
-    phases: dict = {}
     errors = {"ours": 0, "pb": 0}
     try:
-        for w in ("W1", "W2", "W3", "W4"):
-            res["loadavg"][w] = loadavg()
-            for rnd in range(opts.rounds):
-                for kind in ("ours", "pb"):
-                    script, env = wl.spec[(w, kind)]
-                    label = f"{w}-{kind}-r{rnd + 1}"
-                    if opts.warmup > 0:
-                        wu = run_wrk(servers[kind], script, env, opts.threads, conns[w],
-                                     opts.warmup, label + "-warmup", logdir, seed=1000 + rnd)
-                        errors[kind] += wu["non2xx"] + wu["sock_errors"]
-                    log(f"{label}: wrk -c{conns[w]} {opts.duration}s (load {loadavg()})")
-                    r = run_wrk(servers[kind], script, env, opts.threads, conns[w],
-                                opts.duration, label, logdir, seed=rnd + 1)
-                    r["loadavg"] = loadavg()
-                    errors[kind] += r["non2xx"] + r["sock_errors"]
-                    phases.setdefault((w, kind), []).append(r)
-                    log(f"{label}: {r['rps']:.0f} req/s, p50 {r['p50_us']} us, p99 "
-                        f"{r['p99_us']} us, errors {r['non2xx']}+{r['sock_errors']}")
+        phases = run_rounds(opts, servers, wl.spec, ("W1", "W2", "W3", "W4"), conns, logdir,
+                            errors, res["loadavg"])
         res["rss_after_load"] = {k: proc_status(s.pid) for k, s in servers.items()}
         res["check_after"] = check_same(o.addr, ours_tok, p.addr, pb_tok, opts.rows,
                                         opts.check_sample // 2)
@@ -781,6 +1001,11 @@ def measure(opts, tmp: str) -> dict:
     res["peak"] = peak
     res["nofile"] = old
     res["errors"] = errors
+
+    # 4. Server-side JavaScript: W5 and W6, and the RSS with scripts running.
+    if opts.scripts:
+        res["scripts"] = measure_scripts(opts, tmp, logdir, js_setup, pb_setup, pb_tok,
+                                         res["loadavg"])
     res["loadavg"]["end"] = loadavg()
     return res
 
@@ -870,6 +1095,21 @@ def figures(res: dict) -> dict:
         fig[f"peak_p99.{k}"] = res["peak"][k]["p99_us"]
         fig[f"rss_after_load.{k}"] = res["rss_after_load"][k]["VmRSS"]
         fig[f"errors.{k}"] = res["errors"][k]
+    sc = res.get("scripts")
+    if sc:
+        for w in ("W5", "W6"):
+            for k in ("ours", "pb"):
+                ph = sc["phases"][f"{w}/{k}"]
+                fig[f"{w}.rps.{k}"] = mean([x["rps"] for x in ph])
+                fig[f"{w}.p50.{k}"] = mean([x["p50_us"] for x in ph])
+                fig[f"{w}.p99.{k}"] = mean([x["p99_us"] for x in ph])
+                fig[f"{w}.rps_rounds.{k}"] = [round(x["rps"]) for x in ph]
+        for k in ("ours", "pb"):
+            fig[f"script_rss.{k}"] = max(sc["peak_sampled_kb"][k], sc["rss_end"][k]["VmHWM"])
+            fig[f"script_errors.{k}"] = sc["errors"][k]
+        if sc.get("many_workers"):
+            mw = sc["many_workers"]
+            fig["script_rss_many.ours"] = max(mw["peak_sampled_kb"], mw["rss_after"]["VmHWM"])
     return fig
 
 
@@ -934,6 +1174,54 @@ def rows_for(res: dict, opts_d: dict) -> list[tuple]:
                  f"{ca['w2']['checked']} keys", f"{cb['count']['ours']} rows",
                  f"{cb['count']['pb']} rows", "", "identical",
                  pf(cb["ok"] and ca["w1"]["ok"] and ca["w2"]["ok"])))
+    if res.get("scripts"):
+        rows += script_rows(res, f, opts_d)
+    return rows
+
+
+def script_rows(res: dict, f: dict, opts_d: dict) -> list[tuple]:
+    """The rows of W5, W6 and the script RSS (after the rows of W1-W4, which stay as they
+    were)."""
+    sc = res["scripts"]
+    c = sc["conns"]
+    rows = []
+    names = {"W5": "W5 JS endpoint (fn / routerAdd)",
+             "W6": "W6 W1 + hook adding a field (postQuery / onRecordEnrich)"}
+    for w in ("W5", "W6"):
+        o, p = f[f"{w}.rps.ours"], f[f"{w}.rps.pb"]
+        t = RATIO_TARGET[w]
+        rows.append((f"{names[w]} req/s (-c{c}; rounds {f[f'{w}.rps_rounds.ours']} / "
+                     f"{f[f'{w}.rps_rounds.pb']})", f"{o:.0f}", f"{p:.0f}", f"{ratio(o, p):.2f}x",
+                     f">= {t:g}x", pf(ratio(o, p) >= t)))
+        o99, p99 = f[f"{w}.p99.ours"], f[f"{w}.p99.pb"]
+        rows.append((f"  {w} latency p50 / p99",
+                     f"{fmt_lat(f[f'{w}.p50.ours'])} / {fmt_lat(o99)}",
+                     f"{fmt_lat(f[f'{w}.p50.pb'])} / {fmt_lat(p99)}", f"{ratio(o99, p99):.2f}x",
+                     "p99 <= PB", pf(o99 <= p99)))
+    if "W1.rps.ours" in f:
+        rows.append(("  W6 / W1 req/s: the hook's cost in each system (W1 above)",
+                     f"{ratio(f['W6.rps.ours'], f['W1.rps.ours']):.2f}x",
+                     f"{ratio(f['W6.rps.pb'], f['W1.rps.pb']):.2f}x", "", "", ""))
+    workers = sc.get("workers") or "?"
+    rows.append((f"peak RSS, W5+W6 at -c{c} (fresh process; ours {workers} script workers)",
+                 mb(f["script_rss.ours"]), mb(f["script_rss.pb"]),
+                 f"{ratio(f['script_rss.ours'], f['script_rss.pb']):.2f}x",
+                 f"< {SCRIPT_RSS_TARGET_MB:g} MB",
+                 pf(f["script_rss.ours"] / 1024 < SCRIPT_RSS_TARGET_MB)))
+    mw = sc.get("many_workers")
+    if mw:
+        rows.append((f"peak RSS, W5 at -c{c} with [scripts] workers = {mw['workers']} "
+                     f"({mw['rps']:.0f} req/s, p99 {fmt_lat(mw['p99_us'])})",
+                     mb(f["script_rss_many.ours"]), "", "", f"< {SCRIPT_RSS_TARGET_MB:g} MB",
+                     pf(f["script_rss_many.ours"] / 1024 < SCRIPT_RSS_TARGET_MB)))
+    rows.append(("errors, W5-W6 phases (non-2xx + socket)", str(f["script_errors.ours"]),
+                 str(f["script_errors.pb"]), "", "0",
+                 pf(f["script_errors.ours"] == 0 and f["script_errors.pb"] == 0)))
+    ck = sc["check"]
+    rows.append(("same answers: W5 JSON (401 without a token), W6 W1's 10 rows + x = 1",
+                 "W5 " + ("same" if ck["w5"]["ok"] else "differs"),
+                 "W6 " + ("same" if ck["w6"]["ok"] else "differs"), "", "identical",
+                 pf(ck["ok"])))
     return rows
 
 
@@ -959,17 +1247,33 @@ def report(doc: dict) -> str:
            "- load average (1/5/15 min): " + "; ".join(f"{k}: {x}" for k, x in la.items())
            + (f" (waited {res.get('waited_secs', 0):.0f} s for < {o['load_threshold']})"
               if "waited_secs" in res else ""),
-           "", table(rows_for(res, o)), ""]
+           ] + script_header(res) + ["", table(rows_for(res, o)), ""]
     cb = res["check_before"]
     out.append(f"W1 rows (both): {cb['w1']['ours'][:3]} ... {cb['w1']['ours'][-1:]}")
     if not cb["w1"]["ok"]:
         out.append(f"W1 PocketBase rows: {cb['w1']['pb']}")
     if not cb["w2"]["ok"]:
         out.append(f"W2 mismatches: {cb['w2']['mismatches']}")
+    sc = res.get("scripts")
+    if sc and not sc["check"]["ok"]:
+        out.append(f"W5/W6 answers: {json.dumps(sc['check'])[:1500]}")
     out.append("startup samples (ms): ours " + str([round(x, 1) for x in
                res["startup"]["ours"]["ready"]]) + ", PB " +
                str([round(x, 1) for x in res["startup"]["pb"]["ready"]]))
     return "\n".join(out) + "\n"
+
+
+def script_header(res: dict) -> list[str]:
+    sc = res.get("scripts")
+    if not sc:
+        return []
+    return [f"- W5/W6: fresh processes that load scripts (ours: app `{APP_UID}` with "
+            f"`functions/{FN_MODULE}.js` and `{HOOKED_DS}.postQuery.js`, "
+            f"{sc.get('workers') or '?'} script workers, the default: one per core; "
+            "PocketBase: `--hooksDir` with one `bench.pb.js`, JSVM pool at its default); "
+            f"W5 POSTs `{json.dumps(W5_ARG)}` to both (ours `/v1/fn/{APP_UID}/{FN_MODULE}/"
+            f"{FN_NAME}`, PocketBase `{W5_PB_PATH}` behind `$apis.requireAuth()`), W6 is W1 "
+            f"(ours on `{HOOKED_DS}`)"]
 
 
 def _interrupt(signum, frame) -> None:
@@ -979,7 +1283,9 @@ def _interrupt(signum, frame) -> None:
 SPREAD_KEYS = [("W1.rps", "W1 req/s"), ("W2.rps", "W2 req/s"), ("W3.rps", "W3 logins/s"),
                ("W4.rps", "W4 inserts/s"), ("W1.p99", "W1 p99"), ("W2.p99", "W2 p99"),
                ("W3.p99", "W3 p99"), ("W4.p99", "W4 p99"), ("startup", "startup"),
-               ("idle_rss", "idle RSS"), ("peak_rss", "peak RSS")]
+               ("idle_rss", "idle RSS"), ("peak_rss", "peak RSS"),
+               ("W5.rps", "W5 req/s"), ("W6.rps", "W6 req/s"), ("W5.p99", "W5 p99"),
+               ("W6.p99", "W6 p99"), ("script_rss", "peak RSS, W5+W6")]
 
 
 def results_md(paths: list[str]) -> str:
@@ -1003,6 +1309,8 @@ def results_md(paths: list[str]) -> str:
             + " | spread (max-min)/mean | ratio ours/PB per run |",
             "|---|" + "---|" * len(docs) + "---|---|"]
     for key, label in SPREAD_KEYS:
+        if not all(f"{key}.ours" in fg for fg in figs):
+            continue  # runs without the script phases
         for k, who in (("ours", "ours"), ("pb", "PB")):
             xs = [fg[f"{key}.{k}"] for fg in figs]
             unit = (lambda x: f"{x:.0f}") if key.endswith("rps") else \
@@ -1030,6 +1338,13 @@ def main() -> int:
     ap.add_argument("--read-conns", type=int, default=64, help="connections for W1, W2")
     ap.add_argument("--write-conns", type=int, default=16, help="connections for W3, W4")
     ap.add_argument("--peak-conns", type=int, default=1000)
+    ap.add_argument("--script-conns", type=int, default=64,
+                    help="connections for W5, W6 (server-side JavaScript)")
+    ap.add_argument("--script-workers-peak", type=int, default=64, metavar="N",
+                    help="last phase: W5 on our server configured with N script workers "
+                         "([scripts] workers), its peak RSS; 0 skips it")
+    ap.add_argument("--no-scripts", dest="scripts", action="store_false",
+                    help="skip W5, W6 and the script RSS (the run of W1-W4 only)")
     ap.add_argument("--check-sample", type=int, default=200, help="keys compared for W2")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds before idle RSS")
     ap.add_argument("--no-wait", action="store_true",
@@ -1088,7 +1403,8 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     opts_d = {k: getattr(opts, k) for k in ("rows", "duration", "warmup", "rounds", "runs",
                                             "threads", "read_conns", "write_conns", "peak_conns",
-                                            "load_threshold", "smoke")}
+                                            "load_threshold", "smoke", "scripts", "script_conns",
+                                            "script_workers_peak")}
     doc = {"started": started, "machine": machine_facts(), "versions": versions,
            "opts": opts_d, "results": res}
     text = report(doc)

@@ -55,7 +55,7 @@ pub fn datasource() -> Datasource {
         primary_key: vec!["name".into(), "deptId".into()],
         key_generation: KeyGeneration::None,
         default_sort: vec![("hireDate".into(), SortDir::Desc)],
-        default_filter: vec![serde_json::json!({"orgId": {"is": ":org"}})],
+        default_filter: vec![serde_json::json!({"orgId": {"is": ":org"}}).into()],
     }
 }
 

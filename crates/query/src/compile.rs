@@ -226,11 +226,18 @@ fn where_items(ds: &Datasource, q: &Query, opts: &CompileOptions) -> Result<Vec<
         opts,
         source: Source::Default,
     };
-    for raw in &ds.default_filter {
-        let f = parse_filter(&substitute(raw, &q.params)?, 0)?;
-        check_depth(&f)?;
+    for item in &ds.default_filter {
+        let substituted;
+        let f = match &item.parsed {
+            Some(f) => f,
+            None => {
+                substituted = parse_filter(&substitute(&item.raw, &q.params)?, 0)?;
+                &substituted
+            }
+        };
+        check_depth(f)?;
         let mut sql = Sql::new();
-        trusted.compile(&f, &mut sql)?;
+        trusted.compile(f, &mut sql)?;
         items.push(sql);
     }
     let client = FilterCompiler {

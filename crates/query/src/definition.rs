@@ -212,7 +212,12 @@ impl DatasourceDef {
             primary_key: self.primary_key.clone(),
             key_generation: self.key_generation,
             default_sort,
-            default_filter: self.default_filter.clone(),
+            default_filter: self
+                .default_filter
+                .iter()
+                .cloned()
+                .map(Into::into)
+                .collect(),
         })
     }
 }

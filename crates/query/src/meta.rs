@@ -153,7 +153,34 @@ pub struct Datasource {
     pub default_sort: Vec<(String, SortDir)>,
     /// Filter items (the query language's JSON) always ANDed to client filters. In this trusted
     /// filter only, a string value `":name"` refers to `params.name` of the query.
-    pub default_filter: Vec<serde_json::Value>,
+    pub default_filter: Vec<DefaultFilter>,
+}
+
+/// One item of a default filter: its JSON, and the parsed filter when it refers to no
+/// `:param` (parsed once, when the datasource is loaded, not per request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefaultFilter {
+    pub raw: serde_json::Value,
+    pub parsed: Option<crate::parse::Filter>,
+}
+
+impl From<serde_json::Value> for DefaultFilter {
+    fn from(raw: serde_json::Value) -> Self {
+        fn has_params(v: &serde_json::Value) -> bool {
+            match v {
+                serde_json::Value::String(s) => s.starts_with(':'),
+                serde_json::Value::Array(a) => a.iter().any(has_params),
+                serde_json::Value::Object(m) => m.values().any(has_params),
+                _ => false,
+            }
+        }
+        let parsed = if has_params(&raw) {
+            None
+        } else {
+            crate::parse::parse_filter(&raw, 0).ok()
+        };
+        DefaultFilter { raw, parsed }
+    }
 }
 
 impl Datasource {

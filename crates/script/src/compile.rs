@@ -58,7 +58,7 @@ fn strip_types(file: &str, source: &str, kind: Kind) -> Result<String, CompileEr
             .labels
             .as_ref()
             .first()
-            .map_or(1, |l| line_of(source, l.offset() as u32));
+            .map_or(1, |l| line_of(source, l.offset()));
         return Err(CompileError {
             file: file.to_string(),
             line,

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{Kind, TYPES_PACKAGE, compile};
-pub use sandbox::{Event, HostCall, Pool, Running};
+pub use sandbox::{Event, HostCall, Pool, PoolStats, Running};
 
 use serde_json::Value as Json;
 

@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
@@ -54,9 +55,7 @@ pub struct Running {
 impl Running {
     pub async fn next(&mut self) -> Event {
         self.events.recv().await.unwrap_or_else(|| {
-            Event::Done(Err(ScriptError::Script(
-                "the script worker stopped".into(),
-            )))
+            Event::Done(Err(ScriptError::Script("the script worker stopped".into())))
         })
     }
 }
@@ -75,6 +74,33 @@ pub struct Pool {
     jobs: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
     size: usize,
+    counters: Arc<Counters>,
+}
+
+/// Executions by outcome, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    ok: AtomicU64,
+    user_error: AtomicU64,
+    failed: AtomicU64,
+    limit: AtomicU64,
+    busy: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// A snapshot of the pool, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub workers: usize,
+    pub running: usize,
+    pub ok: u64,
+    pub user_errors: u64,
+    pub failed: u64,
+    /// Of `failed`: stopped by a limit (time, memory, stack).
+    pub limits: u64,
+    /// Refused with [`ScriptError::Busy`].
+    pub busy: u64,
+    pub seconds: f64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -92,13 +118,15 @@ impl Pool {
         let size = size.max(1);
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let counters = Arc::new(Counters::default());
         for i in 0..size {
             let rx = rx.clone();
+            let counters = counters.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("script-{i}"))
                 .stack_size(THREAD_STACK)
                 .spawn(move || {
-                    let mut worker = Worker::default();
+                    let mut worker = Worker::new(counters);
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
@@ -118,6 +146,22 @@ impl Pool {
             jobs,
             permits: Arc::new(Semaphore::new(size)),
             size,
+            counters,
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            workers: self.size,
+            running: self.busy(),
+            ok: get(&c.ok),
+            user_errors: get(&c.user_error),
+            failed: get(&c.failed),
+            limits: get(&c.limit),
+            busy: get(&c.busy),
+            seconds: get(&c.micros) as f64 / 1e6,
         }
     }
 
@@ -148,14 +192,20 @@ impl Pool {
             std::thread::Builder::new()
                 .name("script-nested".into())
                 .stack_size(THREAD_STACK)
-                .spawn(move || Worker::default().run(job))
+                .spawn({
+                    let counters = self.counters.clone();
+                    move || Worker::new(counters).run(job)
+                })
                 .map_err(|e| ScriptError::Script(format!("cannot start a script thread: {e}")))?;
         } else {
             let wall = exec.limits.wall;
             let permit =
                 match tokio::time::timeout(wall, self.permits.clone().acquire_owned()).await {
                     Ok(Ok(p)) => p,
-                    _ => return Err(ScriptError::Busy),
+                    _ => {
+                        self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                        return Err(ScriptError::Busy);
+                    }
                 };
             let job = Job {
                 exec,
@@ -372,8 +422,8 @@ impl Loader for AppModules {
 }
 
 /// One worker's runtime, kept between executions until one hits a limit.
-#[derive(Default)]
 struct Worker {
+    counters: Arc<Counters>,
     rt: Option<Runtime>,
     limits: Option<crate::Limits>,
     deadline: Rc<Cell<Option<Instant>>>,
@@ -388,6 +438,17 @@ enum Failure {
 }
 
 impl Worker {
+    fn new(counters: Arc<Counters>) -> Worker {
+        Worker {
+            counters,
+            rt: None,
+            limits: None,
+            deadline: Rc::default(),
+            interrupted: Rc::default(),
+            modules: AppModules::default(),
+        }
+    }
+
     fn runtime(&mut self, limits: crate::Limits) -> rquickjs::Result<Runtime> {
         if let (Some(rt), Some(l)) = (&self.rt, &self.limits)
             && l.memory_bytes == limits.memory_bytes
@@ -425,16 +486,26 @@ impl Worker {
             reply_tx,
             replies,
         };
+        let started = Instant::now();
         let out = self.execute(&exec, &link);
+        let c = &self.counters;
+        c.micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let counter = match &out {
+            Ok(_) => &c.ok,
+            Err(ScriptError::User(_)) => &c.user_error,
+            Err(_) => &c.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if self.rt.is_none() {
+            // Discarded after a limit.
+            c.limit.fetch_add(1, Ordering::Relaxed);
+        }
         let events = link.events;
         let _ = events.send(Event::Done(out));
     }
 
-    fn execute(
-        &mut self,
-        exec: &Execution,
-        link: &Link,
-    ) -> Result<Json, ScriptError> {
+    fn execute(&mut self, exec: &Execution, link: &Link) -> Result<Json, ScriptError> {
         let script_err = |m: String| ScriptError::Script(format!("{}: {m}", exec.name));
         let rt = self
             .runtime(exec.limits)
@@ -485,9 +556,8 @@ impl Worker {
             }
         };
         *self.modules.0.borrow_mut() = Arc::default();
-        match &self.rt {
-            Some(rt) => rt.run_gc(),
-            None => {}
+        if let Some(rt) = &self.rt {
+            rt.run_gc();
         }
         out
     }

@@ -115,13 +115,13 @@ async fn user_error_is_its_message_and_other_errors_name_the_hook() {
     let ScriptError::Script(m) = e else {
         panic!("{e:?}")
     };
-    assert!(
-        m.starts_with("Employees.postQuery: TypeError: "),
-        "{m}"
-    );
+    assert!(m.starts_with("Employees.postQuery: TypeError: "), "{m}");
     let e = run(
         &pool,
-        hook("await Promise.reject(new RangeError('no'));", rows_input(json!([]))),
+        hook(
+            "await Promise.reject(new RangeError('no'));",
+            rows_input(json!([])),
+        ),
     )
     .await
     .unwrap_err();
@@ -181,7 +181,10 @@ async fn deep_recursion_is_a_script_error() {
     let pool = Pool::new(1);
     let e = run(
         &pool,
-        hook("function f(n) { return f(n + 1) + 1; } f(0);", rows_input(json!([]))),
+        hook(
+            "function f(n) { return f(n + 1) + 1; } f(0);",
+            rows_input(json!([])),
+        ),
     )
     .await
     .unwrap_err();
@@ -220,7 +223,10 @@ async fn host_calls_round_trip_and_the_101st_fails() {
         out["rows"],
         json!([{"name": "a", "_rs": "Q"}, "Access Denied - datasource `Missing` is not available to you."])
     );
-    assert_eq!(seen[0].1, json!(["Employees", {"filter": [{"name": {"is": "a"}}]}, {}]));
+    assert_eq!(
+        seen[0].1,
+        json!(["Employees", {"filter": [{"name": {"is": "a"}}]}, {}])
+    );
     assert_eq!(
         seen[1].1[1]["joined"],
         json!({"$date": "2021-05-30T04:19:41.000Z"})
@@ -243,7 +249,10 @@ async fn host_calls_round_trip_and_the_101st_fails() {
     .unwrap();
     assert_eq!(calls, 100);
     assert!(
-        out["rows"][0].as_str().unwrap().contains("at most 100 db calls"),
+        out["rows"][0]
+            .as_str()
+            .unwrap()
+            .contains("at most 100 db calls"),
         "{out}"
     );
     assert_eq!(out["rows"][1], "again");
@@ -327,7 +336,16 @@ async fn escapes_find_nothing() {
     .unwrap();
     assert_eq!(
         out["rows"],
-        json!(["undefined", "undefined", "undefined", "undefined", "undefined", 0, "no import", "function"])
+        json!([
+            "undefined",
+            "undefined",
+            "undefined",
+            "undefined",
+            "undefined",
+            0,
+            "no import",
+            "function"
+        ])
     );
 }
 
@@ -381,9 +399,16 @@ async fn functions_import_each_other() {
 
 #[test]
 fn syntax_errors_name_file_and_line() {
-    let e = compile("datasources/E.beforeInsert.js", "let a = 1;\nlet b = (;\n", Kind::Hook)
-        .unwrap_err();
-    assert_eq!((e.file.as_str(), e.line), ("datasources/E.beforeInsert.js", 2));
+    let e = compile(
+        "datasources/E.beforeInsert.js",
+        "let a = 1;\nlet b = (;\n",
+        Kind::Hook,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.file.as_str(), e.line),
+        ("datasources/E.beforeInsert.js", 2)
+    );
 }
 
 #[tokio::test]

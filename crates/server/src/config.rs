@@ -175,7 +175,10 @@ impl Config {
             problems.push("[scripts] workers and timeouts must be positive".into());
         }
         if s.memory_limit_mib < 4 || s.stack_limit_kib < 64 {
-            problems.push("[scripts] memory_limit_mib must be at least 4 and stack_limit_kib at least 64".into());
+            problems.push(
+                "[scripts] memory_limit_mib must be at least 4 and stack_limit_kib at least 64"
+                    .into(),
+            );
         }
         if self.max_inflight_requests == 0 {
             problems.push("max_inflight_requests must be at least 1".into());

@@ -122,9 +122,7 @@ impl From<crate::engine::Error> for ApiError {
             E::NotFound(m) => ApiError::NotFound(m),
             E::Conflict(m) => ApiError::Conflict(m),
             E::Script(m) => ApiError::Script(m),
-            E::Busy => ApiError::Busy(
-                "All script workers are busy; try again shortly.".into(),
-            ),
+            E::Busy => ApiError::Busy("All script workers are busy; try again shortly.".into()),
             E::Store(e) => ApiError::from(e),
         }
     }

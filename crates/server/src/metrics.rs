@@ -92,6 +92,37 @@ impl Metrics {
     }
 }
 
+/// The script pool's lines of `/metrics`.
+pub fn render_scripts(s: &script::PoolStats) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP cloudio_script_executions_total Script executions (hooks and functions) by outcome."
+    );
+    let _ = writeln!(out, "# TYPE cloudio_script_executions_total counter");
+    for (outcome, n) in [
+        ("ok", s.ok),
+        ("user_error", s.user_errors),
+        ("error", s.failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "cloudio_script_executions_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# TYPE cloudio_script_limit_hits_total counter");
+    let _ = writeln!(out, "cloudio_script_limit_hits_total {}", s.limits);
+    let _ = writeln!(out, "# TYPE cloudio_script_busy_refusals_total counter");
+    let _ = writeln!(out, "cloudio_script_busy_refusals_total {}", s.busy);
+    let _ = writeln!(out, "# TYPE cloudio_script_seconds_total counter");
+    let _ = writeln!(out, "cloudio_script_seconds_total {:.6}", s.seconds);
+    let _ = writeln!(out, "# TYPE cloudio_script_workers gauge");
+    let _ = writeln!(out, "cloudio_script_workers {}", s.workers);
+    let _ = writeln!(out, "# TYPE cloudio_script_running gauge");
+    let _ = writeln!(out, "cloudio_script_running {}", s.running);
+    out
+}
+
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();

@@ -8,8 +8,8 @@ use store::Store;
 
 use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
-use crate::engine::Engine;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]

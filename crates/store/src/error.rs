@@ -28,6 +28,32 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The one table of driver error codes. SQLite: the extended result code (the same numbers
+/// through sqlx and rusqlite); PostgreSQL: the SQLSTATE. `None`: not one we translate.
+fn sqlite_code(extended: i32, message: String) -> Option<StoreError> {
+    Some(match (extended, extended & 0xff) {
+        // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
+        (2067 | 1555, _) => StoreError::Duplicate(message),
+        // Any other constraint (NOT NULL 1299, CHECK 275, FOREIGN KEY 787, ...), and a
+        // datatype mismatch (20).
+        (_, 19) | (20, _) => StoreError::Constraint(message),
+        // READONLY, IOERR, FULL, CANTOPEN: the file is not usable.
+        (_, 8 | 10 | 13 | 14) => StoreError::Unavailable(message),
+        _ => return None,
+    })
+}
+
+fn pg_code(sqlstate: &str, message: String) -> Option<StoreError> {
+    Some(match sqlstate {
+        "23505" => StoreError::Duplicate(message),
+        // Class 23 (integrity) and 22 (data exception).
+        c if c.starts_with("23") || c.starts_with("22") => StoreError::Constraint(message),
+        // Admin shutdown, cannot connect now, connection exceptions.
+        c if c.starts_with("57P") || c.starts_with("08") => StoreError::Unavailable(message),
+        _ => return None,
+    })
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error as E;
@@ -37,24 +63,26 @@ impl From<sqlx::Error> for StoreError {
             }
             E::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                match code.as_str() {
-                    // PostgreSQL unique_violation; SQLite SQLITE_CONSTRAINT_UNIQUE / PRIMARYKEY.
-                    "23505" | "2067" | "1555" => StoreError::Duplicate(db.message().to_string()),
-                    // PostgreSQL class 23 (integrity) and 22 (data exception); SQLite
-                    // constraint codes (NOT NULL 1299, CHECK 275, FOREIGN KEY 787) and
-                    // datatype mismatch (20).
-                    c if c.starts_with("23") || c.starts_with("22") => {
-                        StoreError::Constraint(db.message().to_string())
-                    }
-                    "1299" | "275" | "787" | "19" | "20" => {
-                        StoreError::Constraint(db.message().to_string())
-                    }
-                    // PostgreSQL admin shutdown / cannot connect now; SQLite BUSY/LOCKED stay Other.
-                    c if c.starts_with("57P") || c.starts_with("08") => {
-                        StoreError::Unavailable(db.message().to_string())
-                    }
-                    _ => StoreError::Other(e.to_string()),
-                }
+                let message = db.message().to_string();
+                let known = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    code.parse().ok().and_then(|n| sqlite_code(n, message))
+                } else {
+                    pg_code(&code, message)
+                };
+                known.unwrap_or_else(|| StoreError::Other(e.to_string()))
+            }
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(err, msg) => {
+                let text = msg.clone().unwrap_or_else(|| err.to_string());
+                sqlite_code(err.extended_code, text)
+                    .unwrap_or_else(|| StoreError::Other(e.to_string()))
             }
             _ => StoreError::Other(e.to_string()),
         }

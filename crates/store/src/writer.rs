@@ -102,7 +102,7 @@ impl Writer {
             .name("sqlite-writer".into())
             .spawn(move || match open(&main, &attached) {
                 Ok(conn) => run(conn, rx, turn),
-                Err(e) => refuse(&from_rusqlite(e), rx),
+                Err(e) => refuse(&StoreError::from(e), rx),
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Writer { tx })
@@ -243,7 +243,7 @@ fn run_alone(conn: &mut Connection, mut job: Box<dyn Job>) {
     if done.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    job.answer(done.map_err(from_rusqlite));
+    job.answer(done.map_err(StoreError::from));
 }
 
 /// One transaction for the whole batch, a savepoint per job: a job that fails undoes only its
@@ -267,7 +267,7 @@ fn run_batch(conn: &mut Connection, mut batch: Vec<Box<dyn Job>>) {
         }
         return;
     };
-    let e = from_rusqlite(e);
+    let e = StoreError::from(e);
     let _ = conn.execute_batch("ROLLBACK");
     if batch.len() == 1 || !matches!(e, StoreError::Constraint(_) | StoreError::Duplicate(_)) {
         tracing::warn!(error = %e, jobs = batch.len(), "a write batch failed");
@@ -291,11 +291,11 @@ pub struct WriteConn<'c> {
 impl WriteConn<'_> {
     /// Runs one statement; returns the rows it changed.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(from_rusqlite)?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(StoreError::from)?;
         for (i, v) in params.iter().enumerate() {
-            bind(&mut stmt, i + 1, v).map_err(from_rusqlite)?;
+            bind(&mut stmt, i + 1, v).map_err(StoreError::from)?;
         }
-        Ok(stmt.raw_execute().map_err(from_rusqlite)? as u64)
+        Ok(stmt.raw_execute().map_err(StoreError::from)? as u64)
     }
 
     /// Runs one statement and decodes each returned cell as the given type (by position).
@@ -309,7 +309,11 @@ impl WriteConn<'_> {
     }
 
     /// Runs one statement with no typing: column names and cells as SQLite stores them.
-    pub fn fetch_named(&self, sql: &str, params: &[Value]) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+    pub fn fetch_named(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
         self.query(sql, params, None)
     }
 
@@ -319,18 +323,18 @@ impl WriteConn<'_> {
         params: &[Value],
         types: Option<&[AttrType]>,
     ) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(from_rusqlite)?;
+        let mut stmt = self.conn.prepare_cached(sql).map_err(StoreError::from)?;
         let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         for (i, v) in params.iter().enumerate() {
-            bind(&mut stmt, i + 1, v).map_err(from_rusqlite)?;
+            bind(&mut stmt, i + 1, v).map_err(StoreError::from)?;
         }
         let width = stmt.column_count();
         let mut rows = stmt.raw_query();
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(from_rusqlite)? {
+        while let Some(row) = rows.next().map_err(StoreError::from)? {
             let mut cells = Vec::with_capacity(width);
             for i in 0..width {
-                let cell = match row.get_ref(i).map_err(from_rusqlite)? {
+                let cell = match row.get_ref(i).map_err(StoreError::from)? {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(n) => Value::Int(n),
                     ValueRef::Real(f) => Value::Float(f),
@@ -360,33 +364,5 @@ fn bind(stmt: &mut rusqlite::CachedStatement<'_>, i: usize, v: &Value) -> rusqli
         SqliteParam::Int(n) => stmt.raw_bind_parameter(i, n),
         SqliteParam::Float(f) => stmt.raw_bind_parameter(i, f),
         SqliteParam::Text(s) => stmt.raw_bind_parameter(i, s.as_ref()),
-    }
-}
-
-/// The same classification as for sqlx's errors (`error.rs`), by SQLite's extended codes.
-fn from_rusqlite(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(err, msg) => {
-            let text = msg.clone().unwrap_or_else(|| err.to_string());
-            match err.extended_code {
-                2067 | 1555 => StoreError::Duplicate(text),
-                1299 | 275 | 787 | 19 | 20 => StoreError::Constraint(text),
-                _ if err.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Constraint(text)
-                }
-                _ if matches!(
-                    err.code,
-                    rusqlite::ErrorCode::CannotOpen
-                        | rusqlite::ErrorCode::SystemIoFailure
-                        | rusqlite::ErrorCode::DiskFull
-                        | rusqlite::ErrorCode::ReadOnly
-                ) =>
-                {
-                    StoreError::Unavailable(text)
-                }
-                _ => StoreError::Other(e.to_string()),
-            }
-        }
-        _ => StoreError::Other(e.to_string()),
     }
 }

@@ -113,11 +113,12 @@ pub fn tasks() -> Datasource {
         key_generation: KeyGeneration::None,
         default_sort: vec![("dueDate".into(), SortDir::Desc)],
         default_filter: vec![
-            serde_json::json!({"orgId": {"is": ":orgUid"}}),
+            serde_json::json!({"orgId": {"is": ":orgUid"}}).into(),
             serde_json::json!({"or": [
                 {"ownerId": {"is": ":user"}},
                 {"status": {"in": [":openStatus", "review"]}}
-            ]}),
+            ]})
+            .into(),
         ],
     }
 }

@@ -31,9 +31,12 @@ pub async fn get_status(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render(
+    let mut text = state.metrics.render(
         state.store.db.pool_stats(),
         state.started.elapsed().as_secs_f64(),
     );
+    text.push_str(&crate::metrics::render_scripts(
+        &state.engine.scripts.stats(),
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -45,7 +45,9 @@ impl Builtin {
                         .hasher
                         .hash(std::mem::take(clear))
                         .await
-                        .map_err(|e| super::Error::Store(store::StoreError::Other(e.to_string())))?;
+                        .map_err(|e| {
+                            super::Error::Store(store::StoreError::Other(e.to_string()))
+                        })?;
                     *v = Value::Text(hash);
                 }
             }

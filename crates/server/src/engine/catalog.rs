@@ -241,10 +241,7 @@ impl Catalog {
             }
         }
         c.hooks = hooks.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        c.modules = modules
-            .into_iter()
-            .map(|(k, v)| (k, Arc::new(v)))
-            .collect();
+        c.modules = modules.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         Ok(c)
     }
 

@@ -260,7 +260,12 @@ async fn run_post_hooked<E: Exec>(
     a: &AliasPlan,
     posted: &[Json],
 ) -> Result<Vec<Json>> {
-    let op_of = |r: &Json| r.get("_rs").and_then(Json::as_str).unwrap_or("").to_string();
+    let op_of = |r: &Json| {
+        r.get("_rs")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let order: Vec<String> = posted.iter().map(op_of).collect();
     let mut groups = Vec::with_capacity(3);
     for (_, code, before, _) in OPS {
@@ -492,8 +497,8 @@ pub(crate) async fn run_function(
         input: json!({"arg": arg, "keys": []}),
         limits: engine.settings.function_limits,
     };
-    let mut tx = engine.store.db.begin_read().await?;
-    let out = run_script(&mut tx.raw(), &mut ctx, execution, None).await?;
+    let mut tx = exec::Lazy::new(&engine.store.db);
+    let out = run_script(&mut tx, &mut ctx, execution, None).await?;
     tx.commit().await?;
     Ok(out)
 }

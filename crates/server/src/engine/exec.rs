@@ -7,8 +7,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use query::{
-    AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Statement,
-    Value, WriteContext, WriteRow, compile_lookup, compile_write, returning_columns,
+    AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Statement, Value,
+    WriteContext, WriteRow, compile_lookup, compile_write, returning_columns,
 };
 use serde_json::{Map, Value as Json};
 use store::{Raw, WriteConn};
@@ -99,6 +99,64 @@ impl Exec for WriteConn<'_> {
     }
     fn runs_scripts(&self) -> bool {
         false
+    }
+}
+
+/// A write transaction begun at the first statement, for a cloud function: a function that
+/// never touches the database holds no connection, and one that does holds the write turn from
+/// its first call to its end (on SQLite a deferred transaction could not always upgrade to a
+/// write after another writer committed).
+pub(crate) struct Lazy<'d> {
+    db: &'d store::Db,
+    tx: Option<store::Tx>,
+}
+
+impl<'d> Lazy<'d> {
+    pub fn new(db: &'d store::Db) -> Self {
+        Lazy { db, tx: None }
+    }
+
+    async fn tx(&mut self) -> store::Result<&mut store::Tx> {
+        if self.tx.is_none() {
+            self.tx = Some(self.db.begin_write().await?);
+        }
+        self.tx
+            .as_mut()
+            .ok_or_else(|| store::StoreError::Other("no transaction".into()))
+    }
+
+    pub async fn commit(self) -> store::Result<()> {
+        match self.tx {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Exec for Lazy<'_> {
+    fn dialect(&self) -> Dialect {
+        self.db.dialect()
+    }
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> store::Result<Vec<Vec<Value>>> {
+        self.tx().await?.raw().fetch_all(sql, params, types).await
+    }
+    async fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> store::Result<(Vec<String>, Vec<Vec<Value>>)> {
+        self.tx().await?.raw().fetch_named(sql, params).await
+    }
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
+        self.tx().await?.raw().execute(sql, params).await
+    }
+    fn runs_scripts(&self) -> bool {
+        true
     }
 }
 

@@ -26,7 +26,8 @@ pub(crate) async fn serve<E: Exec>(
     let bad = |m: &str| Error::Invalid(format!("{what}: {m}"));
     match op {
         "find" | "findOne" => {
-            let ds = ds_name(&arg(0)).ok_or_else(|| bad("the first argument is a datasource name"))?;
+            let ds =
+                ds_name(&arg(0)).ok_or_else(|| bad("the first argument is a datasource name"))?;
             let opts = arg(2);
             let target = app_option(&opts).map_err(|m| bad(&m))?;
             let mut q = untag(arg(1), None);
@@ -40,7 +41,10 @@ pub(crate) async fn serve<E: Exec>(
             begin(exec).await?;
             let result = run_query(exec, ctx, &plan).await;
             let result = end(exec, result).await?;
-            let rows = result.get("data").cloned().unwrap_or(Json::Array(Vec::new()));
+            let rows = result
+                .get("data")
+                .cloned()
+                .unwrap_or(Json::Array(Vec::new()));
             Ok(if op == "findOne" {
                 rows.as_array()
                     .and_then(|r| r.first().cloned())
@@ -56,7 +60,8 @@ pub(crate) async fn serve<E: Exec>(
                 _ => "D",
             };
             let one = op.ends_with("One");
-            let ds = ds_name(&arg(0)).ok_or_else(|| bad("the first argument is a datasource name"))?;
+            let ds =
+                ds_name(&arg(0)).ok_or_else(|| bad("the first argument is a datasource name"))?;
             let target = app_option(&arg(2)).map_err(|m| bad(&m))?;
             let rows = match (one, arg(1)) {
                 (true, row @ Json::Object(_)) => vec![row],
@@ -87,7 +92,10 @@ pub(crate) async fn serve<E: Exec>(
             begin(exec).await?;
             let result = run_post(exec, ctx, &plan).await;
             let result = end(exec, result).await?;
-            let rows = result.get("data").cloned().unwrap_or(Json::Array(Vec::new()));
+            let rows = result
+                .get("data")
+                .cloned()
+                .unwrap_or(Json::Array(Vec::new()));
             Ok(if one {
                 rows.as_array()
                     .and_then(|r| r.first().cloned())
@@ -196,7 +204,8 @@ async fn begin<E: Exec>(exec: &mut E) -> Result<()> {
 
 async fn end<E: Exec, T>(exec: &mut E, result: Result<T>) -> Result<T> {
     if result.is_err() {
-        exec.execute("ROLLBACK TO SAVEPOINT cloudio_db", &[]).await?;
+        exec.execute("ROLLBACK TO SAVEPOINT cloudio_db", &[])
+            .await?;
     }
     exec.execute("RELEASE SAVEPOINT cloudio_db", &[]).await?;
     result
@@ -211,11 +220,7 @@ async fn run_sql<E: Exec>(
     sql: &str,
     params: &[Value],
 ) -> Result<Json> {
-    if let Some(set) = ctx
-        .engine
-        .store
-        .search_path_statement(schema_app)
-    {
+    if let Some(set) = ctx.engine.store.search_path_statement(schema_app) {
         exec.execute(&set, &[]).await?;
     }
     if op == "executeUpdate" {

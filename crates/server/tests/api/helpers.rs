@@ -296,7 +296,13 @@ impl TestApp {
 
     /// Creates an enabled user with a password.
     pub async fn create_user(&self, user: &str, password: &str) {
-        let hash = self.state.engine.hasher.hash(password.into()).await.expect("hash");
+        let hash = self
+            .state
+            .engine
+            .hasher
+            .hash(password.into())
+            .await
+            .expect("hash");
         self.state
             .store
             .create_user(&store::NewUser {

@@ -54,7 +54,12 @@ async fn insert(app: &TestApp, login: &Login, rows: Value) -> (u16, Value) {
 
 /// Audit messages, oldest first (through SQL behind the server, so no hook is involved).
 async fn audit(app: &TestApp, login: &Login) -> Vec<String> {
-    let b = ok(app, login, json!({"a": {"ds": "Audit", "query": {"limit": 1000}}})).await;
+    let b = ok(
+        app,
+        login,
+        json!({"a": {"ds": "Audit", "query": {"limit": 1000}}}),
+    )
+    .await;
     b["data"]["a"]["data"]
         .as_array()
         .unwrap()
@@ -64,7 +69,12 @@ async fn audit(app: &TestApp, login: &Login) -> Vec<String> {
 }
 
 async fn items(app: &TestApp, login: &Login) -> Vec<Value> {
-    let b = ok(app, login, json!({"q": {"ds": "Items", "query": {"limit": 1000}}})).await;
+    let b = ok(
+        app,
+        login,
+        json!({"q": {"ds": "Items", "query": {"limit": 1000}}}),
+    )
+    .await;
     b["data"]["q"]["data"].as_array().unwrap().clone()
 }
 
@@ -177,14 +187,22 @@ on_both!(post_hooks_run_grouped_and_in_order, |kind| async move {
         .iter()
         .map(|r| json!([r["name"], r["qty"]]))
         .collect();
-    assert_eq!(names, vec![json!(["x", 9]), json!(["z", 3]), json!(["w", 4])]);
+    assert_eq!(
+        names,
+        vec![json!(["x", 9]), json!(["z", 3]), json!(["w", 4])]
+    );
 });
 
 on_both!(a_throw_rolls_back_everything, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     // UserError: 400 Invalid Request with the message exactly.
-    let (s, b) = insert(&app, &admin, json!([{"_rs": "I", "name": "neg", "qty": -1}])).await;
+    let (s, b) = insert(
+        &app,
+        &admin,
+        json!([{"_rs": "I", "name": "neg", "qty": -1}]),
+    )
+    .await;
     assert_envelope(s, &b, 400);
     assert_eq!(b["title"], "Invalid Request");
     assert_eq!(b["message"], "Quantity must be positive");
@@ -209,7 +227,12 @@ on_both!(a_throw_rolls_back_everything, |kind| async move {
 on_both!(skip_dml_writes_nothing_but_answers, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
-    let (s, b) = insert(&app, &admin, json!([{"_rs": "I", "name": "skip", "qty": 1}])).await;
+    let (s, b) = insert(
+        &app,
+        &admin,
+        json!([{"_rs": "I", "name": "skip", "qty": 1}]),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let row = &b["data"]["i"]["data"][0];
     assert_eq!(row["name"], "skip");
@@ -250,7 +273,12 @@ on_both!(db_calls_keep_grants_and_limits, |kind| async move {
 on_both!(no_recursion_into_the_same_datasource, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
-    let (s, b) = insert(&app, &admin, json!([{"_rs": "I", "name": "copy", "qty": 7}])).await;
+    let (s, b) = insert(
+        &app,
+        &admin,
+        json!([{"_rs": "I", "name": "copy", "qty": 7}]),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let names: Vec<Value> = items(&app, &admin)
         .await
@@ -265,81 +293,112 @@ on_both!(no_recursion_into_the_same_datasource, |kind| async move {
     );
 });
 
-on_both!(an_endless_loop_is_stopped_and_others_are_served, |kind| async move {
-    let app = spawn_with(kind, |c| c.scripts.hook_timeout_ms = 300).await;
-    let admin = app.admin().await;
-    let started = Instant::now();
-    let looping = {
-        let body = json!({"i": {"ds": "Items", "data": [{"_rs": "I", "name": "loop"}]}});
-        let (client, url, jwt) = (
-            app.client.clone(),
-            app.url(&format!("/v1/api?csrf={}", admin.csrf)),
-            admin.jwt.clone(),
+on_both!(
+    an_endless_loop_is_stopped_and_others_are_served,
+    |kind| async move {
+        let app = spawn_with(kind, |c| c.scripts.hook_timeout_ms = 300).await;
+        let admin = app.admin().await;
+        let started = Instant::now();
+        let looping = {
+            let body = json!({"i": {"ds": "Items", "data": [{"_rs": "I", "name": "loop"}]}});
+            let (client, url, jwt) = (
+                app.client.clone(),
+                app.url(&format!("/v1/api?csrf={}", admin.csrf)),
+                admin.jwt.clone(),
+            );
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .header("Authorization", format!("Bearer {jwt}"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        };
+        // Meanwhile other requests are answered.
+        for _ in 0..5 {
+            let t = Instant::now();
+            let (s, _) = app
+                .api(&admin, &json!({"a": {"ds": "Audit", "query": {}}}))
+                .await;
+            assert_eq!(s, 200);
+            assert!(
+                t.elapsed() < Duration::from_millis(250),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        let (s, b) = looping.await.unwrap();
+        assert_script_error(
+            s,
+            &b,
+            "Items.beforeInsert: the script ran longer than its limit",
         );
-        tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .header("Authorization", format!("Bearer {jwt}"))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        })
-    };
-    // Meanwhile other requests are answered.
-    for _ in 0..5 {
-        let t = Instant::now();
-        let (s, _) = app
-            .api(&admin, &json!({"a": {"ds": "Audit", "query": {}}}))
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(300 + 700), "{took:?}");
+        assert!(items(&app, &admin).await.is_empty());
+        // A query hook spinning in a read transaction ends the same way.
+        let (s, b) = app
+            .api(
+                &admin,
+                &json!({"q": {"ds": "Items", "query": {"params": {"spin": true}}}}),
+            )
             .await;
-        assert_eq!(s, 200);
-        assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+        assert_script_error(s, &b, "Items.preQuery: the script ran longer");
     }
-    let (s, b) = looping.await.unwrap();
-    assert_script_error(s, &b, "Items.beforeInsert: the script ran longer than its limit");
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(300 + 700), "{took:?}");
-    assert!(items(&app, &admin).await.is_empty());
-    // A query hook spinning in a read transaction ends the same way.
-    let (s, b) = app
-        .api(
+);
+
+on_both!(
+    functions_run_with_grants_and_their_own_transaction,
+    |kind| async move {
+        let app = spawn(kind).await;
+        let admin = app.admin().await;
+        let vic = app.login("vic", "vic-password-1").await;
+        insert(
+            &app,
             &admin,
-            &json!({"q": {"ds": "Items", "query": {"params": {"spin": true}}}}),
+            json!([{"_rs": "I", "name": "a", "qty": 5}, {"_rs": "I", "name": "b", "qty": 20}]),
         )
         .await;
-    assert_script_error(s, &b, "Items.preQuery: the script ran longer");
-});
-
-on_both!(functions_run_with_grants_and_their_own_transaction, |kind| async move {
-    let app = spawn(kind).await;
-    let admin = app.admin().await;
-    let vic = app.login("vic", "vic-password-1").await;
-    insert(&app, &admin, json!([{"_rs": "I", "name": "a", "qty": 5}, {"_rs": "I", "name": "b", "qty": 20}])).await;
-    let (s, b) = call(&app, &vic, "payroll/calc/summary", json!({"min": 1})).await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(b, json!({"status": "OK", "data": {"count": 2, "total": 25, "user": "vic"}}));
-    // Granted only `summary`: 403 for the rest, before looking the function up.
-    let (s, b) = call(&app, &vic, "payroll/calc/write", json!({"name": "v"})).await;
-    assert_envelope(s, &b, 403);
-    let (s, b) = call(&app, &vic, "payroll/nothing/x", json!({})).await;
-    assert_envelope(s, &b, 403);
-    // Granted but missing: 404.
-    let (s, b) = call(&app, &admin, "payroll/calc/missing", json!({})).await;
-    assert_envelope(s, &b, 404);
-    let (s, b) = call(&app, &admin, "payroll/calc/notAFunction", json!({})).await;
-    assert_envelope(s, &b, 404);
-    // One transaction per call: a throw after a write leaves nothing.
-    let (s, b) = call(&app, &admin, "payroll/calc/write", json!({"name": "t", "fail": true})).await;
-    assert_envelope(s, &b, 400);
-    assert_eq!(b["message"], "refused after writing t");
-    assert_eq!(items(&app, &admin).await.len(), 2);
-    let (s, b) = call(&app, &admin, "payroll/calc/write", json!({"name": "t"})).await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(b["data"]["note"], "checked", "Items' hooks run for a function's db calls");
-    assert_eq!(items(&app, &admin).await.len(), 3);
-});
+        let (s, b) = call(&app, &vic, "payroll/calc/summary", json!({"min": 1})).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(
+            b,
+            json!({"status": "OK", "data": {"count": 2, "total": 25, "user": "vic"}})
+        );
+        // Granted only `summary`: 403 for the rest, before looking the function up.
+        let (s, b) = call(&app, &vic, "payroll/calc/write", json!({"name": "v"})).await;
+        assert_envelope(s, &b, 403);
+        let (s, b) = call(&app, &vic, "payroll/nothing/x", json!({})).await;
+        assert_envelope(s, &b, 403);
+        // Granted but missing: 404.
+        let (s, b) = call(&app, &admin, "payroll/calc/missing", json!({})).await;
+        assert_envelope(s, &b, 404);
+        let (s, b) = call(&app, &admin, "payroll/calc/notAFunction", json!({})).await;
+        assert_envelope(s, &b, 404);
+        // One transaction per call: a throw after a write leaves nothing.
+        let (s, b) = call(
+            &app,
+            &admin,
+            "payroll/calc/write",
+            json!({"name": "t", "fail": true}),
+        )
+        .await;
+        assert_envelope(s, &b, 400);
+        assert_eq!(b["message"], "refused after writing t");
+        assert_eq!(items(&app, &admin).await.len(), 2);
+        let (s, b) = call(&app, &admin, "payroll/calc/write", json!({"name": "t"})).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(
+            b["data"]["note"], "checked",
+            "Items' hooks run for a function's db calls"
+        );
+        assert_eq!(items(&app, &admin).await.len(), 3);
+    }
+);
 
 on_both!(the_sample_scripts_run_as_written, |kind| async move {
     // A local "external" REST service for db.fetch.
@@ -352,14 +411,29 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, service).await });
-    let app = spawn_with(kind, |c| c.scripts.fetch_allow = vec![format!("127.0.0.1:{port}")]).await;
+    let app = spawn_with(kind, |c| {
+        c.scripts.fetch_allow = vec![format!("127.0.0.1:{port}")]
+    })
+    .await;
     let admin = app.admin().await;
-    let (s, b) = call(&app, &admin, "samples/insert", json!({"name": "bolt", "qty": 3})).await;
+    let (s, b) = call(
+        &app,
+        &admin,
+        "samples/insert",
+        json!({"name": "bolt", "qty": 3}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     // A JS Date becomes the UTC date of a Date attribute.
     assert_eq!(b["data"]["madeOn"], "2024-02-29");
     let id = b["data"]["partId"].clone();
-    call(&app, &admin, "samples/insert", json!({"name": "nut", "qty": 1})).await;
+    call(
+        &app,
+        &admin,
+        "samples/insert",
+        json!({"name": "nut", "qty": 1}),
+    )
+    .await;
     let (s, b) = call(&app, &admin, "samples/fetchMany", json!({})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["data"].as_array().unwrap().len(), 2);
@@ -382,7 +456,10 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
     )
     .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["data"], json!({"status": 200, "body": {"received": {"ping": 1}}}));
+    assert_eq!(
+        b["data"],
+        json!({"status": 200, "body": {"received": {"ping": 1}}})
+    );
     // A host outside the allow-list is refused.
     let (s, b) = call(
         &app,
@@ -391,7 +468,11 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
         json!({"url": "http://localhost:9/echo"}),
     )
     .await;
-    assert_script_error(s, &b, "samples.external: Error: db.fetch: host `localhost` is not in the allow-list");
+    assert_script_error(
+        s,
+        &b,
+        "samples.external: Error: db.fetch: host `localhost` is not in the allow-list",
+    );
     let (s, b) = call(&app, &admin, "samples/sql", json!({})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(
@@ -405,27 +486,33 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
     assert_eq!(b["data"]["items"], 3);
 });
 
-on_both!(a_script_that_does_not_compile_fails_the_load, |kind| async move {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture(), dir.path());
-    std::fs::write(
-        dir.path().join("datasources/Items.postQuery.js"),
-        "for (const r of rows) {\n  r.x = ;\n}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("datasources/Items.preQuery.ts"), "return;").unwrap();
-    let db = TestDb::new(kind).await;
-    let config = server::Config {
-        app_dirs: vec![dir.path().to_path_buf()],
-        ..db.config()
-    };
-    let Err(e) = server::Server::build(config, None).await else {
-        panic!("the load should fail");
-    };
-    let e = format!("{e:?}");
-    assert!(e.contains("datasources/Items.postQuery.js:2"), "{e}");
-    assert!(e.contains("Items.preQuery.js and datasources/Items.preQuery.ts"), "{e}");
-});
+on_both!(
+    a_script_that_does_not_compile_fails_the_load,
+    |kind| async move {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&fixture(), dir.path());
+        std::fs::write(
+            dir.path().join("datasources/Items.postQuery.js"),
+            "for (const r of rows) {\n  r.x = ;\n}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("datasources/Items.preQuery.ts"), "return;").unwrap();
+        let db = TestDb::new(kind).await;
+        let config = server::Config {
+            app_dirs: vec![dir.path().to_path_buf()],
+            ..db.config()
+        };
+        let Err(e) = server::Server::build(config, None).await else {
+            panic!("the load should fail");
+        };
+        let e = format!("{e:?}");
+        assert!(e.contains("datasources/Items.postQuery.js:2"), "{e}");
+        assert!(
+            e.contains("Items.preQuery.js and datasources/Items.preQuery.ts"),
+            "{e}"
+        );
+    }
+);
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for e in std::fs::read_dir(from).unwrap().flatten() {
