@@ -564,7 +564,7 @@ impl Worker {
 }
 
 fn is_resource_error(m: &str) -> bool {
-    m.contains("out of memory") || m.contains("stack overflow")
+    m.contains("out of memory") || m.contains("stack overflow") || m.contains("null was thrown")
 }
 
 /// The error an execution's rejection reason means.
