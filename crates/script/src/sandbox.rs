@@ -564,7 +564,14 @@ impl Worker {
 }
 
 fn is_resource_error(m: &str) -> bool {
-    m.contains("out of memory") || m.contains("stack overflow") || m.contains("null was thrown")
+    [
+        "out of memory",
+        "stack overflow",
+        "call stack size exceeded",
+        "null was thrown",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 /// The error an execution's rejection reason means.

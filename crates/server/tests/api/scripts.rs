@@ -352,6 +352,43 @@ on_both!(
 );
 
 on_both!(
+    memory_and_stack_limits_fail_the_request_not_the_server,
+    |kind| async move {
+        let app = spawn_with(kind, |c| c.scripts.memory_limit_mib = 16).await;
+        let admin = app.admin().await;
+        let q = |p: Value| json!({"q": {"ds": "Items", "query": {"params": p}}});
+        let (s, b) = app.api(&admin, &q(json!({"hog": true}))).await;
+        assert_script_error(s, &b, "Items.preQuery: ");
+        let (s, b) = app.api(&admin, &q(json!({"deep": true}))).await;
+        assert_script_error(
+            s,
+            &b,
+            "Items.preQuery: RangeError: Maximum call stack size exceeded",
+        );
+        // Logging works and the server goes on.
+        let b = ok(&app, &admin, q(json!({"log": true}))).await;
+        assert_eq!(b["data"]["q"]["rowsFetched"], 0);
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("cloudio_script_executions_total{outcome=\"error\"} 2"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("cloudio_script_limit_hits_total 2"),
+            "{metrics}"
+        );
+    }
+);
+
+on_both!(
     functions_run_with_grants_and_their_own_transaction,
     |kind| async move {
         let app = spawn(kind).await;
