@@ -195,8 +195,9 @@ def rows_for(res: dict, o: dict) -> list[tuple]:
          "same" if res["check"]["ok"] else "differs",
          "same" if res["check_after"]["ok"] else "differs", "", "identical",
          cp.pf(res["check"]["ok"] and res["check_after"]["ok"])),
-        ("RSS now / peak (VmRSS / VmHWM) at the end", cp.mb(res["rss_end"]["VmRSS"]),
-         cp.mb(res["rss_end"]["VmHWM"]), "", "", ""),
+        ("server RSS at the end, now / peak (VmRSS / VmHWM; one process for both)",
+         f"{cp.mb(res['rss_end']['VmRSS'])} / {cp.mb(res['rss_end']['VmHWM'])}", "", "", "",
+         ""),
     ]
     return rows
 
