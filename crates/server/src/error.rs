@@ -113,6 +113,12 @@ impl From<store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::auth::password::PasswordError> for ApiError {
+    fn from(e: crate::auth::password::PasswordError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<crate::engine::Error> for ApiError {
     fn from(e: crate::engine::Error) -> Self {
         use crate::engine::Error as E;
@@ -124,6 +130,7 @@ impl From<crate::engine::Error> for ApiError {
             E::Script(m) => ApiError::Script(m),
             E::Busy => ApiError::Busy("All script workers are busy; try again shortly.".into()),
             E::Store(e) => ApiError::from(e),
+            E::Internal(m) => ApiError::Internal(m),
         }
     }
 }

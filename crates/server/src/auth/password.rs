@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::error::ApiError;
 
 /// glibc serves an allocation above its mmap threshold with `mmap` and unmaps it on free, but
 /// raises the threshold after such a free, up to 32 MiB on 64-bit systems: from the second hash
@@ -20,6 +19,11 @@ const MMAP_FLOOR_BLOCKS: usize = 33 * 1024;
 
 /// Spare buffers are freed once no hash has run for this long.
 const KEEP_SPARE: Duration = Duration::from_secs(1);
+
+/// Hashing or verifying failed inside the server (never a wrong password: that is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct PasswordError(pub String);
 
 /// Argon2 working memory, reused while logins keep coming (a fresh buffer costs page faults and
 /// zeroing: about a third of a login's CPU) and given back to the system once they stop.
@@ -195,8 +199,8 @@ impl Hasher {
     async fn off_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Hasher) -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+    ) -> Result<T, PasswordError> {
+        let internal = |e: &dyn std::fmt::Display| PasswordError(e.to_string());
         let _permit = self.permits.acquire().await.map_err(|e| internal(&e))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || work(&this))
@@ -205,15 +209,19 @@ impl Hasher {
     }
 
     /// Hashes on the blocking pool.
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         self.off_thread(move |h| h.hash_blocking(&password))
             .await?
-            .map_err(ApiError::Internal)
+            .map_err(PasswordError)
     }
 
     /// Verifies on the blocking pool. `None` (no such user, or no password) verifies against the
     /// dummy hash and fails, taking the same time.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    pub async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordError> {
         self.off_thread(move |h| match hash {
             Some(hash) => h.verify_blocking(&password, &hash),
             None => {

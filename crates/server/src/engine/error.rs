@@ -24,6 +24,9 @@ pub enum Error {
     Busy,
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A failure inside the server (logged; the client sees only the request id).
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +50,10 @@ impl Error {
                 "The database failed to run the statement (details are in the server log).".into()
             }
             Error::Busy => "All script workers are busy.".into(),
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "a script's db call failed inside the server");
+                "The server failed to run this call (details are in the server log).".into()
+            }
             e => e.to_string(),
         }
     }
