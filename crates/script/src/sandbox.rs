@@ -36,12 +36,31 @@ pub struct HostCall {
     reply: mpsc::Sender<Reply>,
 }
 
-type Reply = (u64, Result<Json, String>);
+/// Why a host call failed, as the script will see it.
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// Rejects with an `Error`.
+    Error(String),
+    /// Rejects with a `UserError` (one thrown by a hook further down, say): left uncaught, it
+    /// is the request's 400 with exactly this message.
+    User(String),
+}
+
+type Reply = (u64, Result<Json, Refusal>);
 
 impl HostCall {
     /// Settles the script's promise: `Ok` resolves it with the value, `Err` rejects it with an
     /// `Error` carrying the message.
     pub fn reply(self, result: Result<Json, String>) {
+        self.send(result.map_err(Refusal::Error));
+    }
+
+    /// Rejects the script's promise with a `UserError` carrying the message.
+    pub fn reply_user_error(self, message: String) {
+        self.send(Err(Refusal::User(message)));
+    }
+
+    fn send(self, result: Result<Json, Refusal>) {
         // The execution may have ended meanwhile (its wall clock ran out): nobody to tell.
         let _ = self.reply.send((self.id, result));
     }
@@ -274,7 +293,10 @@ const PRELUDE: &str = r#"(function (host, log, input) {
     return o instanceof Date ? { "$date": o.toISOString() } : v;
   };
   const call = (op, args) => host(op, stringify(args, replacer))
-    .then((v) => v, (m) => { throw new Error(m); });
+    .then((v) => v, (e) => {
+      if (e && e.user) throw new UserError(e.message);
+      throw new Error(e && typeof e === "object" ? e.message : e);
+    });
   const opt = (o) => (o === undefined || o === null ? {} : o);
   const db = Object.freeze({
     find: (ds, query, opts) => call("find", [ds, opt(query), opt(opts)]),
@@ -829,7 +851,14 @@ fn drive<'js>(
             Ok(v) => ctx
                 .json_parse(v.to_string())
                 .and_then(|v| resolve.call::<_, ()>((v,))),
-            Err(m) => reject.call::<_, ()>((m,)),
+            Err(refusal) => {
+                let (message, user) = match refusal {
+                    Refusal::Error(m) => (m, false),
+                    Refusal::User(m) => (m, true),
+                };
+                ctx.json_parse(serde_json::json!({"message": message, "user": user}).to_string())
+                    .and_then(|v| reject.call::<_, ()>((v,)))
+            }
         };
         settled.map_err(|e| thrown(ctx, e))?;
     }

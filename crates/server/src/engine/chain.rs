@@ -451,7 +451,10 @@ async fn run_script<E: Exec>(
         match handle.next().await {
             script::Event::Call(call) => {
                 let result = super::host::serve(exec, ctx, &app, &call.op, &call.args).await;
-                call.reply(result.map_err(|e| e.public_message()));
+                match result {
+                    Err(super::Error::User(m)) => call.reply_user_error(m),
+                    result => call.reply(result.map_err(|e| e.public_message())),
+                }
             }
             script::Event::Done(out) => break out,
         }

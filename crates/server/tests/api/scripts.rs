@@ -214,6 +214,11 @@ on_both!(a_throw_rolls_back_everything, |kind| async move {
     )
     .await;
     assert_script_error(s, &b, "Items.afterInsert: Error: after failed");
+    // A UserError thrown by a hook further down stays a UserError.
+    let (s, b) = insert(&app, &admin, json!([{"_rs": "I", "name": "audit-refuses"}])).await;
+    assert_envelope(s, &b, 400);
+    assert_eq!(b["title"], "Invalid Request");
+    assert_eq!(b["message"], "Audit refused");
     // Any other exception names the app's datasource and hook.
     let (s, b) = insert(&app, &admin, json!([{"_rs": "I", "name": "crash"}])).await;
     assert_script_error(s, &b, "Items.beforeInsert: TypeError");
