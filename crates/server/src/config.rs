@@ -86,6 +86,19 @@ pub struct ScriptsConfig {
     pub fetch_allow: Vec<String>,
     pub fetch_timeout_ms: u64,
     pub fetch_max_bytes: usize,
+    /// `[scripts.apps.<appUid>]`: limits of one app's scripts, over the values above.
+    pub apps: std::collections::BTreeMap<String, AppScriptLimits>,
+}
+
+/// Per-app overrides of the script limits; unset keys keep the `[scripts]` value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppScriptLimits {
+    pub hook_timeout_ms: Option<u64>,
+    pub function_timeout_ms: Option<u64>,
+    pub memory_limit_mib: Option<usize>,
+    pub stack_limit_kib: Option<usize>,
+    pub max_db_calls: Option<u32>,
 }
 
 impl Default for ScriptsConfig {
@@ -100,6 +113,7 @@ impl Default for ScriptsConfig {
             fetch_allow: Vec::new(),
             fetch_timeout_ms: 10_000,
             fetch_max_bytes: 10 << 20,
+            apps: Default::default(),
         }
     }
 }
@@ -180,6 +194,17 @@ impl Config {
                     .into(),
             );
         }
+        for (app, o) in &s.apps {
+            if o.hook_timeout_ms == Some(0)
+                || o.function_timeout_ms == Some(0)
+                || o.memory_limit_mib.is_some_and(|m| m < 4)
+                || o.stack_limit_kib.is_some_and(|k| k < 64)
+            {
+                problems.push(format!(
+                    "[scripts.apps.{app}]: timeouts must be positive, memory_limit_mib at least 4, stack_limit_kib at least 64"
+                ));
+            }
+        }
         if self.max_inflight_requests == 0 {
             problems.push("max_inflight_requests must be at least 1".into());
         }
@@ -193,21 +218,31 @@ impl Config {
     /// The engine's part of the configuration.
     pub fn engine_settings(&self) -> crate::engine::Settings {
         let s = &self.scripts;
-        let hook = script::Limits {
-            wall: Duration::from_millis(s.hook_timeout_ms),
-            memory_bytes: s.memory_limit_mib << 20,
-            stack_bytes: s.stack_limit_kib << 10,
-            max_host_calls: s.max_db_calls,
+        let limits = |o: &AppScriptLimits| {
+            let hook = script::Limits {
+                wall: Duration::from_millis(o.hook_timeout_ms.unwrap_or(s.hook_timeout_ms)),
+                memory_bytes: o.memory_limit_mib.unwrap_or(s.memory_limit_mib) << 20,
+                stack_bytes: o.stack_limit_kib.unwrap_or(s.stack_limit_kib) << 10,
+                max_host_calls: o.max_db_calls.unwrap_or(s.max_db_calls),
+            };
+            let function = script::Limits {
+                wall: Duration::from_millis(o.function_timeout_ms.unwrap_or(s.function_timeout_ms)),
+                ..hook
+            };
+            (hook, function)
         };
+        let (hook, function) = limits(&AppScriptLimits::default());
         crate::engine::Settings {
             default_limit: self.query_default_limit,
             max_limit: self.query_max_limit,
             max_depth: self.query_max_depth,
             hook_limits: hook,
-            function_limits: script::Limits {
-                wall: Duration::from_millis(s.function_timeout_ms),
-                ..hook
-            },
+            function_limits: function,
+            app_limits: s
+                .apps
+                .iter()
+                .map(|(app, o)| (app.clone(), limits(o)))
+                .collect(),
             fetch_allow: s.fetch_allow.clone(),
             fetch_timeout: Duration::from_millis(s.fetch_timeout_ms),
             fetch_max_bytes: s.fetch_max_bytes,

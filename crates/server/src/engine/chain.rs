@@ -395,7 +395,7 @@ fn run_hook<'a, E: Exec>(
             request_id: ctx.who.request_id.clone(),
             session: session_info(ctx.who, &a.ds.app_uid),
             input: json!({"query": query, "rows": rows, "keys": keys}),
-            limits: ctx.engine.settings.hook_limits,
+            limits: ctx.engine.limits(&a.ds.app_uid).0,
         };
         let out = run_script(exec, ctx, execution, Some((&a.ds.app_uid, &a.ds.name))).await?;
         let skip_flag = if matches!(hook, Hook::PreQuery) {
@@ -498,7 +498,7 @@ pub(crate) async fn run_function(
         request_id: who.request_id.clone(),
         session: session_info(who, app),
         input: json!({"arg": arg, "keys": []}),
-        limits: engine.settings.function_limits,
+        limits: engine.limits(app).1,
     };
     let mut tx = exec::Lazy::new(&engine.store.db);
     let out = run_script(&mut tx, &mut ctx, execution, None).await?;

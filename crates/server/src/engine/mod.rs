@@ -63,6 +63,8 @@ pub struct Settings {
     pub max_depth: usize,
     pub hook_limits: script::Limits,
     pub function_limits: script::Limits,
+    /// Per-app overrides: app -> (hook limits, function limits).
+    pub app_limits: std::collections::HashMap<String, (script::Limits, script::Limits)>,
     /// Hosts `db.fetch` may reach (exact host names, or `host:port`).
     pub fetch_allow: Vec<String>,
     pub fetch_timeout: std::time::Duration,
@@ -114,6 +116,15 @@ impl Engine {
             settings,
             http,
         }))
+    }
+
+    /// The limits of `app`'s hooks and functions.
+    pub fn limits(&self, app: &str) -> (script::Limits, script::Limits) {
+        let s = &self.settings;
+        s.app_limits
+            .get(app)
+            .copied()
+            .unwrap_or((s.hook_limits, s.function_limits))
     }
 
     fn compile_options(&self, today: chrono::NaiveDate) -> CompileOptions {

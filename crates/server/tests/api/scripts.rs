@@ -301,7 +301,17 @@ on_both!(no_recursion_into_the_same_datasource, |kind| async move {
 on_both!(
     an_endless_loop_is_stopped_and_others_are_served,
     |kind| async move {
-        let app = spawn_with(kind, |c| c.scripts.hook_timeout_ms = 300).await;
+        // The app's own limit (`[scripts.apps.hooks]`) wins over the global one.
+        let app = spawn_with(kind, |c| {
+            c.scripts.apps.insert(
+                "hooks".into(),
+                server::config::AppScriptLimits {
+                    hook_timeout_ms: Some(300),
+                    ..Default::default()
+                },
+            );
+        })
+        .await;
         let admin = app.admin().await;
         let started = Instant::now();
         let looping = {
