@@ -204,14 +204,14 @@ pub(crate) async fn run_post<E: Exec>(
         return Err(Error::Invalid(format!("{}: not a post", a.name)));
     };
     let started = Instant::now();
-    let out = if a.hooks.is_empty() {
+    let out = if !a.hooks.is_empty() {
+        run_post_hooked(exec, ctx, a, json).await?
+    } else if let Some(b) = a.builtin {
         let mut rows = rows.clone();
-        if let Some(b) = a.builtin {
-            b.before(ctx, &mut rows).await?;
-        }
+        b.before(ctx, &mut rows).await?;
         write_rows(exec, ctx, a, &rows).await?
     } else {
-        run_post_hooked(exec, ctx, a, json).await?
+        write_rows(exec, ctx, a, rows).await?
     };
     let mut result = Map::new();
     let posted = out.len();
@@ -237,9 +237,10 @@ async fn write_rows<E: Exec>(
         user: &user,
         now: ctx.now,
     };
+    let ret = exec::Returning::of(&a.ds);
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let stored = exec::write_row(exec, &wctx, &a.name, &a.ds, i, row).await?;
+        let stored = exec::write_row(exec, &wctx, &a.name, &a.ds, &ret, i, row).await?;
         if let Some(b) = a.builtin {
             b.after(exec, ctx, row, &stored).await?;
         }

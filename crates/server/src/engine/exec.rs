@@ -259,20 +259,33 @@ fn row_error(alias: &str, i: usize, e: store::StoreError) -> Error {
     }
 }
 
+/// What a write returns, computed once per alias: the columns and their types.
+pub(crate) struct Returning {
+    columns: Vec<OutputColumn>,
+    types: Vec<AttrType>,
+}
+
+impl Returning {
+    pub fn of(ds: &Datasource) -> Returning {
+        let columns = returning_columns(ds);
+        let types = columns.iter().map(|c| c.ty).collect();
+        Returning { columns, types }
+    }
+}
+
 /// Writes one row; returns it as it now stands (deleted rows as they were).
 pub(crate) async fn write_row<E: Exec>(
     exec: &mut E,
     wctx: &WriteContext<'_>,
     alias: &str,
     ds: &Datasource,
+    ret: &Returning,
     i: usize,
     row: &WriteRow,
 ) -> Result<Json> {
-    let columns = returning_columns(ds);
-    let types: Vec<AttrType> = columns.iter().map(|c| c.ty).collect();
     let st = write_statement(alias, ds, row, wctx)?;
     let returned = exec
-        .fetch_all(&st.sql, &st.params, &types)
+        .fetch_all(&st.sql, &st.params, &ret.types)
         .await
         .map_err(|e| row_error(alias, i, e))?;
     let Some(stored) = returned.into_iter().next() else {
@@ -290,5 +303,5 @@ pub(crate) async fn write_row<E: Exec>(
             Error::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
         });
     };
-    Ok(to_json_row(&columns, stored))
+    Ok(to_json_row(&ret.columns, stored))
 }
