@@ -311,7 +311,7 @@ fn attached_apps(dir: &Path) -> Vec<(String, String)> {
             continue;
         };
         if path.extension().and_then(|e| e.to_str()) == Some("db")
-            && stem != "cloudio"
+            && stem != crate::PLATFORM_APP
             && query::meta::is_identifier(stem)
         {
             out.push((stem.to_string(), path.to_string_lossy().replace('\'', "''")));

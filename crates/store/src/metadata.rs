@@ -377,7 +377,7 @@ impl Store {
             }
             Db::Sqlite { dir, .. } => {
                 // The app's file may be new since the pool was opened: ask it directly.
-                let file = if app_uid == "cloudio" {
+                let file = if app_uid == crate::PLATFORM_APP {
                     dir.join("cloudio.db")
                 } else {
                     dir.join(format!("{}.db", app_schema(app_uid)))

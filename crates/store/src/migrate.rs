@@ -160,7 +160,7 @@ pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Rep
             let mut tracking = pool.acquire().await?;
             tracking.execute(TRACKING_SQLITE).await?;
             drop(tracking);
-            let file = if app_uid == "cloudio" {
+            let file = if app_uid == crate::PLATFORM_APP {
                 dir.join("cloudio.db")
             } else {
                 dir.join(format!("{schema}.db"))
@@ -283,7 +283,7 @@ async fn run_sqlite(
                 note_changed(&mut report, app_uid, m, old);
                 return Ok(false);
             }
-            if app_uid == "cloudio" {
+            if app_uid == crate::PLATFORM_APP {
                 apply_statements(&mut Raw::Sqlite(&mut tracking), m).await?;
             } else {
                 if app_conn.is_none() {
