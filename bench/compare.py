@@ -799,14 +799,15 @@ def measure_scripts(opts, tmp: str, logdir: str, js: dict, pb: dict, pb_tok: str
                     loadavgs: dict) -> dict:
     """W5 and W6 on processes that load the scripts (ours: the `ours-js` data directory;
     PocketBase: `--hooksDir`), then our peak RSS with as many script workers as connections."""
-    out: dict = {"conns": opts.script_conns}
+    out: dict = {"conns": opts.script_conns, "pb_hooks_pool": opts.pb_hooks_pool}
 
     def ours(extra=None) -> Server:
         return Server("ours", opts.bin, js["data_dir"], js["logfile"], extra_args=extra)
 
     def pbs() -> Server:
+        pool = ["--hooksPool", str(opts.pb_hooks_pool)] if opts.pb_hooks_pool else []
         return Server("pb", opts.pocketbase, pb["data_dir"], pb["logfile"],
-                      extra_args=["--hooksDir", pb["hooks_dir"]])
+                      extra_args=["--hooksDir", pb["hooks_dir"]] + pool)
 
     # Login (Argon2 / bcrypt: kept out of the measured processes' memory) and checks.
     o, p = ours().start(), pbs().start()
@@ -1270,7 +1271,9 @@ def script_header(res: dict) -> list[str]:
     return [f"- W5/W6: fresh processes that load scripts (ours: app `{APP_UID}` with "
             f"`functions/{FN_MODULE}.js` and `{HOOKED_DS}.postQuery.js`, "
             f"{sc.get('workers') or '?'} script workers, the default: one per core; "
-            "PocketBase: `--hooksDir` with one `bench.pb.js`, JSVM pool at its default); "
+            "PocketBase: `--hooksDir` with one `bench.pb.js`, "
+            + (f"`--hooksPool {sc['pb_hooks_pool']}`" if sc.get("pb_hooks_pool")
+               else "JSVM pool at its default (15)") + "); "
             f"W5 POSTs `{json.dumps(W5_ARG)}` to both (ours `/v1/fn/{APP_UID}/{FN_MODULE}/"
             f"{FN_NAME}`, PocketBase `{W5_PB_PATH}` behind `$apis.requireAuth()`), W6 is W1 "
             f"(ours on `{HOOKED_DS}`)"]
@@ -1343,6 +1346,9 @@ def main() -> int:
     ap.add_argument("--script-workers-peak", type=int, default=64, metavar="N",
                     help="last phase: W5 on our server configured with N script workers "
                          "([scripts] workers), its peak RSS; 0 skips it")
+    ap.add_argument("--pb-hooks-pool", type=int, default=0, metavar="N",
+                    help="PocketBase's --hooksPool for W5/W6 (default: not given, its default "
+                         "of 15 prewarmed JS runtimes)")
     ap.add_argument("--no-scripts", dest="scripts", action="store_false",
                     help="skip W5, W6 and the script RSS (the run of W1-W4 only)")
     ap.add_argument("--check-sample", type=int, default=200, help="keys compared for W2")
@@ -1404,7 +1410,7 @@ def main() -> int:
     opts_d = {k: getattr(opts, k) for k in ("rows", "duration", "warmup", "rounds", "runs",
                                             "threads", "read_conns", "write_conns", "peak_conns",
                                             "load_threshold", "smoke", "scripts", "script_conns",
-                                            "script_workers_peak")}
+                                            "script_workers_peak", "pb_hooks_pool")}
     doc = {"started": started, "machine": machine_facts(), "versions": versions,
            "opts": opts_d, "results": res}
     text = report(doc)
