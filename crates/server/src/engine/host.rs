@@ -30,7 +30,8 @@ pub(crate) async fn serve<E: Exec>(
                 ds_name(&arg(0)).ok_or_else(|| bad("the first argument is a datasource name"))?;
             let opts = arg(2);
             let target = app_option(&opts).map_err(|m| bad(&m))?;
-            let mut q = untag(arg(1), None);
+            let def = plan::resolve(ctx, &what, &ds, target.as_deref(), &[])?;
+            let mut q = untag(arg(1), Some(&def), false);
             if op == "findOne"
                 && let Json::Object(m) = &mut q
                 && !m.contains_key("limit")
@@ -72,7 +73,7 @@ pub(crate) async fn serve<E: Exec>(
             let def = plan::resolve(ctx, &what, &ds, target.as_deref(), &[])?;
             let mut posted = Vec::with_capacity(rows.len());
             for (i, row) in rows.into_iter().enumerate() {
-                let Json::Object(mut m) = untag(row, Some(&def)) else {
+                let Json::Object(mut m) = untag(row, Some(&def), false) else {
                     return Err(bad(&format!("row {i} is not an object")));
                 };
                 match m.get("_rs").and_then(Json::as_str) {
@@ -142,36 +143,34 @@ fn app_option(opts: &Json) -> std::result::Result<Option<String>, String> {
     }
 }
 
-/// Turns the sandbox's tagged JS dates (`{"$date": iso}`) into values: a `Date` attribute of
-/// `ds` gets the UTC date, anything else the ISO-8601 instant.
-fn untag(v: Json, ds: Option<&Datasource>) -> Json {
-    fn date_of(v: &Json) -> Option<&str> {
-        match v {
-            Json::Object(m) if m.len() == 1 => m.get("$date").and_then(Json::as_str),
-            _ => None,
-        }
-    }
+/// Turns the sandbox's tagged JS dates (`{"$date": iso}`) into values: under an attribute of
+/// type `Date` of `ds` (a row's value, or a filter's operands), the UTC date; anywhere else the
+/// ISO-8601 instant.
+fn untag(v: Json, ds: Option<&Datasource>, date: bool) -> Json {
     match v {
         Json::Object(m) => {
-            if let Some(iso) = date_of(&Json::Object(m.clone())) {
-                return Json::String(iso.to_string());
+            if m.len() == 1
+                && let Some(Json::String(iso)) = m.get("$date")
+            {
+                return Json::String(if date {
+                    iso.chars().take(10).collect()
+                } else {
+                    iso.clone()
+                });
             }
-            let out: Map<String, Json> = m
-                .into_iter()
-                .map(|(k, v)| {
-                    let is_date = ds
-                        .and_then(|d| d.attribute(&k))
-                        .is_some_and(|a| a.ty == AttrType::Date);
-                    let v = match (is_date, date_of(&v)) {
-                        (true, Some(iso)) => Json::String(iso.chars().take(10).collect()),
-                        _ => untag(v, ds),
-                    };
-                    (k, v)
-                })
-                .collect();
-            Json::Object(out)
+            Json::Object(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        let is_date = date
+                            || ds
+                                .and_then(|d| d.attribute(&k))
+                                .is_some_and(|a| a.ty == AttrType::Date);
+                        (k, untag(v, ds, is_date))
+                    })
+                    .collect(),
+            )
         }
-        Json::Array(items) => Json::Array(items.into_iter().map(|v| untag(v, ds)).collect()),
+        Json::Array(items) => Json::Array(items.into_iter().map(|v| untag(v, ds, date)).collect()),
         v => v,
     }
 }

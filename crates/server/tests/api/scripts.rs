@@ -491,6 +491,9 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
     assert_eq!(b["data"].as_array().unwrap().len(), 2);
     let (_, b) = call(&app, &admin, "samples/fetchOne", json!({"name": "nut"})).await;
     assert_eq!(b["data"]["qty"], 1);
+    let (s, b) = call(&app, &admin, "samples/madeOn", json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["data"].as_array().unwrap().len(), 2, "{b}");
     let (_, b) = call(&app, &admin, "samples/fetchOne", json!({"name": "none"})).await;
     assert_eq!(b["data"], Value::Null);
     let (s, b) = call(&app, &admin, "samples/duplicate", json!({"partId": id})).await;
