@@ -68,6 +68,13 @@ pub struct Config {
     pub demo: bool,
     /// Server-side scripts (`[scripts]`).
     pub scripts: ScriptsConfig,
+    /// Rows one `/v1/api` request may ask for across its query aliases (sum of their limits).
+    pub request_max_rows: u64,
+    /// Bytes (about) one request's answer may hold across its aliases.
+    pub request_max_bytes: usize,
+    /// `/v1/api` and function requests of one user handled at once (0: half the pool's
+    /// connections, at least 1); more wait in line, so one user cannot take every connection.
+    pub user_max_inflight: usize,
 }
 
 /// `[scripts]`: the sandbox's pool and the limits of each execution.
@@ -146,6 +153,9 @@ impl Default for Config {
             app_dirs: Vec::new(),
             demo: false,
             scripts: ScriptsConfig::default(),
+            request_max_rows: 20_000,
+            request_max_bytes: 32 << 20,
+            user_max_inflight: 0,
         }
     }
 }
@@ -205,6 +215,9 @@ impl Config {
                 ));
             }
         }
+        if self.request_max_rows < self.query_max_limit {
+            problems.push("request_max_rows must be at least query_max_limit".into());
+        }
         if self.max_inflight_requests == 0 {
             problems.push("max_inflight_requests must be at least 1".into());
         }
@@ -243,6 +256,13 @@ impl Config {
                 .iter()
                 .map(|(app, o)| (app.clone(), limits(o)))
                 .collect(),
+            request_max_rows: self.request_max_rows,
+            request_max_bytes: self.request_max_bytes,
+            user_max_inflight: if self.user_max_inflight == 0 {
+                (self.max_connections as usize / 2).max(1)
+            } else {
+                self.user_max_inflight
+            },
             fetch_allow: s.fetch_allow.clone(),
             fetch_timeout: Duration::from_millis(s.fetch_timeout_ms),
             fetch_max_bytes: s.fetch_max_bytes,

@@ -98,6 +98,10 @@ impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         match e {
             store::StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            store::StoreError::Busy(detail) => {
+                tracing::warn!(%detail, "a request waited too long for a database connection");
+                ApiError::Busy("The server is busy; try again shortly.".into())
+            }
             store::StoreError::Duplicate(_) => {
                 ApiError::Conflict("A row with the same key already exists.".into())
             }

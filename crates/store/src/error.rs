@@ -5,6 +5,10 @@ pub enum StoreError {
     /// The database cannot be reached (connection refused, pool timed out, closed).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every connection of the pool stayed in use for the whole acquire timeout: the server is
+    /// busy, the database is not down.
+    #[error("no database connection became free: {0}")]
+    Busy(String),
     /// A unique or primary-key constraint was violated.
     #[error("duplicate value: {0}")]
     Duplicate(String),
@@ -58,7 +62,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error as E;
         match &e {
-            E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {
+            E::PoolTimedOut => StoreError::Busy(e.to_string()),
+            E::Io(_) | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {
                 StoreError::Unavailable(e.to_string())
             }
             E::Database(db) => {

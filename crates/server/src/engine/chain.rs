@@ -35,6 +35,20 @@ pub(crate) async fn run_request(
         .iter()
         .map(|(alias, spec)| plan::plan_alias(&ctx, alias, spec))
         .collect::<Result<Vec<_>>>()?;
+    let asked: u64 = plan
+        .iter()
+        .map(|a| match &a.work {
+            Work::Query { asked, .. } => *asked,
+            Work::Post { .. } => 0,
+        })
+        .sum();
+    let max_rows = engine.settings.request_max_rows;
+    if asked > max_rows {
+        return Err(Error::Invalid(format!(
+            "this request asks for up to {asked} rows across its aliases; at most {max_rows} per request (request_max_rows)"
+        )));
+    }
+    let _turn = engine.user_turn(who).await;
     let writes = plan.iter().any(AliasPlan::is_post);
     let hooks = plan.iter().any(AliasPlan::has_hooks);
     let store = &engine.store;
@@ -97,6 +111,22 @@ pub(crate) async fn run_request(
     })
 }
 
+/// About the size of `v` as JSON text (strings without their escapes), without writing it.
+fn json_size(v: &Json) -> usize {
+    match v {
+        Json::Null | Json::Bool(_) => 5,
+        Json::Number(_) => 12,
+        Json::String(s) => s.len() + 2,
+        Json::Array(a) => 2 + a.iter().map(|v| json_size(v) + 1).sum::<usize>(),
+        Json::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
+        }
+    }
+}
+
 fn post_rows(a: &AliasPlan) -> usize {
     match &a.work {
         Work::Post { rows, .. } => rows.len(),
@@ -114,8 +144,17 @@ async fn run_plan<E: Exec>(
     for a in plan.iter().filter(|a| a.is_post()) {
         results.push((a.name.clone(), run_post(exec, ctx, a).await?));
     }
+    let mut bytes = 0usize;
+    let max_bytes = ctx.engine.settings.request_max_bytes;
     for a in plan.iter().filter(|a| !a.is_post()) {
-        results.push((a.name.clone(), run_query(exec, ctx, a).await?));
+        let result = run_query(exec, ctx, a).await?;
+        bytes = bytes.saturating_add(json_size(&result));
+        if bytes > max_bytes {
+            return Err(Error::Invalid(format!(
+                "the answer to this request would exceed {max_bytes} bytes (request_max_bytes); ask for fewer rows or attributes"
+            )));
+        }
+        results.push((a.name.clone(), result));
     }
     Ok(results)
 }
@@ -127,7 +166,7 @@ pub(crate) async fn run_query<E: Exec>(
     ctx: &mut Ctx<'_>,
     a: &AliasPlan,
 ) -> Result<Json> {
-    let Work::Query { json, compiled } = &a.work else {
+    let Work::Query { json, compiled, .. } = &a.work else {
         return Err(Error::Invalid(format!("{}: not a query", a.name)));
     };
     let started = Instant::now();
@@ -488,6 +527,7 @@ pub(crate) async fn run_function(
             "app `{app}` has no function module `{module}`"
         )));
     };
+    let _turn = engine.user_turn(who).await;
     let mut ctx = Ctx::new(engine, who);
     let execution = script::Execution {
         program: script::Program::Function {

@@ -42,6 +42,7 @@ impl Error {
             Error::Store(store::StoreError::Constraint(_)) => {
                 "A value was rejected by the database (type, length or a required value).".into()
             }
+            Error::Store(store::StoreError::Busy(_)) => "The server is busy.".into(),
             Error::Store(store::StoreError::Unavailable(_)) => {
                 "The database is unavailable.".into()
             }

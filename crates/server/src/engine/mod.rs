@@ -22,7 +22,10 @@ mod exec;
 mod host;
 mod plan;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use chrono::{DateTime, Utc};
 use query::CompileOptions;
@@ -69,6 +72,12 @@ pub struct Settings {
     pub fetch_allow: Vec<String>,
     pub fetch_timeout: std::time::Duration,
     pub fetch_max_bytes: usize,
+    /// Rows a request may ask for across its query aliases (the sum of their limits).
+    pub request_max_rows: u64,
+    /// Bytes (about) a request's answer may hold across its aliases.
+    pub request_max_bytes: usize,
+    /// Requests of one user handled at once by the engine; more wait their turn.
+    pub user_max_inflight: usize,
 }
 
 /// What a `/v1/api` request produced.
@@ -91,6 +100,28 @@ pub struct Inner {
     pub scripts: script::Pool,
     pub settings: Settings,
     http: reqwest::Client,
+    users: std::sync::Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+}
+
+/// One of a user's in-flight slots; dropping it gives it back (and forgets the user when
+/// nothing of theirs is running).
+pub(crate) struct UserTurn<'e> {
+    engine: &'e Engine,
+    key: (String, String),
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for UserTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if let Ok(mut users) = self.engine.users.lock()
+            && let Some(sem) = users.get(&self.key)
+            && Arc::strong_count(sem) == 1
+            && sem.available_permits() == self.engine.settings.user_max_inflight
+        {
+            users.remove(&self.key);
+        }
+    }
 }
 
 impl std::ops::Deref for Engine {
@@ -115,7 +146,29 @@ impl Engine {
             scripts: script::Pool::new(workers),
             settings,
             http,
+            users: Default::default(),
         }))
+    }
+
+    /// Waits for one of the user's `user_max_inflight` slots: one user's burst queues behind
+    /// itself and leaves the pool's connections to everybody else.
+    pub(crate) async fn user_turn(&self, who: &Principal) -> UserTurn<'_> {
+        let key = (who.org_uid.clone(), who.user_name.clone());
+        let sem = self.users.lock().ok().map(|mut users| {
+            users
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.user_max_inflight)))
+                .clone()
+        });
+        let permit = match sem {
+            Some(sem) => sem.acquire_owned().await.ok(),
+            None => None,
+        };
+        UserTurn {
+            engine: self,
+            key,
+            permit,
+        }
     }
 
     /// The limits of `app`'s hooks and functions.

@@ -21,6 +21,8 @@ pub(crate) enum Work {
         json: Json,
         /// Compiled at plan time, unless a `preQuery` hook may still change the query.
         compiled: Option<Compiled>,
+        /// The most rows the client asked for (its `limit`, or the default).
+        asked: u64,
     },
     Post {
         /// The rows as posted, for hooks (empty when the datasource has no hooks).
@@ -115,6 +117,7 @@ pub(crate) fn plan_query(
     let hooks = hooks_for(ctx, &ds, with_hooks);
     let parsed = parse_query(query.unwrap_or(&Json::Null)).map_err(|e| bad(alias, e))?;
     let compiled = compile_select(&ds, &parsed, &ctx.opts).map_err(|e| bad(alias, e))?;
+    let asked = parsed.limit.unwrap_or(ctx.opts.default_limit);
     let pre = hooks.get(super::Hook::PreQuery).is_some();
     let json = if hooks.is_empty() {
         Json::Null
@@ -129,6 +132,7 @@ pub(crate) fn plan_query(
         work: Work::Query {
             json,
             compiled: (!pre).then_some(compiled),
+            asked,
         },
     })
 }

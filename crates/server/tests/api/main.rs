@@ -5,6 +5,7 @@ mod helpers;
 
 mod apps;
 mod auth;
+mod budget;
 mod crossdb;
 mod errors;
 mod guard;

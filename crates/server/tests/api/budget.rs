@@ -1,0 +1,137 @@
+//! The per-request budget (rows asked for across aliases, bytes answered) and fairness between
+//! users (one user's burst queues behind itself, not in front of everybody).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Kind, TestApp, TestDb, assert_envelope};
+use crate::on_both;
+
+on_both!(
+    rows_asked_for_across_aliases_are_bounded,
+    |kind| async move {
+        let db = TestDb::new(kind).await;
+        let config = server::Config {
+            demo: true,
+            ..db.config()
+        };
+        let app = TestApp::spawn_on(db, config).await;
+        let admin = app.admin().await;
+        let alias = |limit: u64| json!({"ds": "Employees", "query": {"limit": limit}});
+        // 64 aliases at the largest limit each: refused before any SQL, naming the setting.
+        let body: serde_json::Map<String, Value> =
+            (0..64).map(|i| (format!("a{i}"), alias(10_000))).collect();
+        let (s, b) = app.api(&admin, &Value::Object(body)).await;
+        assert_envelope(s, &b, 400);
+        let m = b["message"].as_str().unwrap();
+        assert!(
+            m.contains("640000 rows") && m.contains("request_max_rows"),
+            "{m}"
+        );
+        // Two at the largest limit are within the default budget (20,000).
+        let (s, b) = app
+            .api(&admin, &json!({"a": alias(10_000), "b": alias(10_000)}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["data"]["a"]["rowsFetched"], 1000);
+    }
+);
+
+on_both!(bytes_answered_are_bounded, |kind| async move {
+    let db = TestDb::new(kind).await;
+    let config = server::Config {
+        demo: true,
+        request_max_bytes: 64 * 1024,
+        ..db.config()
+    };
+    let app = TestApp::spawn_on(db, config).await;
+    let admin = app.admin().await;
+    let (s, b) = app
+        .api(
+            &admin,
+            &json!({"a": {"ds": "Employees", "query": {"limit": 1000}}}),
+        )
+        .await;
+    assert_envelope(s, &b, 400);
+    assert!(
+        b["message"].as_str().unwrap().contains("request_max_bytes"),
+        "{b}"
+    );
+    let (s, b) = app
+        .api(
+            &admin,
+            &json!({"a": {"ds": "Employees", "query": {"limit": 50}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+});
+
+on_both!(one_users_burst_does_not_starve_another, |kind| async move {
+    let db = TestDb::new(kind).await;
+    let config = server::Config {
+        app_dirs: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hooks")],
+        max_connections: 2,
+        scripts: server::config::ScriptsConfig {
+            workers: 8,
+            hook_timeout_ms: 5_000,
+            ..Default::default()
+        },
+        ..db.config()
+    };
+    let app = TestApp::spawn_on(db, config).await;
+    let store = &app.state.store;
+    store
+        .grant_role("cloudio", "admin", "hooks", "clerk", "test")
+        .await
+        .unwrap();
+    app.create_user("vic", "vic-password-1").await;
+    store
+        .grant_role("cloudio", "vic", "hooks", "viewer", "test")
+        .await
+        .unwrap();
+    let admin = app.admin().await;
+    let vic = app.login("vic", "vic-password-1").await;
+    // The admin's burst: six requests, each holding a connection for 300 ms.
+    let started = Instant::now();
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (client, url, jwt) = (
+            app.client.clone(),
+            app.url(&format!("/v1/api?csrf={}", admin.csrf)),
+            admin.jwt.clone(),
+        );
+        burst.spawn(async move {
+            let body = json!({"q": {"ds": "Items", "query": {"params": {"busyMs": 300}}}});
+            client
+                .post(url)
+                .header("Authorization", format!("Bearer {jwt}"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another user is answered at once: the burst holds one connection, not both.
+    let t = Instant::now();
+    let (s, b) = app
+        .api(&vic, &json!({"q": {"ds": "Items", "query": {}}}))
+        .await;
+    let vic_took = t.elapsed();
+    assert_eq!(s, 200, "{b}");
+    assert!(vic_took < Duration::from_millis(250), "{vic_took:?}");
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    // The burst ran one at a time (user_max_inflight = half of 2 connections).
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+});
