@@ -281,81 +281,75 @@ fn hook_source(body: &str) -> String {
 /// native functions, and they stay hidden in this closure.
 const PRELUDE: &str = r#"(function (host, log, input) {
   "use strict";
+  // Few function literals on purpose: QuickJS compiles each one again in every fresh context
+  // (about 5 us apiece), so methods share one closure made in a loop.
   const g = globalThis;
-  // Kept here: a script may replace the globals, not what the platform's helpers use.
-  const stringify = JSON.stringify;
-  const parse = JSON.parse;
-  class UserError extends Error {
-    constructor(message) { super(message); this.name = "UserError"; }
+  const stringify = JSON.stringify, parse = JSON.parse, freeze = Object.freeze;
+  function UserError(message) {
+    const e = new Error(message);
+    Object.setPrototypeOf(e, UserError.prototype);
+    return e;
   }
-  const replacer = function (k, v) {
+  UserError.prototype = Object.create(Error.prototype, {
+    constructor: { value: UserError }, name: { value: "UserError" } });
+  function replacer(k, v) {
     const o = this[k];
     return o instanceof Date ? { "$date": o.toISOString() } : v;
-  };
-  const call = (op, args) => host(op, stringify(args, replacer))
-    .then((v) => v, (e) => {
-      if (e && e.user) throw new UserError(e.message);
-      throw new Error(e && typeof e === "object" ? e.message : e);
-    });
-  const opt = (o) => (o === undefined || o === null ? {} : o);
-  const db = Object.freeze({
-    find: (ds, query, opts) => call("find", [ds, opt(query), opt(opts)]),
-    findOne: (ds, query, opts) => call("findOne", [ds, opt(query), opt(opts)]),
-    insertOne: (ds, row, opts) => call("insertOne", [ds, row, opt(opts)]),
-    insertMany: (ds, rows, opts) => call("insertMany", [ds, rows, opt(opts)]),
-    updateOne: (ds, row, opts) => call("updateOne", [ds, row, opt(opts)]),
-    updateMany: (ds, rows, opts) => call("updateMany", [ds, rows, opt(opts)]),
-    deleteOne: (ds, row, opts) => call("deleteOne", [ds, row, opt(opts)]),
-    deleteMany: (ds, rows, opts) => call("deleteMany", [ds, rows, opt(opts)]),
-    executeQuery: (sql, params, platformSchema) =>
-      call("executeQuery", [sql, params === undefined ? [] : params, !!platformSchema]),
-    queryString: (sql, params) => call("queryString", [sql, params === undefined ? [] : params]),
-    executeUpdate: (sql, params) => call("executeUpdate", [sql, params === undefined ? [] : params]),
-    fetch: (url, init) => call("fetch", [String(url), opt(init)]).then((r) => Object.freeze({
-      status: r.status,
-      ok: r.status >= 200 && r.status < 300,
-      headers: r.headers,
-      text: async () => r.body,
-      json: async () => parse(r.body),
-    })),
-  });
-  const text = (args) => args.map((a) => {
-    if (typeof a === "string") return a;
-    try { const s = stringify(a); return s === undefined ? String(a) : s; } catch (e) { return String(a); }
-  }).join(" ");
-  const Logger = Object.freeze({
-    log: (...a) => log("info", text(a)),
-    info: (...a) => log("info", text(a)),
-    debug: (...a) => log("debug", text(a)),
-    warn: (...a) => log("warn", text(a)),
-    error: (...a) => log("error", text(a)),
-  });
+  }
+  function refused(e) {
+    if (e && e.user) throw new UserError(e.message);
+    throw new Error(e && typeof e === "object" ? e.message : e);
+  }
+  function Response(r) {
+    this.status = r.status; this.ok = r.status >= 200 && r.status < 300;
+    this.headers = r.headers; this.body = r.body;
+  }
+  Response.prototype.text = async function () { return this.body; };
+  Response.prototype.json = async function () { return parse(this.body); };
+  function method(op) {
+    return function () {
+      const p = host(op, stringify(Array.prototype.slice.call(arguments), replacer)).then(null, refused);
+      return op === "fetch" ? p.then((r) => freeze(new Response(r))) : p;
+    };
+  }
+  const db = {};
+  for (const op of ["find", "findOne", "insertOne", "insertMany", "updateOne", "updateMany",
+    "deleteOne", "deleteMany", "executeQuery", "queryString", "executeUpdate", "fetch"]) {
+    db[op] = method(op);
+  }
+  function text(args) {
+    let out = "";
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      let s;
+      if (typeof a === "string") s = a;
+      else { try { s = stringify(a); } catch (e) {} if (s === undefined) s = String(a); }
+      out += (i ? " " : "") + s;
+    }
+    return out;
+  }
+  function level(name) { return function () { log(name, text(arguments)); }; }
+  const Logger = { log: level("info"), info: level("info"), debug: level("debug"),
+    warn: level("warn"), error: level("error") };
   const dropped = ["createdBy", "creationDate", "lastUpdatedBy", "lastUpdateDate", "_rs"]
     .concat(input.keys || []);
-  const utils = Object.freeze({
+  const utils = {
     toNewRow(row) {
       const out = {};
-      for (const [k, v] of Object.entries(row || {})) {
-        if (!dropped.includes(k)) out[k] = v;
-      }
+      for (const k in row) if (!dropped.includes(k)) out[k] = row[k];
       return out;
     },
-  });
+  };
   const s = input.session;
-  const session = Object.freeze({
-    userName: () => s.userName,
-    orgUid: () => s.orgUid,
-    appUid: () => s.appUid,
-    roles: () => s.roles.slice(),
+  const session = {};
+  for (const k of ["userName", "orgUid", "appUid", "roles"]) {
+    session[k] = function () { const v = s[k]; return Array.isArray(v) ? v.slice() : v; };
+  }
+  const fixed = (value) => ({ value: freeze(value), writable: false, enumerable: false, configurable: false });
+  Object.defineProperties(g, {
+    db: fixed(db), session: fixed(session), Logger: fixed(Logger), UserError: fixed(UserError),
+    utils: fixed(utils), console: fixed(Logger),
   });
-  const fixed = (name, value) =>
-    Object.defineProperty(g, name, { value, writable: false, enumerable: false, configurable: false });
-  fixed("db", db);
-  fixed("session", session);
-  fixed("Logger", Logger);
-  fixed("UserError", UserError);
-  fixed("utils", utils);
-  fixed("console", Logger);
   if (input.hook) {
     g.query = input.query;
     g.rows = input.rows;
