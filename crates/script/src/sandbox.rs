@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rquickjs::loader::{Loader, Resolver};
 use rquickjs::promise::PromiseState;
-use rquickjs::{Context, Ctx, Function, Module, Promise, Runtime, Value};
+use rquickjs::{Context, Ctx, Function, Module, Object, Persistent, Promise, Runtime, Value};
 use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -279,12 +279,14 @@ fn hook_source(body: &str) -> String {
 
 /// The globals every execution gets; `host(op, json)` and `log(level, text)` are the only
 /// native functions, and they stay hidden in this closure.
-const PRELUDE: &str = r#"(function (host, log, input) {
+const PRELUDE: &str = r#"(function (host, log) {
   "use strict";
-  // Few function literals on purpose: QuickJS compiles each one again in every fresh context
-  // (about 5 us apiece), so methods share one closure made in a loop.
+  // Made once per context and then reused by many executions: per-execution data lives in
+  // `cur` (set by `setup`, cleared by `teardown`), never in anything a script can reach and
+  // change. Few function literals on purpose: compiling each costs a few microseconds.
   const g = globalThis;
   const stringify = JSON.stringify, parse = JSON.parse, freeze = Object.freeze;
+  let cur = null;
   function UserError(message) {
     const e = new Error(message);
     Object.setPrototypeOf(e, UserError.prototype);
@@ -331,52 +333,116 @@ const PRELUDE: &str = r#"(function (host, log, input) {
   function level(name) { return function () { log(name, text(arguments)); }; }
   const Logger = { log: level("info"), info: level("info"), debug: level("debug"),
     warn: level("warn"), error: level("error") };
-  const dropped = ["createdBy", "creationDate", "lastUpdatedBy", "lastUpdateDate", "_rs"]
-    .concat(input.keys || []);
+  const who = ["createdBy", "creationDate", "lastUpdatedBy", "lastUpdateDate", "_rs"];
   const utils = {
     toNewRow(row) {
       const out = {};
-      for (const k in row) if (!dropped.includes(k)) out[k] = row[k];
+      const keys = cur ? cur.keys || [] : [];
+      for (const k in row) if (!who.includes(k) && !keys.includes(k)) out[k] = row[k];
       return out;
     },
   };
-  const s = input.session;
   const session = {};
   for (const k of ["userName", "orgUid", "appUid", "roles"]) {
-    session[k] = function () { const v = s[k]; return Array.isArray(v) ? v.slice() : v; };
+    session[k] = function () {
+      const v = cur ? cur.session[k] : undefined;
+      return Array.isArray(v) ? v.slice() : v;
+    };
   }
   const fixed = (value) => ({ value: freeze(value), writable: false, enumerable: false, configurable: false });
+  const open = { value: undefined, writable: true, enumerable: false, configurable: false };
   Object.defineProperties(g, {
     db: fixed(db), session: fixed(session), Logger: fixed(Logger), UserError: fixed(UserError),
     utils: fixed(utils), console: fixed(Logger),
+    query: open, rows: open, skipQuery: open, skipDML: open,
   });
-  if (input.hook) {
-    g.query = input.query;
-    g.rows = input.rows;
+  // Callbacks that run whenever the collector likes would run inside a later execution.
+  delete g.FinalizationRegistry;
+  delete g.WeakRef;
+  function reset(input) {
+    cur = input;
+    g.query = input ? input.query : undefined;
+    g.rows = input ? input.rows : undefined;
     g.skipQuery = false;
     g.skipDML = false;
   }
-})"#;
-
-/// Runs a hook and hands back the globals it may change.
-const HOOK_RUNNER: &str = r#"(function (hook) {
-  return hook().then(() => ({
-    query: globalThis.query,
-    rows: globalThis.rows,
-    skipQuery: !!globalThis.skipQuery,
-    skipDML: !!globalThis.skipDML,
-  }));
-})"#;
-
-/// Imports a function's module and calls the export.
-const FUNCTION_RUNNER: &str = r#"(function (module, name, arg) {
-  return import(module).then((ns) => {
-    const f = ns[name];
-    if (typeof f !== "function") {
-      throw { __cloudioNotFound: "module `" + module + "` has no exported function `" + name + "`" };
-    }
-    return f(arg);
+  return freeze({
+    setup: reset,
+    teardown() { reset(null); },
+    hook(fn) {
+      return fn().then(() => ({
+        query: g.query, rows: g.rows, skipQuery: !!g.skipQuery, skipDML: !!g.skipDML }));
+    },
+    fn(module, name, arg) {
+      return import(module).then((ns) => {
+        const f = ns[name];
+        if (typeof f !== "function") {
+          throw { __cloudioNotFound: "module `" + module + "` has no exported function `" + name + "`" };
+        }
+        return f(arg);
+      });
+    },
   });
+})"#;
+
+/// Freezes everything a script can reach that outlives an execution: every intrinsic (from
+/// the globals, and those only syntax reaches), the platform's objects, and the global object
+/// itself (only the four hook globals stay writable). Data properties that instances commonly
+/// set on themselves (`name`, `message`, `constructor`, `toString`, ...) become accessors
+/// first, so `this.name = "MyError"` in a subclass still works on a frozen prototype.
+const LOCKDOWN: &str = r#"(function () {
+  "use strict";
+  const g = globalThis;
+  const getProto = Object.getPrototypeOf, ownKeys = Reflect.ownKeys,
+    getDesc = Object.getOwnPropertyDescriptor, define = Object.defineProperty;
+  const overridable = ["constructor", "name", "message", "toString", "valueOf",
+    "toLocaleString", "hasOwnProperty", "isPrototypeOf", "propertyIsEnumerable", "toJSON"];
+  const protos = [Object.prototype, Function.prototype, Array.prototype, Error.prototype,
+    EvalError.prototype, RangeError.prototype, ReferenceError.prototype, SyntaxError.prototype,
+    TypeError.prototype, URIError.prototype, AggregateError.prototype, Promise.prototype,
+    Date.prototype, RegExp.prototype, Map.prototype, Set.prototype, String.prototype,
+    Number.prototype, Boolean.prototype, g.UserError.prototype];
+  for (const proto of protos) {
+    for (const key of overridable) {
+      const d = getDesc(proto, key);
+      if (!d || !("value" in d) || !d.configurable) continue;
+      const value = d.value;
+      define(proto, key, {
+        get() { return value; },
+        set(v) {
+          if (this === proto) throw new TypeError("Cannot assign to read only property '" + key + "'");
+          define(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+        },
+        enumerable: d.enumerable, configurable: false,
+      });
+    }
+  }
+  // The global object is handled below, property by property: the hook globals stay open.
+  const seen = new WeakSet([g]);
+  function deep(o) {
+    if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) return;
+    seen.add(o);
+    Object.freeze(o);
+    deep(getProto(o));
+    for (const k of ownKeys(o)) {
+      const d = getDesc(o, k);
+      if (!d) continue;
+      if ("value" in d) deep(d.value); else { deep(d.get); deep(d.set); }
+    }
+  }
+  const hidden = [async function () {}, function* () {}, async function* () {}, () => {},
+    [][Symbol.iterator](), new Map()[Symbol.iterator](), new Set()[Symbol.iterator](),
+    ""[Symbol.iterator](), "a".matchAll(/a/g), (function () { return arguments; })(),
+    (function* () {})(), (async function* () {})(), Promise.resolve()];
+  for (const h of hidden) deep(h);
+  const keep = ["query", "rows", "skipQuery", "skipDML"];
+  for (const k of ownKeys(g)) {
+    const d = getDesc(g, k);
+    if (keep.includes(k)) continue;
+    if ("value" in d) deep(d.value); else { deep(d.get); deep(d.set); }
+    if (d.configurable) define(g, k, { writable: false, configurable: false });
+  }
+  Object.preventExtensions(g);
 })"#;
 
 /// Resolves and loads an app's modules from memory; nothing else can be imported.
@@ -440,6 +506,8 @@ impl Loader for AppModules {
 /// One worker's runtime, kept between executions until one hits a limit.
 struct Worker {
     counters: Arc<Counters>,
+    /// The hooks' context (dropped before its runtime).
+    prepared: Option<Prepared>,
     rt: Option<Runtime>,
     limits: Option<crate::Limits>,
     deadline: Rc<Cell<Option<Instant>>>,
@@ -457,6 +525,7 @@ impl Worker {
     fn new(counters: Arc<Counters>) -> Worker {
         Worker {
             counters,
+            prepared: None,
             rt: None,
             limits: None,
             deadline: Rc::default(),
@@ -472,6 +541,8 @@ impl Worker {
         {
             return Ok(rt.clone());
         }
+        self.prepared = None;
+        self.rt = None;
         let rt = Runtime::new()?;
         rt.set_memory_limit(limits.memory_bytes);
         rt.set_max_stack_size(limits.stack_bytes);
@@ -533,15 +604,34 @@ impl Worker {
         let deadline = started + exec.limits.wall;
         self.interrupted.set(false);
         self.deadline.set(Some(deadline));
-        let result = match Context::full(&rt) {
-            Ok(ctx) => ctx.with(|ctx| run_in(&ctx, exec, link, deadline)),
-            Err(e) => Err(Failure::Limit(format!("cannot create a context: {e}"))),
+        let result = match &exec.program {
+            Program::Hook { .. } => {
+                if self.prepared.is_none() {
+                    match Prepared::new(&rt, true) {
+                        Ok(p) => self.prepared = Some(p),
+                        Err(e) => return Err(script_err(failure_text(e))),
+                    }
+                }
+                match &mut self.prepared {
+                    Some(p) => p.run(exec, link, deadline),
+                    None => Err(Failure::Limit("no context".into())),
+                }
+            }
+            Program::Function { .. } => {
+                Prepared::new(&rt, false).and_then(|mut p| p.run(exec, link, deadline))
+            }
         };
+        // Work a script left queued would run inside the next execution: start afresh.
+        if rt.is_job_pending() {
+            self.prepared = None;
+            self.rt = None;
+        }
         self.deadline.set(None);
         let interrupted = self.interrupted.get();
         let out = match result {
             Ok(v) => Ok(v),
             Err(_) if interrupted => {
+                self.prepared = None;
                 self.rt = None;
                 Err(script_err(format!(
                     "the script ran longer than its limit of {} ms",
@@ -549,6 +639,7 @@ impl Worker {
                 )))
             }
             Err(Failure::Limit(m)) => {
+                self.prepared = None;
                 self.rt = None;
                 Err(script_err(m))
             }
@@ -565,6 +656,7 @@ impl Worker {
                         "script failed"
                     );
                     if is_resource_error(m) {
+                        self.prepared = None;
                         self.rt = None;
                     }
                 }
@@ -572,10 +664,21 @@ impl Worker {
             }
         };
         *self.modules.0.borrow_mut() = Arc::default();
-        if let Some(rt) = &self.rt {
+        // A function's context is gone: collect its cycles now. The hooks' context is kept,
+        // and QuickJS collects on its own as it allocates.
+        if matches!(exec.program, Program::Function { .. })
+            && let Some(rt) = &self.rt
+        {
             rt.run_gc();
         }
         out
+    }
+}
+
+fn failure_text(f: Failure) -> String {
+    match f {
+        Failure::Limit(m) => m,
+        Failure::Thrown(reason, _) => reason.to_string(),
     }
 }
 
@@ -665,7 +768,34 @@ fn reason_json<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> Json {
     }
 }
 
-type Pending<'js> = Rc<RefCell<HashMap<u64, (Function<'js>, Function<'js>)>>>;
+/// The execution a context is running, as its native functions (`host`, `log`) see it.
+struct Current {
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    reply_tx: mpsc::Sender<Reply>,
+    calls: u32,
+    max_calls: u32,
+    /// Unsettled `db` calls: their promise's resolve and reject functions.
+    pending: HashMap<u64, (Persistent<Function<'static>>, Persistent<Function<'static>>)>,
+    request_id: Option<String>,
+    app: String,
+    name: String,
+}
+
+type Shared = Rc<RefCell<Option<Current>>>;
+
+/// A context with the platform's globals. For hooks it is made once and reused (frozen by
+/// [`LOCKDOWN`], per-execution data set and cleared around each run); for a cloud function a
+/// fresh one is made per call, since a module's own top-level state cannot be frozen.
+struct Prepared {
+    // Dropped before the context they live in.
+    control: Persistent<Object<'static>>,
+    hooks: HashMap<Arc<str>, Persistent<Function<'static>>>,
+    current: Shared,
+    ctx: Context,
+}
+
+/// At most this many compiled hooks are kept per context.
+const MAX_CACHED_HOOKS: usize = 256;
 
 fn thrown<'js>(ctx: &Ctx<'js>, e: rquickjs::Error) -> Failure {
     let v = caught(ctx, e);
@@ -680,108 +810,216 @@ struct Link {
     replies: mpsc::Receiver<Reply>,
 }
 
-fn run_in<'js>(
+impl Prepared {
+    fn new(rt: &Runtime, lockdown: bool) -> Result<Prepared, Failure> {
+        let ctx = Context::full(rt)
+            .map_err(|e| Failure::Limit(format!("cannot create a context: {e}")))?;
+        let current: Shared = Rc::default();
+        let control = ctx.with(|ctx| -> Result<_, Failure> {
+            let host = host_function(&ctx, current.clone()).map_err(|e| thrown(&ctx, e))?;
+            let log = {
+                let current = current.clone();
+                Function::new(ctx.clone(), move |level: String, text: String| {
+                    log_line(&current, &level, &text)
+                })
+                .map_err(|e| thrown(&ctx, e))?
+            };
+            let prelude: Function = ctx.eval(PRELUDE).map_err(|e| thrown(&ctx, e))?;
+            let control: Object = prelude.call((host, log)).map_err(|e| thrown(&ctx, e))?;
+            if lockdown {
+                let lock: Function = ctx.eval(LOCKDOWN).map_err(|e| thrown(&ctx, e))?;
+                lock.call::<_, ()>(()).map_err(|e| thrown(&ctx, e))?;
+            }
+            Ok(Persistent::save(&ctx, control))
+        })?;
+        Ok(Prepared {
+            control,
+            hooks: HashMap::new(),
+            current,
+            ctx,
+        })
+    }
+
+    /// Runs one execution in this context.
+    fn run(&mut self, exec: &Execution, link: &Link, deadline: Instant) -> Result<Json, Failure> {
+        *self.current.borrow_mut() = Some(Current {
+            events: link.events.clone(),
+            reply_tx: link.reply_tx.clone(),
+            calls: 0,
+            max_calls: exec.limits.max_host_calls,
+            pending: HashMap::new(),
+            request_id: exec.request_id.clone(),
+            app: exec.session.app_uid.clone(),
+            name: exec.name.clone(),
+        });
+        let Prepared {
+            control,
+            hooks,
+            current,
+            ctx,
+        } = self;
+        let out = ctx.with(|ctx| {
+            let control = control.clone().restore(&ctx).map_err(|e| thrown(&ctx, e))?;
+            let out = run_with(&ctx, &control, hooks, current, exec, link, deadline);
+            if let Ok(teardown) = control.get::<_, Function>("teardown") {
+                let _ = teardown.call::<_, ()>(());
+            }
+            // The unsettled calls' functions are JS values: free them while the context is
+            // entered, not after.
+            *current.borrow_mut() = None;
+            out
+        });
+        *self.current.borrow_mut() = None;
+        out
+    }
+}
+
+fn run_with<'js>(
     ctx: &Ctx<'js>,
+    control: &Object<'js>,
+    hooks: &mut HashMap<Arc<str>, Persistent<Function<'static>>>,
+    current: &Shared,
     exec: &Execution,
     link: &Link,
     deadline: Instant,
 ) -> Result<Json, Failure> {
-    let pending: Pending<'js> = Rc::default();
-    let calls = Rc::new(Cell::new(0u32));
-    let max_calls = exec.limits.max_host_calls;
-    let host = {
-        let pending = pending.clone();
-        let events = link.events.clone();
-        let reply_tx = link.reply_tx.clone();
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, op: String, args: String| -> rquickjs::Result<Promise<'js>> {
-                let (promise, resolve, reject) = ctx.promise()?;
-                let n = calls.get().saturating_add(1);
-                calls.set(n);
-                if n > max_calls {
-                    reject.call::<_, ()>((format!(
-                        "at most {max_calls} db calls per execution (this was call {n})"
-                    ),))?;
-                    return Ok(promise);
-                }
-                let args = serde_json::from_str(&args).unwrap_or(Json::Null);
-                let id = u64::from(n);
-                let call = HostCall {
-                    op,
-                    args,
-                    id,
-                    reply: reply_tx.clone(),
-                };
-                if events.send(Event::Call(call)).is_err() {
-                    reject.call::<_, ()>(("the request ended",))?;
-                } else {
-                    pending.borrow_mut().insert(id, (resolve, reject));
-                }
-                Ok(promise)
-            },
-        )
-        .map_err(|e| thrown(ctx, e))?
-    };
-    let log = {
-        let (request_id, app, name) = (
-            exec.request_id.clone(),
-            exec.session.app_uid.clone(),
-            exec.name.clone(),
-        );
-        Function::new(ctx.clone(), move |level: String, text: String| {
-            let rid = request_id.as_deref();
-            match level.as_str() {
-                "error" => tracing::error!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
-                "warn" => tracing::warn!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
-                "debug" => tracing::debug!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
-                _ => tracing::info!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}"),
-            }
-        })
-        .map_err(|e| thrown(ctx, e))?
-    };
     let mut input = exec.input.clone();
     if let Json::Object(m) = &mut input {
         m.insert(
             "session".into(),
             serde_json::to_value(&exec.session).unwrap_or(Json::Null),
         );
-        m.insert(
-            "hook".into(),
-            Json::Bool(matches!(exec.program, Program::Hook { .. })),
-        );
     }
     let input_js = ctx
         .json_parse(input.to_string())
         .map_err(|e| thrown(ctx, e))?;
-    let prelude: Function<'js> = ctx.eval(PRELUDE).map_err(|e| thrown(ctx, e))?;
-    prelude
-        .call::<_, ()>((host, log, input_js.clone()))
+    let call = |name: &str| {
+        control
+            .get::<_, Function<'js>>(name)
+            .map_err(|e| thrown(ctx, e))
+    };
+    call("setup")?
+        .call::<_, ()>((input_js.clone(),))
         .map_err(|e| thrown(ctx, e))?;
     let promise: Promise<'js> = match &exec.program {
         Program::Hook { body } => {
-            let hook: Function<'js> = ctx.eval(hook_source(body)).map_err(|e| thrown(ctx, e))?;
-            let runner: Function<'js> = ctx.eval(HOOK_RUNNER).map_err(|e| thrown(ctx, e))?;
-            runner.call((hook,)).map_err(|e| thrown(ctx, e))?
+            let hook = match hooks.get(body) {
+                Some(f) => f.clone().restore(ctx).map_err(|e| thrown(ctx, e))?,
+                None => {
+                    let f: Function<'js> =
+                        ctx.eval(hook_source(body)).map_err(|e| thrown(ctx, e))?;
+                    // Shared by every execution of this hook: nothing may be hung on it.
+                    let frozen: Function<'js> = ctx
+                        .globals()
+                        .get::<_, Object<'js>>("Object")
+                        .and_then(|o| o.get::<_, Function<'js>>("freeze"))
+                        .and_then(|freeze| freeze.call((f.clone(),)))
+                        .map_err(|e| thrown(ctx, e))?;
+                    if hooks.len() >= MAX_CACHED_HOOKS {
+                        hooks.clear();
+                    }
+                    hooks.insert(body.clone(), Persistent::save(ctx, frozen.clone()));
+                    frozen
+                }
+            };
+            call("hook")?.call((hook,)).map_err(|e| thrown(ctx, e))?
         }
         Program::Function {
             module, function, ..
         } => {
-            let runner: Function<'js> = ctx.eval(FUNCTION_RUNNER).map_err(|e| thrown(ctx, e))?;
             let arg: Value<'js> = input_js
                 .as_object()
                 .and_then(|o| o.get::<_, Value<'js>>("arg").ok())
                 .unwrap_or_else(|| Value::new_null(ctx.clone()));
-            runner
+            call("fn")?
                 .call((module.as_str(), function.as_str(), arg))
                 .map_err(|e| thrown(ctx, e))?
         }
     };
-    let out = drive(ctx, &promise, &pending, link, deadline);
-    // The host function holds this map, and the map holds JS functions: a cycle through Rust
-    // that QuickJS's collector cannot see. Break it, or the runtime leaks (and asserts).
-    pending.borrow_mut().clear();
-    out
+    drive(ctx, &promise, current, link, deadline)
+}
+
+fn host_function<'js>(ctx: &Ctx<'js>, current: Shared) -> rquickjs::Result<Function<'js>> {
+    Function::new(
+        ctx.clone(),
+        move |ctx: Ctx<'js>, op: String, args: String| -> rquickjs::Result<Promise<'js>> {
+            host_call(&ctx, &current, op, &args)
+        },
+    )
+}
+
+/// `host(op, argsJson)`: forwards a `db` call to the caller; returns the promise its reply
+/// settles.
+fn host_call<'js>(
+    ctx: &Ctx<'js>,
+    current: &Shared,
+    op: String,
+    args: &str,
+) -> rquickjs::Result<Promise<'js>> {
+    let (promise, resolve, reject) = ctx.promise()?;
+    let refusal = {
+        let mut guard = current.borrow_mut();
+        match guard.as_mut() {
+            None => Some("no execution is running".to_string()),
+            Some(cur) => {
+                cur.calls = cur.calls.saturating_add(1);
+                let n = cur.calls;
+                if n > cur.max_calls {
+                    Some(format!(
+                        "at most {} db calls per execution (this was call {n})",
+                        cur.max_calls
+                    ))
+                } else {
+                    let id = u64::from(n);
+                    let call = HostCall {
+                        op,
+                        args: serde_json::from_str(args).unwrap_or(Json::Null),
+                        id,
+                        reply: cur.reply_tx.clone(),
+                    };
+                    if cur.events.send(Event::Call(call)).is_err() {
+                        Some("the request ended".to_string())
+                    } else {
+                        cur.pending.insert(
+                            id,
+                            (
+                                Persistent::save(ctx, resolve),
+                                Persistent::save(ctx, reject.clone()),
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    };
+    if let Some(m) = refusal {
+        reject.call::<_, ()>((m,))?;
+    }
+    Ok(promise)
+}
+
+/// `log(level, text)`: a line in the server log, tagged with the execution.
+fn log_line(current: &Shared, level: &str, text: &str) {
+    let guard = current.borrow();
+    let (rid, app, name) = match guard.as_ref() {
+        Some(c) => (c.request_id.as_deref(), c.app.as_str(), c.name.as_str()),
+        None => (None, "", ""),
+    };
+    match level {
+        "error" => {
+            tracing::error!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}")
+        }
+        "warn" => {
+            tracing::warn!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}")
+        }
+        "debug" => {
+            tracing::debug!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}")
+        }
+        _ => {
+            tracing::info!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}")
+        }
+    }
 }
 
 /// Runs the script's jobs until its promise settles, answering its host calls as the replies
@@ -789,7 +1027,7 @@ fn run_in<'js>(
 fn drive<'js>(
     ctx: &Ctx<'js>,
     promise: &Promise<'js>,
-    pending: &Pending<'js>,
+    current: &Shared,
     link: &Link,
     deadline: Instant,
 ) -> Result<Json, Failure> {
@@ -820,7 +1058,8 @@ fn drive<'js>(
             }
             PromiseState::Pending => {}
         }
-        if pending.borrow().is_empty() {
+        let waiting = current.borrow().as_ref().map_or(0, |c| c.pending.len());
+        if waiting == 0 {
             return Err(Failure::Limit(
                 "the script awaits something that can never happen (no timers exist here)".into(),
             ));
@@ -830,17 +1069,22 @@ fn drive<'js>(
             Ok(reply) => reply,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(Failure::Limit(format!(
-                    "the script waited on db calls past its wall-clock limit ({} pending)",
-                    pending.borrow().len()
+                    "the script waited on db calls past its wall-clock limit ({waiting} pending)"
                 )));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(Failure::Limit("the request ended".into()));
             }
         };
-        let Some((resolve, reject)) = pending.borrow_mut().remove(&id) else {
+        let entry = current
+            .borrow_mut()
+            .as_mut()
+            .and_then(|c| c.pending.remove(&id));
+        let Some((resolve, reject)) = entry else {
             continue;
         };
+        let resolve = resolve.restore(ctx).map_err(|e| thrown(ctx, e))?;
+        let reject = reject.restore(ctx).map_err(|e| thrown(ctx, e))?;
         let settled = match result {
             Ok(v) => ctx
                 .json_parse(v.to_string())

@@ -296,10 +296,24 @@ async fn a_host_call_never_answered_ends_at_the_wall_clock() {
 #[tokio::test]
 async fn nothing_leaks_between_executions() {
     let pool = Pool::new(1);
+    // Everything a script might use to hand data to the next execution (another user's).
     run(
         &pool,
         hook(
-            "globalThis.leak = 42; Object.prototype.polluted = 1; JSON.stringify = null;",
+            "const tries = [() => { globalThis.leak = 42; }, () => { leak2 = 1; },\n\
+               () => { Object.prototype.polluted = 1; }, () => { Array.prototype.push = null; },\n\
+               () => { JSON.stringify = null; }, () => { Math.max = null; },\n\
+               () => { Object.getPrototypeOf(async function () {}).evil = 1; },\n\
+               () => { Object.getPrototypeOf(function* () {}).evil = 1; },\n\
+               () => { Object.getPrototypeOf([][Symbol.iterator]()).evil = 1; },\n\
+               () => { Promise.prototype.evil = 1; }, () => { Error.prototype.evil = 1; },\n\
+               () => { UserError.prototype.evil = 1; }, () => { db.evil = 1; },\n\
+               () => { session.evil = 1; }, () => { utils.toNewRow.evil = 1; },\n\
+               () => { delete globalThis.rows; }];\n\
+             let refused = 0;\n\
+             for (const t of tries) { try { t(); } catch (e) { refused++; } }\n\
+             try { arguments.callee.evil = 1; } catch (e) { refused++; }\n\
+             rows = ['secret of the first user', refused]; skipQuery = true;",
             rows_input(json!([])),
         ),
     )
@@ -308,13 +322,65 @@ async fn nothing_leaks_between_executions() {
     let out = run(
         &pool,
         hook(
-            "rows.push(typeof leak, ({}).polluted === undefined);",
+            "const p = (o) => o.evil;\n\
+             rows.push(typeof leak, typeof leak2, ({}).polluted === undefined, typeof [].push,\n\
+               typeof Math.max, p(Object.getPrototypeOf(async function () {})),\n\
+               p(Object.getPrototypeOf(function* () {})), p(Object.getPrototypeOf([][Symbol.iterator]())),\n\
+               p(Promise.prototype), p(Error.prototype), p(db), p(session),\n\
+               (() => { try { return arguments.callee.evil; } catch (e) { return null; } })());",
             rows_input(json!([])),
         ),
     )
     .await
     .unwrap();
-    assert_eq!(out["rows"], json!(["undefined", true]));
+    assert_eq!(
+        out["rows"],
+        json!([
+            "undefined",
+            "undefined",
+            true,
+            "function",
+            "function",
+            null,
+            null,
+            null,
+            null,
+            null,
+            null,
+            null,
+            null
+        ])
+    );
+    assert_eq!(out["skipQuery"], false);
+    // Subclasses may still name their errors (frozen prototypes, no override mistake).
+    let e = run(
+        &pool,
+        hook(
+            "class MyError extends Error { constructor(m) { super(m); this.name = 'MyError'; } }\n\
+             throw new MyError('mine');",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e,
+        ScriptError::Script("Employees.postQuery: MyError: mine".into())
+    );
+    // A microtask chain left running after the hook returned does not run into the next one.
+    run(
+        &pool,
+        hook(
+            "const spin = () => Promise.resolve().then(spin); spin(); return;",
+            rows_input(json!([])),
+        ),
+    )
+    .await
+    .ok();
+    let out = run(&pool, hook("rows.push('clean');", rows_input(json!([]))))
+        .await
+        .unwrap();
+    assert_eq!(out["rows"], json!(["clean"]));
 }
 
 #[tokio::test]
