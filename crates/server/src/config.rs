@@ -62,6 +62,18 @@ pub struct Config {
     pub query_default_limit: u64,
     pub query_max_limit: u64,
     pub query_max_depth: usize,
+    /// Client connections open at once; `None` (the default): as many as the descriptor limit
+    /// (`ulimit -n`) leaves room for, keeping an eighth of it (at least 256) for the database.
+    /// A configured value above that is lowered, with a warning.
+    pub max_client_connections: Option<usize>,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// A connection must deliver a complete request head within this many seconds of opening or
+    /// of its previous response; otherwise it is closed. This is also the idle keep-alive
+    /// timeout (hyper times both with one timer).
+    pub header_read_timeout_secs: u64,
+    /// A request's body must arrive whole within this many seconds of its head (408 otherwise).
+    pub body_read_timeout_secs: u64,
     /// App directories loaded at start (`--app-dir`).
     pub app_dirs: Vec<PathBuf>,
     /// Also load the built-in demo app (`--demo`).
@@ -93,6 +105,10 @@ impl Default for Config {
             query_default_limit: 100,
             query_max_limit: 10_000,
             query_max_depth: 32,
+            max_client_connections: None,
+            max_connections_per_address: 1024,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
             app_dirs: Vec::new(),
             demo: false,
         }
@@ -135,6 +151,16 @@ impl Config {
         }
         if self.max_inflight_requests == 0 {
             problems.push("max_inflight_requests must be at least 1".into());
+        }
+        if self.max_client_connections == Some(0) || self.max_connections_per_address == 0 {
+            problems.push(
+                "max_client_connections and max_connections_per_address must be at least 1".into(),
+            );
+        }
+        if self.header_read_timeout_secs == 0 || self.body_read_timeout_secs == 0 {
+            problems.push(
+                "header_read_timeout_secs and body_read_timeout_secs must be at least 1".into(),
+            );
         }
         if problems.is_empty() {
             Ok(())

@@ -25,6 +25,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("The request body is larger than the server accepts.")]
     PayloadTooLarge,
+    /// The body did not arrive in time; the connection is closed after the answer.
+    #[error("The request body did not arrive in time.")]
+    RequestTimeout,
     #[error("too many failed logins")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "Method Not Allowed",
             ApiError::Conflict(_) => "Conflict",
             ApiError::PayloadTooLarge => "Payload Too Large",
+            ApiError::RequestTimeout => "Request Timeout",
             ApiError::TooManyRequests { .. } => "Too Many Requests",
             ApiError::Unavailable(_) => "Service Unavailable",
             ApiError::Internal(_) => "Internal Error",
@@ -94,7 +99,7 @@ impl From<store::StoreError> for ApiError {
                 ApiError::Conflict("A row with the same key already exists.".into())
             }
             store::StoreError::Constraint(detail) => {
-                tracing::info!(%detail, "value rejected by the database");
+                tracing::info!(?detail, "value rejected by the database");
                 ApiError::BadRequest(
                     "A value was rejected by the database (type, length or a required value)."
                         .into(),
@@ -110,7 +115,11 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Internal(detail) | ApiError::Unavailable(detail) => {
-                tracing::error!(request_id = request_id::current().as_deref(), %detail, "request failed")
+                tracing::error!(
+                    request_id = request_id::current().as_deref(),
+                    ?detail,
+                    "request failed"
+                )
             }
             _ => {}
         }
@@ -121,6 +130,10 @@ impl IntoResponse for ApiError {
             "message": self.message(),
         });
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::RequestTimeout = self {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::TooManyRequests { retry_after_secs } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
         {

@@ -11,6 +11,7 @@ pub mod apps;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod metrics;
 pub mod request_id;

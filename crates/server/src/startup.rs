@@ -281,24 +281,20 @@ impl Server {
         tracing::info!("listening on {addr}");
         let state = self.state.clone();
         let purge = tokio::spawn(purge_sessions(state.clone()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(
-            self.listener,
-            self.app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let grace = router::grace(&state);
+        let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
-            let _ = tx.send(());
-        });
-        let grace = router::grace(&state);
-        let result = tokio::select! {
-            r = serve => r,
-            _ = async { let _ = rx.await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("grace period over; stopping with requests still in flight");
-                Ok(())
-            }
         };
+        let result = crate::conn::serve(
+            self.listener,
+            self.app,
+            &state.config,
+            state.metrics.conns.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
         purge.abort();
         state.store.db.close().await;
         tracing::info!("stopped");

@@ -5,6 +5,7 @@ mod helpers;
 
 mod apps;
 mod auth;
+mod connections;
 mod crossdb;
 mod errors;
 mod guard;
