@@ -16,5 +16,5 @@ pub mod writer;
 pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
-pub use platform::{LiveSession, NewUser, Session, Store, User};
+pub use platform::{LiveSession, NewUser, Session, Store, User, check_user_name};
 pub use writer::{WriteConn, Writer};

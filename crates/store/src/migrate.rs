@@ -86,14 +86,26 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Migration>> {
 /// The platform's own migrations, compiled into the binary.
 pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
     let files: &[(&str, &str)] = match dialect {
-        Dialect::Postgres => &[(
-            "io_20261128000000_platform.sql",
-            include_str!("../migrations/postgres/io_20261128000000_platform.sql"),
-        )],
-        _ => &[(
-            "io_20261128000000_platform.sql",
-            include_str!("../migrations/sqlite/io_20261128000000_platform.sql"),
-        )],
+        Dialect::Postgres => &[
+            (
+                "io_20261128000000_platform.sql",
+                include_str!("../migrations/postgres/io_20261128000000_platform.sql"),
+            ),
+            (
+                "io_20261129000000_login_attempts.sql",
+                include_str!("../migrations/postgres/io_20261129000000_login_attempts.sql"),
+            ),
+        ],
+        _ => &[
+            (
+                "io_20261128000000_platform.sql",
+                include_str!("../migrations/sqlite/io_20261128000000_platform.sql"),
+            ),
+            (
+                "io_20261129000000_login_attempts.sql",
+                include_str!("../migrations/sqlite/io_20261129000000_login_attempts.sql"),
+            ),
+        ],
     };
     files
         .iter()

@@ -67,6 +67,29 @@ pub struct LiveSession {
     pub email_address: Option<String>,
 }
 
+/// Why `name` cannot be a user name, if it cannot: empty, longer than 256 characters, or
+/// holding a `:` (the `Token` header splits `name:password` at the first one, so such a user
+/// could never log in) or a control character (a newline would forge lines in logs). Every path
+/// that creates users calls this: [`Store::create_user`], the CLI, and `IoUsers` inserts.
+pub fn check_user_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("a user name must not be empty".into());
+    }
+    if name.chars().count() > 256 {
+        return Err("a user name must be at most 256 characters".into());
+    }
+    if name.contains(':') {
+        return Err("a user name must not contain `:` (it separates name and password)".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a user name must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// The PostgreSQL advisory lock that serialises login reservations ("cloudio" + 1).
+const LOGIN_ATTEMPT_LOCK: i64 = 0x636c_6f75_6469_6f01;
+
 fn text(v: &str) -> Value {
     Value::Text(v.to_string())
 }
@@ -254,6 +277,7 @@ impl Store {
     }
 
     pub async fn create_user(&self, u: &NewUser<'_>) -> Result<String> {
+        check_user_name(u.user_name).map_err(StoreError::Invalid)?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.who_now(Utc::now());
         let sql = format!(
@@ -584,14 +608,86 @@ impl Store {
             .await
     }
 
-    /// Records a failed login under `key` and prunes failures older than `since`.
-    pub async fn record_login_failure(&self, key: &str, now_micros: i64, since: i64) -> Result<()> {
+    /// Reserves one login attempt under every key at once, before the password is checked, if
+    /// none of the keys already has `max` attempts after `since` (micros). Returns `Ok(None)`
+    /// when reserved, else `Ok(Some(newest))`, the newest attempt under the full key (for
+    /// `Retry-After`). Count and insert run in one transaction that holds SQLite's write lock or
+    /// a PostgreSQL advisory lock, so concurrent attempts, on this node or another, can never
+    /// check more than `max` passwords per key and window. A failed attempt's reservation is its
+    /// failure record; a successful one is taken back with [`Store::release_login_attempt`].
+    pub async fn reserve_login_attempt(
+        &self,
+        keys: &[String],
+        attempt_id: &str,
+        now_micros: i64,
+        since: i64,
+        max: i64,
+    ) -> Result<Option<i64>> {
+        let dialect = self.dialect();
+        let table = self.t("io_login_failures");
+        let count = portable(
+            dialect,
+            &format!(
+                "SELECT COUNT(*), MAX(FAILED_AT) FROM {table} WHERE FAILURE_KEY = ? AND FAILED_AT > ?"
+            ),
+        )
+        .into_owned();
+        let insert = portable(
+            dialect,
+            &format!("INSERT INTO {table} (FAILURE_KEY, FAILED_AT, ATTEMPT_ID) VALUES (?, ?, ?)"),
+        )
+        .into_owned();
+        let mut tx = self.db.begin_write().await?;
+        if dialect == Dialect::Postgres {
+            // One lock for every reservation of the cluster: the transaction is three short
+            // statements, and a single lock cannot deadlock.
+            tx.raw()
+                .execute(
+                    &format!("SELECT pg_advisory_xact_lock({LOGIN_ATTEMPT_LOCK})"),
+                    &[],
+                )
+                .await?;
+        }
+        for key in keys {
+            let row = tx
+                .raw()
+                .fetch_all(
+                    &count,
+                    &[text(key), Value::Int(since)],
+                    &[AttrType::Integer, AttrType::Integer],
+                )
+                .await?;
+            let mut it = row.into_iter().next().unwrap_or_default().into_iter();
+            let (n, newest) = (it.next().map_or(0, take_int), it.next().map_or(0, take_int));
+            if n >= max {
+                // Dropping the transaction rolls it back.
+                return Ok(Some(newest));
+            }
+        }
+        for key in keys {
+            tx.raw()
+                .execute(
+                    &insert,
+                    &[text(key), Value::Int(now_micros), text(attempt_id)],
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// Takes back a successful attempt's reservation under `key`.
+    pub async fn release_login_attempt(&self, key: &str, attempt_id: &str) -> Result<()> {
         let sql = format!(
-            "INSERT INTO {} (FAILURE_KEY, FAILED_AT) VALUES (?, ?)",
+            "DELETE FROM {} WHERE FAILURE_KEY = ? AND ATTEMPT_ID = ?",
             self.t("io_login_failures")
         );
-        self.exec(&sql, &[text(key), Value::Int(now_micros)])
-            .await?;
+        self.exec(&sql, &[text(key), text(attempt_id)]).await?;
+        Ok(())
+    }
+
+    /// Deletes failures older than `since` (micros), under every key.
+    pub async fn prune_login_failures(&self, since: i64) -> Result<()> {
         let sql = format!(
             "DELETE FROM {} WHERE FAILED_AT < ?",
             self.t("io_login_failures")
@@ -624,5 +720,33 @@ impl Store {
         );
         self.exec(&sql, &[text(key)]).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_user_name;
+
+    #[test]
+    fn user_names_that_could_never_log_in_are_refused() {
+        for ok in [
+            "admin",
+            "Ünïcödé user",
+            "a.b@example.com",
+            "x".repeat(256).as_str(),
+        ] {
+            assert_eq!(check_user_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a:b",
+            "a\nb",
+            "a\rb",
+            "tab\there",
+            "nul\0",
+            &"x".repeat(257),
+        ] {
+            assert!(check_user_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

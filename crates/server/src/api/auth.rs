@@ -64,14 +64,24 @@ pub async fn post_auth(
     let now_us = now.timestamp_micros();
     let window_us = i64::try_from(state.config.login_window_secs).unwrap_or(300) * 1_000_000;
     let keys = failure_keys(&org, &creds.user_name, &addr);
-    for key in &keys {
-        let (count, newest) = state.store.login_failures(key, now_us - window_us).await?;
-        if count >= state.config.login_max_failures {
-            let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: retry.unsigned_abs(),
-            });
-        }
+    // The attempt is counted before the password is checked, in one transaction: however many
+    // arrive at once, on however many nodes, at most `login_max_failures` are checked per window.
+    let attempt = uuid::Uuid::new_v4().simple().to_string();
+    if let Some(newest) = state
+        .store
+        .reserve_login_attempt(
+            &keys,
+            &attempt,
+            now_us,
+            now_us - window_us,
+            state.config.login_max_failures,
+        )
+        .await?
+    {
+        let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: retry.unsigned_abs(),
+        });
     }
 
     let user = state.store.find_user(&org, &creds.user_name).await?;
@@ -81,17 +91,18 @@ pub async fn post_auth(
     let user = match user {
         Some(u) if password_ok && u.may_log_in(now.date_naive()) => u,
         _ => {
-            for key in &keys {
-                state
-                    .store
-                    .record_login_failure(key, now_us, now_us - window_us)
-                    .await?;
-            }
-            tracing::info!(org = %org, user = %creds.user_name, "login refused");
+            // The reservation stays as the failure record; old ones are pruned here.
+            state.store.prune_login_failures(now_us - window_us).await?;
+            tracing::info!(org = ?org, user = ?creds.user_name, "login refused");
             return Err(ApiError::AccessDenied(LOGIN_DENIED.into()));
         }
     };
+    // Success clears the user's failures and takes back this attempt under the address.
     state.store.clear_login_failures(&keys[0]).await?;
+    state
+        .store
+        .release_login_attempt(&keys[1], &attempt)
+        .await?;
 
     let session = Session {
         session_id: uuid::Uuid::new_v4().to_string(),

@@ -68,3 +68,73 @@ on_both!(
         a.stop().await;
     }
 );
+
+/// Logins sent all at once, on one client: the statuses, in no particular order.
+async fn concurrent_logins(app: &TestApp, logins: Vec<(&'static str, &'static str)>) -> Vec<u16> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (user, password) in logins {
+        let client = app.client.clone();
+        let url = app.url("/v1/auth");
+        tasks.spawn(async move {
+            client
+                .post(url)
+                .header("Authorization", token_header(user, password))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16()
+        });
+    }
+    tasks.join_all().await
+}
+
+on_both!(
+    a_concurrent_burst_checks_exactly_the_limit,
+    |kind| async move {
+        let app = TestApp::spawn(kind).await;
+        app.create_user("victim", "right").await;
+        let statuses = concurrent_logins(&app, vec![("victim", "wrong"); 100]).await;
+        let denied = statuses.iter().filter(|s| **s == 403).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((denied, limited), (10, 90), "{statuses:?}");
+        // Past the limit, the right password is refused too.
+        assert_eq!(app.login_response("victim", "right").await.0, 429);
+        app.stop().await;
+    }
+);
+
+on_both!(
+    a_right_password_inside_a_burst_past_the_limit_is_refused,
+    |kind| async move {
+        let app = TestApp::spawn(kind).await;
+        app.create_user("victim", "right").await;
+        // Ten failures fill the window first...
+        let first = concurrent_logins(&app, vec![("victim", "wrong"); 10]).await;
+        assert!(first.iter().all(|s| *s == 403), "{first:?}");
+        // ...then a burst with the right password among wrong ones: nothing gets in.
+        let mut burst = vec![("victim", "wrong"); 20];
+        burst.insert(7, ("victim", "right"));
+        let statuses = concurrent_logins(&app, burst).await;
+        assert!(statuses.iter().all(|s| *s == 429), "{statuses:?}");
+        app.stop().await;
+    }
+);
+
+on_both!(
+    a_successful_login_takes_back_its_attempt_under_the_address,
+    |kind| async move {
+        let app = TestApp::spawn(kind).await;
+        // Twenty successes from one address never add up to the limit.
+        for i in 0..20 {
+            assert_eq!(
+                app.login_response("admin", ADMIN_PASSWORD).await.0,
+                200,
+                "login {i}"
+            );
+        }
+        app.stop().await;
+    }
+);
