@@ -239,6 +239,9 @@ async fn main() -> Result<()> {
                 email,
                 password_stdin,
             } => {
+                // Before asking for a password: such a name could never log in.
+                store::check_user_name(&user)
+                    .map_err(|e| anyhow::anyhow!("invalid user name {user:?}: {e}"))?;
                 let (store, hasher) = admin_tools(&db).await?;
                 let hash = hasher
                     .hash_blocking(&read_password(password_stdin)?)

@@ -265,3 +265,21 @@ async fn assert_roles_become(base: &str, l: &Login, expected: serde_json::Value)
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn user_names_that_could_never_log_in_are_refused() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    for (name, why) in [
+        ("bob:smith", "`:`"),
+        ("bob\nINFO forged line", "control characters"),
+        ("", "empty"),
+    ] {
+        db.run(
+            &["user", "create"],
+            &["--user", name, "--password-stdin"],
+            Some("a-password\n"),
+        )
+        .await
+        .fails_with(&["invalid user name", why]);
+    }
+}
