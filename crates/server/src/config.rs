@@ -27,12 +27,35 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A database URL whose `Debug` hides the password (`postgres://user:***@host/db`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        DatabaseUrl(s)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&store::redact_url(&self.0), f)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub max_connections: u32,
     /// Requests handled at once; further requests wait in arrival order (their connections stay
     /// open). Bounds the memory of a burst: a waiting request holds its head, not a handler.
@@ -188,6 +211,24 @@ mod tests {
             ..Config::default()
         };
         assert!(!format!("{c:?}").contains("xxxx"));
+    }
+
+    #[test]
+    fn database_passwords_do_not_print() {
+        for url in [
+            "postgres://app:hunter2@db.example:5432/cloudio",
+            "postgres://app@db.example/cloudio?sslmode=require&password=hunter2",
+        ] {
+            let c = Config {
+                database_url: Some(url.to_string().into()),
+                ..Config::default()
+            };
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("db.example"), "{shown}");
+            let target = store::DbTarget::from_config(&c.data_dir, Some(url)).unwrap();
+            assert!(!format!("{target:?}").contains("hunter2"));
+        }
     }
 
     #[test]

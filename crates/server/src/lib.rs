@@ -19,6 +19,6 @@ pub mod router;
 pub mod startup;
 pub mod state;
 
-pub use config::{Config, Secret};
+pub use config::{Config, DatabaseUrl, Secret};
 pub use startup::{Server, StartError};
 pub use state::AppState;

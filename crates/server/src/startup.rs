@@ -17,7 +17,7 @@ use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
 use crate::auth::password::Hasher;
 use crate::catalog::CatalogCell;
-use crate::config::Config;
+use crate::config::{Config, DatabaseUrl};
 use crate::metrics::Metrics;
 use crate::router;
 use crate::state::{AppState, Inner};
@@ -44,7 +44,10 @@ pub enum StartError {
 
 /// Opens the database named by the configuration and brings the platform's tables up to date.
 pub async fn open_store(config: &Config) -> Result<Store, StartError> {
-    let target = DbTarget::from_config(&config.data_dir, config.database_url.as_deref())?;
+    let target = DbTarget::from_config(
+        &config.data_dir,
+        config.database_url.as_ref().map(DatabaseUrl::expose),
+    )?;
     let db = Db::connect(&target, config.max_connections).await?;
     let dialect = db.dialect();
     store::migrate::run(

@@ -13,7 +13,7 @@ pub mod migrate;
 pub mod platform;
 pub mod writer;
 
-pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable};
+pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable, redact_url};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
 pub use platform::{LiveSession, NewUser, Session, Store, User, check_user_name};
