@@ -284,6 +284,7 @@ impl Server {
         tracing::info!("listening on {addr}");
         let state = self.state.clone();
         let purge = tokio::spawn(purge_sessions(state.clone()));
+        let watch = tokio::spawn(watch_database(state.clone()));
         let grace = router::grace(&state);
         let shutdown = async move {
             shutdown.await;
@@ -299,9 +300,24 @@ impl Server {
         )
         .await;
         purge.abort();
+        watch.abort();
         state.store.db.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Checks the database every five seconds as `/v1/status` does, so that SQLite files deleted,
+/// replaced or overwritten under the server are found (and writes refused, the reason logged)
+/// even when nobody asks.
+async fn watch_database(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if state.store.db.failure().is_some() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.store.db.ping()).await;
     }
 }
 

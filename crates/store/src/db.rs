@@ -20,6 +20,7 @@ use sqlx::{
 };
 
 use crate::error::{Result, StoreError};
+use crate::health::FileHealth;
 use crate::writer::Writer;
 
 /// Where the database lives. Its `Debug` hides a password in the URL.
@@ -105,6 +106,8 @@ pub enum Db {
         write_lock: Arc<tokio::sync::Mutex<()>>,
         /// Short writes are batched through here (see [`Writer`]).
         writer: Writer,
+        /// Whether the files are still those opened; writes are refused once they are not.
+        health: Arc<FileHealth>,
     },
     Postgres(PgPool),
 }
@@ -148,14 +151,23 @@ impl Db {
                     .connect_with(opts)
                     .await
                     .map_err(|e| in_file(&main, &attached, e))?;
+                let files: Vec<PathBuf> = std::iter::once(main.clone())
+                    .chain(
+                        attached
+                            .iter()
+                            .map(|(schema, _)| dir.join(format!("{schema}.db"))),
+                    )
+                    .collect();
+                let health = Arc::new(FileHealth::open(&files)?);
                 let write_lock = Arc::<tokio::sync::Mutex<()>>::default();
-                let writer = Writer::start(&dir.join("cloudio.db"), &attached, write_lock.clone())?;
+                let writer = Writer::start(&main, &attached, write_lock.clone(), health.clone())?;
                 Ok(Db::Sqlite {
                     pool,
                     dir: dir.clone(),
                     attached,
                     write_lock,
                     writer,
+                    health,
                 })
             }
             DbTarget::Postgres(url) => {
@@ -241,6 +253,7 @@ impl Db {
     /// A transaction that will write: on SQLite it takes this process's write turn and then the
     /// database's write lock at once (`BEGIN IMMEDIATE`), so a read never has to upgrade.
     pub async fn begin_write(&self) -> Result<Tx> {
+        self.check_files()?;
         Ok(match self {
             Db::Sqlite { pool, .. } => {
                 let turn = self.write_turn().await;
@@ -251,7 +264,17 @@ impl Db {
     }
 
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.check_files()?;
         self.acquire().await?.raw().execute(sql, params).await
+    }
+
+    /// On SQLite, before a write: are the files still those opened (see [`FileHealth`])? A
+    /// write to a deleted or replaced file would be acknowledged and then lost.
+    fn check_files(&self) -> Result<()> {
+        match self {
+            Db::Sqlite { health, .. } => health.check_identity(),
+            Db::Postgres(_) => Ok(()),
+        }
     }
 
     pub async fn fetch_all(
@@ -276,9 +299,42 @@ impl Db {
         Ok(self.fetch_all(sql, params, types).await?.into_iter().next())
     }
 
-    /// A cheap round trip, for `/v1/status`.
+    /// For `/v1/status` and the periodic check: a round trip on PostgreSQL; on SQLite, every
+    /// file still the one opened and a SQLite database (its header), and each schema readable.
+    /// A database found deleted, replaced or corrupt stays failed until the server restarts.
     pub async fn ping(&self) -> Result<()> {
-        self.execute("SELECT 1", &[]).await.map(|_| ())
+        match self {
+            Db::Postgres(_) => self.execute("SELECT 1", &[]).await.map(|_| ()),
+            Db::Sqlite {
+                health, attached, ..
+            } => {
+                health.check_contents()?;
+                let mut conn = self.acquire().await?;
+                let schemas =
+                    std::iter::once("main").chain(attached.iter().map(|(s, _)| s.as_str()));
+                for schema in schemas {
+                    let sql = format!("SELECT COUNT(*) FROM {schema}.sqlite_master");
+                    if let Err(e) = conn.raw().fetch_all(&sql, &[], &[AttrType::Integer]).await {
+                        // NOTADB or CORRUPT: the file is gone bad, not the moment.
+                        if e.to_string().contains("(code: 26)")
+                            || e.to_string().contains("(code: 11)")
+                        {
+                            return Err(health.fail(format!("{schema}: {e}")));
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the database was given up (SQLite files deleted, replaced or corrupt), if it was.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Db::Sqlite { health, .. } => health.failure().map(str::to_string),
+            Db::Postgres(_) => None,
+        }
     }
 
     pub async fn close(&self) {

@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod metadata;
 pub mod migrate;
 pub mod platform;

@@ -9,6 +9,7 @@ mod connections;
 mod crossdb;
 mod errors;
 mod guard;
+mod health;
 mod lifecycle;
 mod post;
 mod query;
