@@ -91,10 +91,15 @@ pub struct Config {
     pub max_client_connections: Option<usize>,
     /// Client connections open at once from one IP address.
     pub max_connections_per_address: usize,
-    /// A connection must deliver a complete request head within this many seconds of opening or
-    /// of its previous response; otherwise it is closed. This is also the idle keep-alive
-    /// timeout (hyper times both with one timer).
+    /// A request head must arrive whole within this many seconds of its first byte; otherwise
+    /// the connection is closed.
     pub header_read_timeout_secs: u64,
+    /// A connection with no request begun for this many seconds (after opening or after its
+    /// previous response) is closed.
+    pub keep_alive_timeout_secs: u64,
+    /// A response that makes no progress for this many seconds (the client does not read)
+    /// closes the connection.
+    pub write_timeout_secs: u64,
     /// A request's body must arrive whole within this many seconds of its head (408 otherwise).
     pub body_read_timeout_secs: u64,
     /// App directories loaded at start (`--app-dir`).
@@ -131,6 +136,8 @@ impl Default for Config {
             max_client_connections: None,
             max_connections_per_address: 1024,
             header_read_timeout_secs: 10,
+            keep_alive_timeout_secs: 30,
+            write_timeout_secs: 30,
             body_read_timeout_secs: 30,
             app_dirs: Vec::new(),
             demo: false,
@@ -180,9 +187,18 @@ impl Config {
                 "max_client_connections and max_connections_per_address must be at least 1".into(),
             );
         }
-        if self.header_read_timeout_secs == 0 || self.body_read_timeout_secs == 0 {
+        if [
+            self.header_read_timeout_secs,
+            self.keep_alive_timeout_secs,
+            self.body_read_timeout_secs,
+            self.write_timeout_secs,
+        ]
+        .contains(&0)
+        {
             problems.push(
-                "header_read_timeout_secs and body_read_timeout_secs must be at least 1".into(),
+                "header_read_timeout_secs, keep_alive_timeout_secs, body_read_timeout_secs and \
+                 write_timeout_secs must be at least 1"
+                    .into(),
             );
         }
         if problems.is_empty() {

@@ -1,6 +1,12 @@
-//! The accept loop: connection caps (global and per client address), hyper's header-read
-//! timeout (which also closes idle keep-alive connections), and the platform's envelope on the
-//! few error responses hyper writes itself (400, 414, 431 for a head it cannot parse).
+//! The accept loop: connection caps (global and per client address); timeouts for a connection
+//! that sits idle, a request head that trickles in, and a response the client does not read;
+//! and the platform's envelope on the few error responses hyper writes itself (400, 414, 431
+//! for a head it cannot parse).
+//!
+//! hyper has one timer for "waiting for a head", which starts when a connection opens or a
+//! response ends: we give it the idle (keep-alive) timeout. The shorter header timeout starts
+//! at the first byte of a head and is kept by [`Io`], which the service tells when a head has
+//! been read.
 //!
 //! A refused connection gets a short 503 in the envelope and is closed; refusals are counted in
 //! `/metrics` and logged at most once every ten seconds.
@@ -10,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -38,9 +44,12 @@ pub struct ConnStats {
     pub accepted: AtomicU64,
     pub refused_global: AtomicU64,
     pub refused_per_address: AtomicU64,
-    /// Connections closed because their request head did not arrive in time (or they sat
-    /// idle between requests for as long).
+    /// Connections closed because a request head, once begun, did not arrive whole in time.
     pub header_timeouts: AtomicU64,
+    /// Connections closed after sitting idle (no request begun) for the keep-alive timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Connections closed because a response made no progress (the client did not read).
+    pub write_timeouts: AtomicU64,
     pub accept_errors: AtomicU64,
 }
 
@@ -235,11 +244,15 @@ pub async fn serve(
     let accept_log = RateLimitedLog::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(config.header_read_timeout_secs))
+        .header_read_timeout(Duration::from_secs(config.keep_alive_timeout_secs))
         .keep_alive(true)
         .max_buf_size(MAX_HEAD_BYTES)
         // One buffer per write, so a response hyper makes itself arrives whole at `Io`.
         .writev(false);
+    let timeouts = Timeouts {
+        header: Duration::from_secs(config.header_read_timeout_secs),
+        write: Duration::from_secs(config.write_timeout_secs),
+    };
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -288,17 +301,29 @@ pub async fn serve(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let heads = Arc::new(Heads::default());
+        let io = Io::new(stream, timeouts, heads.clone(), stats.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(Body::new))
+            // The head is in: no header deadline while the request is handled.
+            heads.read.fetch_add(1, Ordering::AcqRel);
+            heads.handling.store(true, Ordering::Release);
+            let heads = heads.clone();
+            let answer = app.clone().oneshot(req.map(Body::new));
+            async move {
+                let resp = answer.await;
+                heads.handling.store(false, Ordering::Release);
+                resp
+            }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(Io::new(stream)), service));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         let stats = stats.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await
                 && e.is_timeout()
             {
-                stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                // hyper's own timer: nothing of a next request arrived in time.
+                stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
             }
             drop(slot);
         });
@@ -323,34 +348,104 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// The socket as hyper sees it. Its one job: when hyper answers a head it could not parse with
-/// its own bodiless 400, 414 or 431, send the same status in the platform's envelope instead.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// From the first byte of a head to its end.
+    header: Duration,
+    /// The longest a write may make no progress.
+    write: Duration,
+}
+
+/// The socket as hyper sees it. It keeps the header timeout (from a head's first byte) and the
+/// write timeout (a response the client does not read), and, when hyper answers a head it could
+/// not parse with its own bodiless 400, 414 or 431, sends the same status in the platform's
+/// envelope instead.
 struct Io {
     stream: TcpStream,
+    timeouts: Timeouts,
+    /// What the service has seen of this connection's heads.
+    heads: Arc<Heads>,
+    /// The header deadline, and the number of heads read when it was set (a later head ends it).
+    head_deadline: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+    write_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    stats: Arc<ConnStats>,
     /// A replacement response still to be sent, and how much of it was.
     pending: Option<(Vec<u8>, usize)>,
 }
 
+/// Kept by the service, read by [`Io`].
+#[derive(Debug, Default)]
+struct Heads {
+    /// Heads read so far.
+    read: AtomicU64,
+    /// A request is being handled (its bytes now are its body, not a head).
+    handling: AtomicBool,
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_string())
+}
+
 impl Io {
-    fn new(stream: TcpStream) -> Self {
+    fn new(
+        stream: TcpStream,
+        timeouts: Timeouts,
+        heads: Arc<Heads>,
+        stats: Arc<ConnStats>,
+    ) -> Self {
         Io {
             stream,
+            timeouts,
+            heads,
+            head_deadline: None,
+            write_deadline: None,
+            stats,
             pending: None,
+        }
+    }
+
+    /// A write made no progress: start the write clock, or stop the connection when it ran out.
+    fn write_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let write = self.timeouts.write;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(write)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.stats.write_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(timed_out("the client did not read the response")));
+        }
+        Poll::Pending
+    }
+
+    /// Writes to the socket, keeping the write clock.
+    fn poll_write_stream(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Pending => match self.write_stalled(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
+            },
+            done => {
+                self.write_deadline = None;
+                done
+            }
         }
     }
 
     /// Sends what is left of a replacement response.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, sent)) = &mut self.pending {
-            if *sent >= bytes.len() {
-                self.pending = None;
+        while let Some((bytes, sent)) = self.pending.take() {
+            if sent >= bytes.len() {
                 break;
             }
-            match Pin::new(&mut self.stream).poll_write(cx, &bytes[*sent..]) {
+            let result = self.poll_write_stream(cx, &bytes[sent..]);
+            match result {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Ok(n)) => self.pending = Some((bytes, sent + n)),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.pending = Some((bytes, sent));
+                    return Poll::Pending;
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -397,7 +492,33 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let heads_read = this.heads.read.load(Ordering::Acquire);
+        if this
+            .head_deadline
+            .as_ref()
+            .is_some_and(|(_, at)| *at != heads_read)
+        {
+            // That head arrived.
+            this.head_deadline = None;
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let got_bytes = buf.filled().len() > before;
+        if got_bytes && this.head_deadline.is_none() && !this.heads.handling.load(Ordering::Acquire)
+        {
+            // The first bytes of a head: from now on it has `header` to arrive whole.
+            let sleep = Box::pin(tokio::time::sleep(this.timeouts.header));
+            this.head_deadline = Some((sleep, heads_read));
+        }
+        if result.is_pending()
+            && let Some((deadline, _)) = this.head_deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(timed_out("the request head did not arrive in time")));
+        }
+        result
     }
 }
 
@@ -426,13 +547,16 @@ impl AsyncWrite for Io {
                 _ => Poll::Ready(Ok(buf.len())),
             };
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        this.poll_write_stream(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match this.poll_pending(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.stream).poll_flush(cx),
+            Poll::Ready(Ok(())) => match Pin::new(&mut this.stream).poll_flush(cx) {
+                Poll::Pending => this.write_stalled(cx),
+                done => done,
+            },
             other => other,
         }
     }

@@ -135,8 +135,18 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "cloudio_timeouts_total{{phase=\"idle\"}} {}",
+            c.idle_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "cloudio_timeouts_total{{phase=\"body\"}} {}",
             self.body_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "cloudio_timeouts_total{{phase=\"write\"}} {}",
+            c.write_timeouts.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# TYPE cloudio_accept_errors_total counter");
         let _ = writeln!(

@@ -100,11 +100,16 @@ async fn metric(app: &TestApp, line_start: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_half_headed_and_idle_connections_are_closed() {
-    let app = spawn(|c| c.header_read_timeout_secs = 1).await;
+async fn half_headed_silent_and_idle_connections_are_closed() {
+    let app = spawn(|c| {
+        c.header_read_timeout_secs = 1;
+        c.keep_alive_timeout_secs = 3;
+    })
+    .await;
+    let started = Instant::now();
     // Sends nothing.
     let mut silent = TcpStream::connect(addr(&app)).await.unwrap();
-    // Half a head.
+    // Half a head: the header timeout, counted from its first byte.
     let mut half = TcpStream::connect(addr(&app)).await.unwrap();
     half.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n")
         .await
@@ -114,11 +119,63 @@ async fn silent_half_headed_and_idle_connections_are_closed() {
     idle.write_all(STATUS).await.unwrap();
     assert_eq!(read_response(&mut idle).await.0, 200);
 
-    for s in [&mut silent, &mut half, &mut idle] {
-        let took = closed_within(s, Duration::from_secs(5)).await;
-        assert!(took < Duration::from_secs(3), "{took:?}");
+    let took = closed_within(&mut half, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_millis(2500), "half a head: {took:?}");
+    // Silent and idle connections get the (longer) keep-alive timeout.
+    for s in [&mut silent, &mut idle] {
+        closed_within(s, Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_millis(2500)..Duration::from_secs(8)).contains(&took),
+            "{took:?}"
+        );
     }
-    assert!(metric(&app, "cloudio_timeouts_total{phase=\"header\"}").await >= 2);
+    assert_eq!(
+        metric(&app, "cloudio_timeouts_total{phase=\"header\"}").await,
+        1
+    );
+    assert!(metric(&app, "cloudio_timeouts_total{phase=\"idle\"}").await >= 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_byte_by_byte_within_the_timeout_is_answered() {
+    let app = spawn(|c| c.header_read_timeout_secs = 2).await;
+    let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+    for chunk in STATUS.chunks(8) {
+        s.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(read_response(&mut s).await.0, 200);
+    // The next request on the same connection has its own header clock.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    s.write_all(STATUS).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_responses_is_closed() {
+    let app = spawn(|c| c.write_timeout_secs = 1).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let s = socket.connect(addr(&app)).await.unwrap();
+    let (_read_half, mut write_half) = s.into_split();
+    // Pipelined requests whose answers are never read: the server's writes stall.
+    let writer = tokio::spawn(async move {
+        let many = STATUS.repeat(1000);
+        for _ in 0..100 {
+            if write_half.write_all(&many).await.is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&app, "cloudio_timeouts_total{phase=\"write\"}").await == 0 {
+        assert!(Instant::now() < deadline, "no write timeout");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer.abort();
     app.stop().await;
 }
 
