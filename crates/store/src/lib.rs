@@ -17,5 +17,5 @@ pub mod writer;
 pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable, redact_url};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
-pub use platform::{LiveSession, NewUser, Session, Store, User, check_user_name};
+pub use platform::{LiveSession, NewUser, Reservation, Session, Store, User, check_user_name};
 pub use writer::{WriteConn, Writer};

@@ -87,6 +87,17 @@ pub fn check_user_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The answer to [`Store::reserve_login_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The attempt is counted; check the password.
+    Reserved,
+    /// A key holds `max` failures; `newest` is the newest attempt under it (micros).
+    Refused { newest: i64 },
+    /// Attempts still being checked fill a key's remaining places; try again shortly.
+    Busy,
+}
+
 /// The PostgreSQL advisory lock that serialises login reservations ("cloudio" + 1).
 const LOGIN_ATTEMPT_LOCK: i64 = 0x636c_6f75_6469_6f01;
 
@@ -608,13 +619,16 @@ impl Store {
             .await
     }
 
-    /// Reserves one login attempt under every key at once, before the password is checked, if
-    /// none of the keys already has `max` attempts after `since` (micros). Returns `Ok(None)`
-    /// when reserved, else `Ok(Some(newest))`, the newest attempt under the full key (for
-    /// `Retry-After`). Count and insert run in one transaction that holds SQLite's write lock or
-    /// a PostgreSQL advisory lock, so concurrent attempts, on this node or another, can never
-    /// check more than `max` passwords per key and window. A failed attempt's reservation is its
-    /// failure record; a successful one is taken back with [`Store::release_login_attempt`].
+    /// Reserves one login attempt under every key at once, before its password is checked.
+    ///
+    /// Each key allows `max` attempts after `since` (micros), counting failures and attempts
+    /// still being checked (*pending*: `ATTEMPT_ID` set). With `max` failures under a key the
+    /// answer is [`Reservation::Refused`]; with fewer failures but `max` attempts counting the
+    /// pending ones, [`Reservation::Busy`] (retry shortly: a pending attempt that succeeds gives
+    /// its place back). Count and insert run in one transaction that holds SQLite's write lock
+    /// or a PostgreSQL advisory lock, so concurrent attempts, on this node or another, never
+    /// check more than `max` passwords per key and window that fail. The attempt then ends with
+    /// [`Store::login_attempt_failed`] or [`Store::login_attempt_succeeded`].
     pub async fn reserve_login_attempt(
         &self,
         keys: &[String],
@@ -622,13 +636,14 @@ impl Store {
         now_micros: i64,
         since: i64,
         max: i64,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Reservation> {
         let dialect = self.dialect();
         let table = self.t("io_login_failures");
         let count = portable(
             dialect,
             &format!(
-                "SELECT COUNT(*), MAX(FAILED_AT) FROM {table} WHERE FAILURE_KEY = ? AND FAILED_AT > ?"
+                "SELECT COUNT(*), COUNT(ATTEMPT_ID), MAX(FAILED_AT) FROM {table} \
+                 WHERE FAILURE_KEY = ? AND FAILED_AT > ?"
             ),
         )
         .into_owned();
@@ -639,7 +654,7 @@ impl Store {
         .into_owned();
         let mut tx = self.db.begin_write().await?;
         if dialect == Dialect::Postgres {
-            // One lock for every reservation of the cluster: the transaction is three short
+            // One lock for every reservation of the cluster: the transaction is a few short
             // statements, and a single lock cannot deadlock.
             tx.raw()
                 .execute(
@@ -648,21 +663,27 @@ impl Store {
                 )
                 .await?;
         }
+        let mut busy = false;
         for key in keys {
             let row = tx
                 .raw()
                 .fetch_all(
                     &count,
                     &[text(key), Value::Int(since)],
-                    &[AttrType::Integer, AttrType::Integer],
+                    &[AttrType::Integer, AttrType::Integer, AttrType::Integer],
                 )
                 .await?;
             let mut it = row.into_iter().next().unwrap_or_default().into_iter();
-            let (n, newest) = (it.next().map_or(0, take_int), it.next().map_or(0, take_int));
-            if n >= max {
+            let mut next = || it.next().map_or(0, take_int);
+            let (all, pending, newest) = (next(), next(), next());
+            if all - pending >= max {
                 // Dropping the transaction rolls it back.
-                return Ok(Some(newest));
+                return Ok(Reservation::Refused { newest });
             }
+            busy |= all >= max;
+        }
+        if busy {
+            return Ok(Reservation::Busy);
         }
         for key in keys {
             tx.raw()
@@ -673,16 +694,28 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(None)
+        Ok(Reservation::Reserved)
     }
 
-    /// Takes back a successful attempt's reservation under `key`.
-    pub async fn release_login_attempt(&self, key: &str, attempt_id: &str) -> Result<()> {
+    /// The attempt's password was wrong: its reservations stay, as failures.
+    pub async fn login_attempt_failed(&self, attempt_id: &str) -> Result<()> {
         let sql = format!(
-            "DELETE FROM {} WHERE FAILURE_KEY = ? AND ATTEMPT_ID = ?",
+            "UPDATE {} SET ATTEMPT_ID = NULL WHERE ATTEMPT_ID = ?",
             self.t("io_login_failures")
         );
-        self.exec(&sql, &[text(key), text(attempt_id)]).await?;
+        self.exec(&sql, &[text(attempt_id)]).await?;
+        Ok(())
+    }
+
+    /// The attempt logged in: its reservations are taken back, and the failures under
+    /// `clear_key` (the user's) are cleared. Other attempts still pending are left alone.
+    pub async fn login_attempt_succeeded(&self, attempt_id: &str, clear_key: &str) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE ATTEMPT_ID = ? OR (FAILURE_KEY = ? AND ATTEMPT_ID IS NULL)",
+            self.t("io_login_failures")
+        );
+        self.exec(&sql, &[text(attempt_id), text(clear_key)])
+            .await?;
         Ok(())
     }
 

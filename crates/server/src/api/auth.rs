@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,12 +10,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use store::Session;
+use store::{Reservation, Session};
 
 use crate::api::parse_json;
 use crate::auth::credential_header;
 use crate::auth::guard::Authed;
-use crate::auth::header::parse_token;
+use crate::auth::header::{BasicCredentials, parse_token};
 use crate::auth::jwt::Claims;
 use crate::error::{ApiError, ApiResult, LOGIN_DENIED};
 use crate::state::AppState;
@@ -41,6 +42,29 @@ pub struct AuthResponse {
     status: &'static str,
 }
 
+/// How long a login waits for attempts being checked to leave it a place.
+const MAX_LOGIN_WAIT: Duration = Duration::from_secs(10);
+
+/// The user, if the password is right and the user may log in now; `None` for every kind of
+/// refusal alike. One Argon2 verification in every case (a dummy hash for unknown users).
+async fn check_password(
+    state: &AppState,
+    org: &str,
+    creds: BasicCredentials,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<Option<store::User>> {
+    let user = state.store.find_user(org, &creds.user_name).await?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    let password_ok = state.hasher.verify(creds.password, hash).await?;
+    match user {
+        Some(u) if password_ok && u.may_log_in(now.date_naive()) => Ok(Some(u)),
+        _ => {
+            tracing::info!(org = ?org, user = ?creds.user_name, "login refused");
+            Ok(None)
+        }
+    }
+}
+
 /// Failures counted per user and per client address.
 fn failure_keys(org: &str, user: &str, addr: &SocketAddr) -> [String; 2] {
     [format!("user:{org}/{user}"), format!("addr:{}", addr.ip())]
@@ -65,43 +89,61 @@ pub async fn post_auth(
     let window_us = i64::try_from(state.config.login_window_secs).unwrap_or(300) * 1_000_000;
     let keys = failure_keys(&org, &creds.user_name, &addr);
     // The attempt is counted before the password is checked, in one transaction: however many
-    // arrive at once, on however many nodes, at most `login_max_failures` are checked per window.
+    // arrive at once, on however many nodes, at most `login_max_failures` wrong passwords are
+    // checked per window. While attempts being checked fill the remaining places, a login waits
+    // for them (a success gives its place back) rather than being refused.
     let attempt = uuid::Uuid::new_v4().simple().to_string();
-    if let Some(newest) = state
-        .store
-        .reserve_login_attempt(
-            &keys,
-            &attempt,
-            now_us,
-            now_us - window_us,
-            state.config.login_max_failures,
-        )
-        .await?
-    {
-        let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
-        return Err(ApiError::TooManyRequests {
-            retry_after_secs: retry.unsigned_abs(),
-        });
+    let waited = Instant::now();
+    loop {
+        let now_us = Utc::now().timestamp_micros();
+        let reservation = state
+            .store
+            .reserve_login_attempt(
+                &keys,
+                &attempt,
+                now_us,
+                now_us - window_us,
+                state.config.login_max_failures,
+            )
+            .await?;
+        match reservation {
+            Reservation::Reserved => break,
+            Reservation::Refused { newest } => {
+                let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: retry.unsigned_abs(),
+                });
+            }
+            Reservation::Busy if waited.elapsed() < MAX_LOGIN_WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Reservation::Busy => {
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: 1,
+                });
+            }
+        }
     }
 
-    let user = state.store.find_user(&org, &creds.user_name).await?;
-    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    // Verify even when the user is unknown or may not log in: the same work either way.
-    let password_ok = state.hasher.verify(creds.password, hash).await?;
-    let user = match user {
-        Some(u) if password_ok && u.may_log_in(now.date_naive()) => u,
-        _ => {
-            // The reservation stays as the failure record; old ones are pruned here.
+    let checked = check_password(&state, &org, creds, now).await;
+    let user = match checked {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            state.store.login_attempt_failed(&attempt).await?;
+            // Old failures are pruned here.
             state.store.prune_login_failures(now_us - window_us).await?;
-            tracing::info!(org = ?org, user = ?creds.user_name, "login refused");
             return Err(ApiError::AccessDenied(LOGIN_DENIED.into()));
         }
+        Err(e) => {
+            // Not a wrong password: the place is given back.
+            let _ = state.store.login_attempt_succeeded(&attempt, "").await;
+            return Err(e);
+        }
     };
-    // Success clears the user's failures and takes back this attempt under the address.
-    state.store.clear_login_failures(&keys[0]).await?;
+    // Success: this attempt's places are given back and the user's failures cleared.
     state
         .store
-        .release_login_attempt(&keys[1], &attempt)
+        .login_attempt_succeeded(&attempt, &keys[0])
         .await?;
 
     let session = Session {

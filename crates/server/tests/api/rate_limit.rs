@@ -138,3 +138,15 @@ on_both!(
         app.stop().await;
     }
 );
+
+on_both!(
+    more_right_logins_at_once_than_the_limit_all_get_in,
+    |kind| async move {
+        let app = TestApp::spawn(kind).await;
+        // Counted before their check, they wait for places (each success gives its own back)
+        // rather than being refused.
+        let statuses = concurrent_logins(&app, vec![("admin", ADMIN_PASSWORD); 30]).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        app.stop().await;
+    }
+);
