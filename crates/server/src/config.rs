@@ -258,6 +258,30 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_are_read_from_the_file() {
+        let c = Config::from_toml(
+            "max_client_connections = 500\nmax_connections_per_address = 20\n\
+             header_read_timeout_secs = 5\nkeep_alive_timeout_secs = 60\n\
+             body_read_timeout_secs = 40\nwrite_timeout_secs = 50",
+        )
+        .unwrap();
+        assert_eq!(c.max_client_connections, Some(500));
+        assert_eq!(c.max_connections_per_address, 20);
+        assert_eq!(
+            (c.header_read_timeout_secs, c.keep_alive_timeout_secs),
+            (5, 60)
+        );
+        assert_eq!((c.body_read_timeout_secs, c.write_timeout_secs), (40, 50));
+        assert_eq!(Config::default().max_client_connections, None);
+        let zero = Config {
+            keep_alive_timeout_secs: 0,
+            max_connections_per_address: 0,
+            ..Config::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().len(), 2);
+    }
+
+    #[test]
     fn toml_rejects_unknown_keys() {
         assert!(Config::from_toml("listen = \"127.0.0.1:1\"\nbogus = 1").is_err());
         let c = Config::from_toml("listen = \"127.0.0.1:1\"").unwrap();

@@ -83,7 +83,22 @@ pub async fn post_auth(
     let org = req
         .org_uid
         .unwrap_or_else(|| state.config.default_org.clone());
+    // In a task of its own: a client that hangs up must not cancel the login between the
+    // reservation of its attempt and its end, or the reservation would hold a place (and lock
+    // the user out) until the window passes.
+    tokio::spawn(log_in(state, org, creds, addr))
+        .await
+        .map_err(|e| ApiError::Internal(format!("login task: {e}")))?
+}
 
+/// The login itself, once the request is parsed: reserve an attempt, check the password, end
+/// the attempt, make the session.
+async fn log_in(
+    state: AppState,
+    org: String,
+    creds: BasicCredentials,
+    addr: SocketAddr,
+) -> ApiResult<Json<AuthResponse>> {
     let now = Utc::now();
     let now_us = now.timestamp_micros();
     let window_us = i64::try_from(state.config.login_window_secs).unwrap_or(300) * 1_000_000;

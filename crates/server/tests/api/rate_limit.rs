@@ -150,3 +150,45 @@ on_both!(
         app.stop().await;
     }
 );
+
+on_both!(
+    logins_the_client_gave_up_on_hold_no_place,
+    |kind| async move {
+        let app = TestApp::spawn(kind).await;
+        // Clients that hang up while their logins wait for Argon2 (one per core at a time).
+        let impatient = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(30))
+            .build()
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (client, url) = (impatient.clone(), app.url("/v1/auth"));
+            tasks.spawn(async move {
+                let _ = client
+                    .post(url)
+                    .header("Authorization", token_header("admin", ADMIN_PASSWORD))
+                    .body("{}")
+                    .send()
+                    .await;
+            });
+        }
+        tasks.join_all().await;
+        // Their attempts still end, right passwords giving their places back: none is left.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for key in ["user:cloudio/admin", "addr:127.0.0.1"] {
+            loop {
+                let (left, _) = app.state.store.login_failures(key, 0).await.unwrap();
+                if left == 0 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{left} attempts left under {key}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(app.login_response("admin", ADMIN_PASSWORD).await.0, 200);
+        app.stop().await;
+    }
+);
