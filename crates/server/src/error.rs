@@ -94,7 +94,9 @@ impl ApiError {
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         match e {
-            store::StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            store::StoreError::Unavailable(detail) | store::StoreError::Corrupt(detail) => {
+                ApiError::Unavailable(detail)
+            }
             store::StoreError::Duplicate(_) => {
                 ApiError::Conflict("A row with the same key already exists.".into())
             }

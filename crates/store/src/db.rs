@@ -314,14 +314,13 @@ impl Db {
                     std::iter::once("main").chain(attached.iter().map(|(s, _)| s.as_str()));
                 for schema in schemas {
                     let sql = format!("SELECT COUNT(*) FROM {schema}.sqlite_master");
-                    if let Err(e) = conn.raw().fetch_all(&sql, &[], &[AttrType::Integer]).await {
-                        // NOTADB or CORRUPT: the file is gone bad, not the moment.
-                        if e.to_string().contains("(code: 26)")
-                            || e.to_string().contains("(code: 11)")
-                        {
+                    match conn.raw().fetch_all(&sql, &[], &[AttrType::Integer]).await {
+                        Ok(_) => {}
+                        // The file went bad, not the moment.
+                        Err(StoreError::Corrupt(e)) => {
                             return Err(health.fail(format!("{schema}: {e}")));
                         }
-                        return Err(e);
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok(())
@@ -414,6 +413,7 @@ fn in_file(main: &Path, attached: &[(String, String)], e: sqlx::Error) -> StoreE
     match StoreError::from(e) {
         StoreError::Unavailable(m) => StoreError::Unavailable(format!("{files}: {m}")),
         StoreError::Other(m) => StoreError::Other(format!("{files}: {m}")),
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{files}: {m}")),
         other => other,
     }
 }

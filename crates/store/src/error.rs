@@ -18,6 +18,9 @@ pub enum StoreError {
         statement: usize,
         message: String,
     },
+    /// The database file is not a database or is damaged (SQLite NOTADB, CORRUPT).
+    #[error("database file corrupt: {0}")]
+    Corrupt(String),
     /// Invalid configuration or metadata (e.g. an unsupported database URL).
     #[error("{0}")]
     Invalid(String),
@@ -49,6 +52,9 @@ impl From<sqlx::Error> for StoreError {
                     "1299" | "275" | "787" | "19" | "20" => {
                         StoreError::Constraint(db.message().to_string())
                     }
+                    // SQLite NOTADB, and CORRUPT with its extended codes (VTAB, SEQUENCE, INDEX);
+                    // PostgreSQL's codes have five characters.
+                    "26" | "11" | "267" | "523" | "779" => StoreError::Corrupt(e.to_string()),
                     // PostgreSQL admin shutdown / cannot connect now; SQLite BUSY/LOCKED stay Other.
                     c if c.starts_with("57P") || c.starts_with("08") => {
                         StoreError::Unavailable(db.message().to_string())

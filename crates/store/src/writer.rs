@@ -366,6 +366,13 @@ fn from_rusqlite(e: rusqlite::Error) -> StoreError {
                 }
                 _ if matches!(
                     err.code,
+                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+                ) =>
+                {
+                    StoreError::Corrupt(text)
+                }
+                _ if matches!(
+                    err.code,
                     rusqlite::ErrorCode::CannotOpen
                         | rusqlite::ErrorCode::SystemIoFailure
                         | rusqlite::ErrorCode::DiskFull
