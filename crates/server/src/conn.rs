@@ -53,6 +53,21 @@ pub struct ConnStats {
     pub accept_errors: AtomicU64,
 }
 
+/// The client as the limits count it: an IPv4 address (also when mapped into IPv6), or an IPv6
+/// address's /64 prefix, which one host or customer usually holds whole (counting single IPv6
+/// addresses would let a client rotate through 2^64 of them).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 /// The caps in force, after the descriptor limit was taken into account.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
@@ -274,7 +289,7 @@ pub async fn serve(
                 }
             },
         };
-        let slot = match gate.admit(peer.ip()) {
+        let slot = match gate.admit(client_key(peer.ip())) {
             Ok(slot) => slot,
             Err(refusal) => {
                 let (counter, reason, message) = match refusal {
@@ -584,6 +599,16 @@ mod tests {
         // Our own responses carry a body and are left alone.
         let ours = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}";
         assert!(replace_framework_error(ours).is_none());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_prefix() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
     }
 
     #[test]

@@ -65,9 +65,12 @@ async fn check_password(
     }
 }
 
-/// Failures counted per user and per client address.
+/// Failures counted per user and per client address (an IPv6 client by its /64).
 fn failure_keys(org: &str, user: &str, addr: &SocketAddr) -> [String; 2] {
-    [format!("user:{org}/{user}"), format!("addr:{}", addr.ip())]
+    [
+        format!("user:{org}/{user}"),
+        format!("addr:{}", crate::conn::client_key(addr.ip())),
+    ]
 }
 
 pub async fn post_auth(
