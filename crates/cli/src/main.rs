@@ -27,7 +27,8 @@ struct DbArgs {
     #[arg(long, env = "CLOUDIO_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// sqlite://DIR or postgres://...; overrides --data-dir's database.
-    #[arg(long, env = "CLOUDIO_DATABASE_URL")]
+    // `--help` would print the variable's value, password included.
+    #[arg(long, env = "CLOUDIO_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "CLOUDIO_CONFIG")]
@@ -152,7 +153,7 @@ fn config(db: &DbArgs) -> Result<Config> {
         c.data_dir = d.clone();
     }
     if let Some(u) = &db.database_url {
-        c.database_url = Some(u.clone());
+        c.database_url = Some(u.clone().into());
     }
     if let Ok(s) = std::env::var("CLOUDIO_JWT_SECRET") {
         c.jwt_secret = Some(Secret::new(s));
@@ -239,6 +240,9 @@ async fn main() -> Result<()> {
                 email,
                 password_stdin,
             } => {
+                // Before asking for a password: such a name could never log in.
+                store::check_user_name(&user)
+                    .map_err(|e| anyhow::anyhow!("invalid user name {user:?}: {e}"))?;
                 let (store, hasher) = admin_tools(&db).await?;
                 let hash = hasher
                     .hash_blocking(&read_password(password_stdin)?)

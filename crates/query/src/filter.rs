@@ -14,6 +14,11 @@ use crate::value::{Value, parse_date, parse_datetime};
 /// literal (a backslash does in MySQL).
 const ESC: char = '!';
 
+/// The longest value of `like`, `nct`, `sw`, `ew` and of each `has*` part, in characters.
+/// Escaped and wrapped in `%`, even four-byte characters stay under SQLite's limit of 50,000
+/// bytes per pattern (past it, SQLite fails the whole statement).
+pub const MAX_PATTERN_CHARS: usize = 10_000;
+
 /// Whose filter is being compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -112,7 +117,7 @@ impl FilterCompiler<'_> {
             (Family::String, Is) => cmp(sql, col, "=", Value::Text(c.text(v)?)),
             (Family::String, Not) => cmp_or_null(sql, col, Value::Text(c.text(v)?)),
             (Family::String, Like | Nct | Sw | Ew) => {
-                let s = escape_like(&c.text(v)?);
+                let s = escape_like(&c.pattern(v)?);
                 let pattern = match op {
                     Sw => format!("{s}%"),
                     Ew => format!("%{s}"),
@@ -136,11 +141,15 @@ impl FilterCompiler<'_> {
             }
             (Family::String, HasAll | HasAny | NotAny) => {
                 let parts: Vec<String> = match v {
-                    Json::String(_) => c.text(v)?.split_whitespace().map(str::to_string).collect(),
+                    Json::String(_) => c
+                        .pattern(v)?
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect(),
                     _ => c
                         .list(v)?
                         .iter()
-                        .map(|x| c.text(x))
+                        .map(|x| c.pattern(x))
                         .collect::<Result<_, _>>()?,
                 };
                 self.has(sql, col, op, &parts);
@@ -351,6 +360,18 @@ impl Cond<'_> {
             Json::String(s) => Ok(s.clone()),
             _ => Err(self.bad("a string", v)),
         }
+    }
+
+    /// A string for a `LIKE` pattern: at most [`MAX_PATTERN_CHARS`] characters.
+    fn pattern(&self, v: &Json) -> Result<String, QueryError> {
+        let s = self.text(v)?;
+        if s.chars().count() > MAX_PATTERN_CHARS {
+            return Err(self.bad(
+                &format!("a string of at most {MAX_PATTERN_CHARS} characters"),
+                v,
+            ));
+        }
+        Ok(s)
     }
 
     fn list<'v>(&self, v: &'v Json) -> Result<&'v Vec<Json>, QueryError> {

@@ -27,12 +27,35 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A database URL whose `Debug` hides the password (`postgres://user:***@host/db`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        DatabaseUrl(s)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&store::redact_url(&self.0), f)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub max_connections: u32,
     /// Requests handled at once; further requests wait in arrival order (their connections stay
     /// open). Bounds the memory of a burst: a waiting request holds its head, not a handler.
@@ -62,6 +85,23 @@ pub struct Config {
     pub query_default_limit: u64,
     pub query_max_limit: u64,
     pub query_max_depth: usize,
+    /// Client connections open at once; `None` (the default): as many as the descriptor limit
+    /// (`ulimit -n`) leaves room for, keeping an eighth of it (at least 256) for the database.
+    /// A configured value above that is lowered, with a warning.
+    pub max_client_connections: Option<usize>,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// A request head must arrive whole within this many seconds of its first byte; otherwise
+    /// the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request begun for this many seconds (after opening or after its
+    /// previous response) is closed.
+    pub keep_alive_timeout_secs: u64,
+    /// A response that makes no progress for this many seconds (the client does not read)
+    /// closes the connection.
+    pub write_timeout_secs: u64,
+    /// A request's body must arrive whole within this many seconds of its head (408 otherwise).
+    pub body_read_timeout_secs: u64,
     /// App directories loaded at start (`--app-dir`).
     pub app_dirs: Vec<PathBuf>,
     /// Also load the built-in demo app (`--demo`).
@@ -150,6 +190,12 @@ impl Default for Config {
             query_default_limit: 100,
             query_max_limit: 10_000,
             query_max_depth: 32,
+            max_client_connections: None,
+            max_connections_per_address: 1024,
+            header_read_timeout_secs: 10,
+            keep_alive_timeout_secs: 30,
+            write_timeout_secs: 30,
+            body_read_timeout_secs: 30,
             app_dirs: Vec::new(),
             demo: false,
             scripts: ScriptsConfig::default(),
@@ -221,6 +267,25 @@ impl Config {
         if self.max_inflight_requests == 0 {
             problems.push("max_inflight_requests must be at least 1".into());
         }
+        if self.max_client_connections == Some(0) || self.max_connections_per_address == 0 {
+            problems.push(
+                "max_client_connections and max_connections_per_address must be at least 1".into(),
+            );
+        }
+        if [
+            self.header_read_timeout_secs,
+            self.keep_alive_timeout_secs,
+            self.body_read_timeout_secs,
+            self.write_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            problems.push(
+                "header_read_timeout_secs, keep_alive_timeout_secs, body_read_timeout_secs and \
+                 write_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -291,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn database_passwords_do_not_print() {
+        for url in [
+            "postgres://app:hunter2@db.example:5432/cloudio",
+            "postgres://app@db.example/cloudio?sslmode=require&password=hunter2",
+        ] {
+            let c = Config {
+                database_url: Some(url.to_string().into()),
+                ..Config::default()
+            };
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("db.example"), "{shown}");
+            let target = store::DbTarget::from_config(&c.data_dir, Some(url)).unwrap();
+            assert!(!format!("{target:?}").contains("hunter2"));
+        }
+    }
+
+    #[test]
     fn validation_reports_every_problem() {
         let c = Config {
             body_limit_bytes: 1,
@@ -298,6 +381,30 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn connection_limits_are_read_from_the_file() {
+        let c = Config::from_toml(
+            "max_client_connections = 500\nmax_connections_per_address = 20\n\
+             header_read_timeout_secs = 5\nkeep_alive_timeout_secs = 60\n\
+             body_read_timeout_secs = 40\nwrite_timeout_secs = 50",
+        )
+        .unwrap();
+        assert_eq!(c.max_client_connections, Some(500));
+        assert_eq!(c.max_connections_per_address, 20);
+        assert_eq!(
+            (c.header_read_timeout_secs, c.keep_alive_timeout_secs),
+            (5, 60)
+        );
+        assert_eq!((c.body_read_timeout_secs, c.write_timeout_secs), (40, 50));
+        assert_eq!(Config::default().max_client_connections, None);
+        let zero = Config {
+            keep_alive_timeout_secs: 0,
+            max_connections_per_address: 0,
+            ..Config::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().len(), 2);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("The request body is larger than the server accepts.")]
     PayloadTooLarge,
+    /// The body did not arrive in time; the connection is closed after the answer.
+    #[error("The request body did not arrive in time.")]
+    RequestTimeout,
     #[error("too many failed logins")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Script(_) => StatusCode::BAD_REQUEST,
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "Method Not Allowed",
             ApiError::Conflict(_) => "Conflict",
             ApiError::PayloadTooLarge => "Payload Too Large",
+            ApiError::RequestTimeout => "Request Timeout",
             ApiError::TooManyRequests { .. } => "Too Many Requests",
             ApiError::Unavailable(_) | ApiError::Busy(_) => "Service Unavailable",
             ApiError::Script(_) => "Script Error",
@@ -97,7 +102,9 @@ impl ApiError {
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         match e {
-            store::StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            store::StoreError::Unavailable(detail) | store::StoreError::Corrupt(detail) => {
+                ApiError::Unavailable(detail)
+            }
             store::StoreError::Busy(detail) => {
                 tracing::warn!(%detail, "a request waited too long for a database connection");
                 ApiError::Busy("The server is busy; try again shortly.".into())
@@ -106,7 +113,7 @@ impl From<store::StoreError> for ApiError {
                 ApiError::Conflict("A row with the same key already exists.".into())
             }
             store::StoreError::Constraint(detail) => {
-                tracing::info!(%detail, "value rejected by the database");
+                tracing::info!(?detail, "value rejected by the database");
                 ApiError::BadRequest(
                     "A value was rejected by the database (type, length or a required value)."
                         .into(),
@@ -144,7 +151,11 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Internal(detail) | ApiError::Unavailable(detail) => {
-                tracing::error!(request_id = request_id::current().as_deref(), %detail, "request failed")
+                tracing::error!(
+                    request_id = request_id::current().as_deref(),
+                    ?detail,
+                    "request failed"
+                )
             }
             _ => {}
         }
@@ -155,6 +166,10 @@ impl IntoResponse for ApiError {
             "message": self.message(),
         });
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::RequestTimeout = self {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::TooManyRequests { retry_after_secs } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
         {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod apps;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod metrics;
@@ -18,6 +19,6 @@ pub mod router;
 pub mod startup;
 pub mod state;
 
-pub use config::{Config, Secret};
+pub use config::{Config, DatabaseUrl, Secret};
 pub use startup::{Server, StartError};
 pub use state::AppState;

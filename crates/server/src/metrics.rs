@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::conn::ConnStats;
 use crate::state::AppState;
 
 const BUCKETS: [f64; 10] = [
@@ -23,6 +24,10 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+    /// The accept loop's counters (open, refused, timed out).
+    pub conns: Arc<ConnStats>,
+    /// Requests whose body did not arrive within `body_read_timeout_secs`.
+    pub body_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -86,6 +91,69 @@ impl Metrics {
         let _ = writeln!(out, "cloudio_db_pool_connections {}", pool.0);
         let _ = writeln!(out, "# TYPE cloudio_db_pool_idle_connections gauge");
         let _ = writeln!(out, "cloudio_db_pool_idle_connections {}", pool.1);
+        let c = &self.conns;
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_connections_open Client connections open now."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_connections_open gauge");
+        let _ = writeln!(
+            out,
+            "cloudio_connections_open {}",
+            c.open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE cloudio_connections_accepted_total counter");
+        let _ = writeln!(
+            out,
+            "cloudio_connections_accepted_total {}",
+            c.accepted.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_connections_refused_total Connections refused by a cap."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_connections_refused_total counter");
+        let _ = writeln!(
+            out,
+            "cloudio_connections_refused_total{{limit=\"max_client_connections\"}} {}",
+            c.refused_global.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "cloudio_connections_refused_total{{limit=\"max_connections_per_address\"}} {}",
+            c.refused_per_address.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_timeouts_total Connections closed or requests refused for slowness."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_timeouts_total counter");
+        let _ = writeln!(
+            out,
+            "cloudio_timeouts_total{{phase=\"header\"}} {}",
+            c.header_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "cloudio_timeouts_total{{phase=\"idle\"}} {}",
+            c.idle_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "cloudio_timeouts_total{{phase=\"body\"}} {}",
+            self.body_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "cloudio_timeouts_total{{phase=\"write\"}} {}",
+            c.write_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE cloudio_accept_errors_total counter");
+        let _ = writeln!(
+            out,
+            "cloudio_accept_errors_total {}",
+            c.accept_errors.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# TYPE cloudio_uptime_seconds gauge");
         let _ = writeln!(out, "cloudio_uptime_seconds {uptime:.3}");
         out

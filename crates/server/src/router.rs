@@ -44,7 +44,7 @@ pub fn app(state: AppState, routes: Router<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(on_panic))
         // A request waiting for its turn holds its head and body, not a handler.
         .layer(GlobalConcurrencyLimitLayer::new(inflight))
-        .layer(middleware::from_fn_with_state(limit, read_body))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::middleware,
@@ -54,19 +54,30 @@ pub fn app(state: AppState, routes: Router<AppState>) -> Router {
 }
 
 /// Reads the whole body (up to the limit) before the request takes an in-flight slot: a client
-/// that sends its body slowly then holds its connection, never a slot other requests need.
+/// that sends its body slowly then holds its connection, never a slot other requests need; one
+/// that takes longer than `body_read_timeout_secs` gets a 408 and the connection is closed.
 async fn read_body(
-    State(limit): State<usize>,
+    State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let limit = state.config.body_limit_bytes;
+    let timeout = Duration::from_secs(state.config.body_read_timeout_secs);
     let (parts, body) = req.into_parts();
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect());
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ApiError::PayloadTooLarge);
         }
-        Err(e) => return Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+        Ok(Err(e)) => return Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+        Err(_) => {
+            state
+                .metrics
+                .body_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ApiError::RequestTimeout);
+        }
     };
     Ok(next
         .run(Request::from_parts(parts, Body::from(bytes)))

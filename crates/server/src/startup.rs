@@ -16,7 +16,7 @@ use crate::apps::{AppSource, load_app};
 use crate::auth::guard::TokenCache;
 use crate::auth::jwt::Keys;
 use crate::auth::password::Hasher;
-use crate::config::Config;
+use crate::config::{Config, DatabaseUrl};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::router;
@@ -44,7 +44,10 @@ pub enum StartError {
 
 /// Opens the database named by the configuration and brings the platform's tables up to date.
 pub async fn open_store(config: &Config) -> Result<Store, StartError> {
-    let target = DbTarget::from_config(&config.data_dir, config.database_url.as_deref())?;
+    let target = DbTarget::from_config(
+        &config.data_dir,
+        config.database_url.as_ref().map(DatabaseUrl::expose),
+    )?;
     let db = Db::connect(&target, config.max_connections).await?;
     let dialect = db.dialect();
     store::migrate::run(
@@ -285,28 +288,40 @@ impl Server {
         tracing::info!("listening on {addr}");
         let state = self.state.clone();
         let purge = tokio::spawn(purge_sessions(state.clone()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(
-            self.listener,
-            self.app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let watch = tokio::spawn(watch_database(state.clone()));
+        let grace = router::grace(&state);
+        let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
-            let _ = tx.send(());
-        });
-        let grace = router::grace(&state);
-        let result = tokio::select! {
-            r = serve => r,
-            _ = async { let _ = rx.await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("grace period over; stopping with requests still in flight");
-                Ok(())
-            }
         };
+        let result = crate::conn::serve(
+            self.listener,
+            self.app,
+            &state.config,
+            state.metrics.conns.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
         purge.abort();
+        watch.abort();
         state.store.db.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Checks the database every five seconds as `/v1/status` does, so that SQLite files deleted,
+/// replaced or overwritten under the server are found (and writes refused, the reason logged)
+/// even when nobody asks.
+async fn watch_database(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if state.store.db.failure().is_some() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.store.db.ping()).await;
     }
 }
 

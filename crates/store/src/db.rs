@@ -20,15 +20,51 @@ use sqlx::{
 };
 
 use crate::error::{Result, StoreError};
+use crate::health::FileHealth;
 use crate::writer::Writer;
 
-/// Where the database lives.
-#[derive(Debug, Clone)]
+/// Where the database lives. Its `Debug` hides a password in the URL.
+#[derive(Clone)]
 pub enum DbTarget {
     /// Embedded SQLite: `cloudio.db` in this directory, one `<app>.db` per app beside it.
     SqliteDir(PathBuf),
     /// `postgres://...`
     Postgres(String),
+}
+
+impl std::fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbTarget::SqliteDir(dir) => f.debug_tuple("SqliteDir").field(dir).finish(),
+            DbTarget::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// `url` with its password (in the user info, or a `password=` parameter) replaced by `***`,
+/// for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        if let Some(at) = authority.rfind('@')
+            && let Some((user, _)) = authority[..at].split_once(':')
+        {
+            out = format!("{scheme}://{user}:***@{}", &rest[at + 1..]);
+        }
+    }
+    if let Some((base, query)) = out.clone().split_once('?') {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out = format!("{base}?{}", params.join("&"));
+    }
+    out
 }
 
 impl DbTarget {
@@ -70,6 +106,8 @@ pub enum Db {
         write_lock: Arc<tokio::sync::Mutex<()>>,
         /// Short writes are batched through here (see [`Writer`]).
         writer: Writer,
+        /// Whether the files are still those opened; writes are refused once they are not.
+        health: Arc<FileHealth>,
     },
     Postgres(PgPool),
 }
@@ -81,8 +119,10 @@ impl Db {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                 })?;
-                let opts = sqlite_options(&dir.join("cloudio.db"));
+                let main = dir.join("cloudio.db");
                 let attached = attached_apps(dir);
+                check_writable(dir, &main, &attached)?;
+                let opts = sqlite_options(&main);
                 let apps = attached.clone();
                 // SQLite work is CPU-bound in each connection's own thread and writers queue on one
                 // lock: more connections than twice the cores add threads and page caches (2 MiB
@@ -109,20 +149,32 @@ impl Db {
                         })
                     })
                     .connect_with(opts)
-                    .await?;
+                    .await
+                    .map_err(|e| in_file(&main, &attached, e))?;
+                let files: Vec<PathBuf> = std::iter::once(main.clone())
+                    .chain(
+                        attached
+                            .iter()
+                            .map(|(schema, _)| dir.join(format!("{schema}.db"))),
+                    )
+                    .collect();
+                let health = Arc::new(FileHealth::open(&files)?);
                 let write_lock = Arc::<tokio::sync::Mutex<()>>::default();
-                let writer = Writer::start(&dir.join("cloudio.db"), &attached, write_lock.clone())?;
+                let writer = Writer::start(&main, &attached, write_lock.clone(), health.clone())?;
                 Ok(Db::Sqlite {
                     pool,
                     dir: dir.clone(),
                     attached,
                     write_lock,
                     writer,
+                    health,
                 })
             }
             DbTarget::Postgres(url) => {
                 let opts = PgConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::Invalid(format!("bad database URL: {e}")))?
+                    .map_err(|e| {
+                        StoreError::Invalid(format!("bad database URL {}: {e}", redact_url(url)))
+                    })?
                     .options([("timezone", "UTC")]);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
@@ -201,6 +253,7 @@ impl Db {
     /// A transaction that will write: on SQLite it takes this process's write turn and then the
     /// database's write lock at once (`BEGIN IMMEDIATE`), so a read never has to upgrade.
     pub async fn begin_write(&self) -> Result<Tx> {
+        self.check_files()?;
         Ok(match self {
             Db::Sqlite { pool, .. } => {
                 let turn = self.write_turn().await;
@@ -221,7 +274,17 @@ impl Db {
     }
 
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.check_files()?;
         self.acquire().await?.raw().execute(sql, params).await
+    }
+
+    /// On SQLite, before a write: are the files still those opened (see [`FileHealth`])? A
+    /// write to a deleted or replaced file would be acknowledged and then lost.
+    fn check_files(&self) -> Result<()> {
+        match self {
+            Db::Sqlite { health, .. } => health.check_identity(),
+            Db::Postgres(_) => Ok(()),
+        }
     }
 
     pub async fn fetch_all(
@@ -246,9 +309,41 @@ impl Db {
         Ok(self.fetch_all(sql, params, types).await?.into_iter().next())
     }
 
-    /// A cheap round trip, for `/v1/status`.
+    /// For `/v1/status` and the periodic check: a round trip on PostgreSQL; on SQLite, every
+    /// file still the one opened and a SQLite database (its header), and each schema readable.
+    /// A database found deleted, replaced or corrupt stays failed until the server restarts.
     pub async fn ping(&self) -> Result<()> {
-        self.execute("SELECT 1", &[]).await.map(|_| ())
+        match self {
+            Db::Postgres(_) => self.execute("SELECT 1", &[]).await.map(|_| ()),
+            Db::Sqlite {
+                health, attached, ..
+            } => {
+                health.check_contents()?;
+                let mut conn = self.acquire().await?;
+                let schemas =
+                    std::iter::once("main").chain(attached.iter().map(|(s, _)| s.as_str()));
+                for schema in schemas {
+                    let sql = format!("SELECT COUNT(*) FROM {schema}.sqlite_master");
+                    match conn.raw().fetch_all(&sql, &[], &[AttrType::Integer]).await {
+                        Ok(_) => {}
+                        // The file went bad, not the moment.
+                        Err(StoreError::Corrupt(e)) => {
+                            return Err(health.fail(format!("{schema}: {e}")));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the database was given up (SQLite files deleted, replaced or corrupt), if it was.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Db::Sqlite { health, .. } => health.failure().map(str::to_string),
+            Db::Postgres(_) => None,
+        }
     }
 
     pub async fn close(&self) {
@@ -267,6 +362,69 @@ impl Db {
             Db::Sqlite { pool, .. } => (pool.size(), pool.num_idle()),
             Db::Postgres(pool) => (pool.size(), pool.num_idle()),
         }
+    }
+}
+
+/// The database files must be writable, and so must their directory (SQLite creates `-wal` and
+/// `-shm` files beside them): found out here, the error names the file; found out by SQLite
+/// later, it was only "attempt to write a readonly database".
+fn check_writable(dir: &Path, main: &Path, attached: &[(String, String)]) -> Result<()> {
+    let files = std::iter::once(main.to_path_buf()).chain(
+        attached
+            .iter()
+            .map(|(schema, _)| dir.join(format!("{schema}.db"))),
+    );
+    for db in files {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{} cannot be opened for writing: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+    let probe = dir.join(format!(".cloudio-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create files in {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// An error opening the SQLite pool, naming the files it was opening.
+fn in_file(main: &Path, attached: &[(String, String)], e: sqlx::Error) -> StoreError {
+    let mut files = main.display().to_string();
+    for (_, path) in attached {
+        files.push_str(", ");
+        files.push_str(&path.replace("''", "'"));
+    }
+    match StoreError::from(e) {
+        StoreError::Unavailable(m) => StoreError::Unavailable(format!("{files}: {m}")),
+        StoreError::Other(m) => StoreError::Other(format!("{files}: {m}")),
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{files}: {m}")),
+        other => other,
     }
 }
 

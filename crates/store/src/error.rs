@@ -22,6 +22,9 @@ pub enum StoreError {
         statement: usize,
         message: String,
     },
+    /// The database file is not a database or is damaged (SQLite NOTADB, CORRUPT).
+    #[error("database file corrupt: {0}")]
+    Corrupt(String),
     /// Invalid configuration or metadata (e.g. an unsupported database URL).
     #[error("{0}")]
     Invalid(String),
@@ -41,6 +44,8 @@ fn sqlite_code(extended: i32, message: String) -> Option<StoreError> {
         // Any other constraint (NOT NULL 1299, CHECK 275, FOREIGN KEY 787, ...), and a
         // datatype mismatch (20).
         (_, 19) | (20, _) => StoreError::Constraint(message),
+        // NOTADB, and CORRUPT with its extended codes: the file is not (or no longer) ours.
+        (26, _) | (_, 11) => StoreError::Corrupt(message),
         // READONLY, IOERR, FULL, CANTOPEN: the file is not usable.
         (_, 8 | 10 | 13 | 14) => StoreError::Unavailable(message),
         _ => return None,

@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod metadata;
 pub mod migrate;
 pub mod platform;
@@ -16,8 +17,8 @@ pub mod writer;
 /// The built-in app that holds the platform's own tables and datasources.
 pub const PLATFORM_APP: &str = "cloudio";
 
-pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable};
+pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable, redact_url};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
-pub use platform::{LiveSession, NewUser, Session, Store, User};
+pub use platform::{LiveSession, NewUser, Reservation, Session, Store, User, check_user_name};
 pub use writer::{WriteConn, Writer};

@@ -92,6 +92,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 include_str!("../migrations/postgres/io_20261128000000_platform.sql"),
             ),
             (
+                "io_20261129000000_login_attempts.sql",
+                include_str!("../migrations/postgres/io_20261129000000_login_attempts.sql"),
+            ),
+            (
                 "io_20261129000000_scripts.sql",
                 include_str!("../migrations/postgres/io_20261129000000_scripts.sql"),
             ),
@@ -100,6 +104,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261128000000_platform.sql",
                 include_str!("../migrations/sqlite/io_20261128000000_platform.sql"),
+            ),
+            (
+                "io_20261129000000_login_attempts.sql",
+                include_str!("../migrations/sqlite/io_20261129000000_login_attempts.sql"),
             ),
             (
                 "io_20261129000000_scripts.sql",

@@ -67,6 +67,40 @@ pub struct LiveSession {
     pub email_address: Option<String>,
 }
 
+/// Why `name` cannot be a user name, if it cannot: empty, longer than 256 characters, or
+/// holding a `:` (the `Token` header splits `name:password` at the first one, so such a user
+/// could never log in) or a control character (a newline would forge lines in logs). Every path
+/// that creates users calls this: [`Store::create_user`], the CLI, and `IoUsers` inserts.
+pub fn check_user_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("a user name must not be empty".into());
+    }
+    if name.chars().count() > 256 {
+        return Err("a user name must be at most 256 characters".into());
+    }
+    if name.contains(':') {
+        return Err("a user name must not contain `:` (it separates name and password)".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a user name must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// The answer to [`Store::reserve_login_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The attempt is counted; check the password.
+    Reserved,
+    /// A key holds `max` failures; `newest` is the newest attempt under it (micros).
+    Refused { newest: i64 },
+    /// Attempts still being checked fill a key's remaining places; try again shortly.
+    Busy,
+}
+
+/// The PostgreSQL advisory lock that serialises login reservations ("cloudio" + 1).
+const LOGIN_ATTEMPT_LOCK: i64 = 0x636c_6f75_6469_6f01;
+
 fn text(v: &str) -> Value {
     Value::Text(v.to_string())
 }
@@ -254,6 +288,7 @@ impl Store {
     }
 
     pub async fn create_user(&self, u: &NewUser<'_>) -> Result<String> {
+        check_user_name(u.user_name).map_err(StoreError::Invalid)?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.who_now(Utc::now());
         let sql = format!(
@@ -580,14 +615,108 @@ impl Store {
             .await
     }
 
-    /// Records a failed login under `key` and prunes failures older than `since`.
-    pub async fn record_login_failure(&self, key: &str, now_micros: i64, since: i64) -> Result<()> {
+    /// Reserves one login attempt under every key at once, before its password is checked.
+    ///
+    /// Each key allows `max` attempts after `since` (micros), counting failures and attempts
+    /// still being checked (*pending*: `ATTEMPT_ID` set). With `max` failures under a key the
+    /// answer is [`Reservation::Refused`]; with fewer failures but `max` attempts counting the
+    /// pending ones, [`Reservation::Busy`] (retry shortly: a pending attempt that succeeds gives
+    /// its place back). Count and insert run in one transaction that holds SQLite's write lock
+    /// or a PostgreSQL advisory lock, so concurrent attempts, on this node or another, never
+    /// check more than `max` passwords per key and window that fail. The attempt then ends with
+    /// [`Store::login_attempt_failed`] or [`Store::login_attempt_succeeded`].
+    pub async fn reserve_login_attempt(
+        &self,
+        keys: &[String],
+        attempt_id: &str,
+        now_micros: i64,
+        since: i64,
+        max: i64,
+    ) -> Result<Reservation> {
+        let dialect = self.dialect();
+        let table = self.t("io_login_failures");
+        let count = portable(
+            dialect,
+            &format!(
+                "SELECT COUNT(*), COUNT(ATTEMPT_ID), MAX(FAILED_AT) FROM {table} \
+                 WHERE FAILURE_KEY = ? AND FAILED_AT > ?"
+            ),
+        )
+        .into_owned();
+        let insert = portable(
+            dialect,
+            &format!("INSERT INTO {table} (FAILURE_KEY, FAILED_AT, ATTEMPT_ID) VALUES (?, ?, ?)"),
+        )
+        .into_owned();
+        let mut tx = self.db.begin_write().await?;
+        if dialect == Dialect::Postgres {
+            // One lock for every reservation of the cluster: the transaction is a few short
+            // statements, and a single lock cannot deadlock.
+            tx.raw()
+                .execute(
+                    &format!("SELECT pg_advisory_xact_lock({LOGIN_ATTEMPT_LOCK})"),
+                    &[],
+                )
+                .await?;
+        }
+        let mut busy = false;
+        for key in keys {
+            let row = tx
+                .raw()
+                .fetch_all(
+                    &count,
+                    &[text(key), Value::Int(since)],
+                    &[AttrType::Integer, AttrType::Integer, AttrType::Integer],
+                )
+                .await?;
+            let mut it = row.into_iter().next().unwrap_or_default().into_iter();
+            let mut next = || it.next().map_or(0, take_int);
+            let (all, pending, newest) = (next(), next(), next());
+            if all - pending >= max {
+                // Dropping the transaction rolls it back.
+                return Ok(Reservation::Refused { newest });
+            }
+            busy |= all >= max;
+        }
+        if busy {
+            return Ok(Reservation::Busy);
+        }
+        for key in keys {
+            tx.raw()
+                .execute(
+                    &insert,
+                    &[text(key), Value::Int(now_micros), text(attempt_id)],
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Reservation::Reserved)
+    }
+
+    /// The attempt's password was wrong: its reservations stay, as failures.
+    pub async fn login_attempt_failed(&self, attempt_id: &str) -> Result<()> {
         let sql = format!(
-            "INSERT INTO {} (FAILURE_KEY, FAILED_AT) VALUES (?, ?)",
+            "UPDATE {} SET ATTEMPT_ID = NULL WHERE ATTEMPT_ID = ?",
             self.t("io_login_failures")
         );
-        self.exec(&sql, &[text(key), Value::Int(now_micros)])
+        self.exec(&sql, &[text(attempt_id)]).await?;
+        Ok(())
+    }
+
+    /// The attempt logged in: its reservations are taken back, and the failures under
+    /// `clear_key` (the user's) are cleared. Other attempts still pending are left alone.
+    pub async fn login_attempt_succeeded(&self, attempt_id: &str, clear_key: &str) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE ATTEMPT_ID = ? OR (FAILURE_KEY = ? AND ATTEMPT_ID IS NULL)",
+            self.t("io_login_failures")
+        );
+        self.exec(&sql, &[text(attempt_id), text(clear_key)])
             .await?;
+        Ok(())
+    }
+
+    /// Deletes failures older than `since` (micros), under every key.
+    pub async fn prune_login_failures(&self, since: i64) -> Result<()> {
         let sql = format!(
             "DELETE FROM {} WHERE FAILED_AT < ?",
             self.t("io_login_failures")
@@ -620,5 +749,33 @@ impl Store {
         );
         self.exec(&sql, &[text(key)]).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_user_name;
+
+    #[test]
+    fn user_names_that_could_never_log_in_are_refused() {
+        for ok in [
+            "admin",
+            "Ünïcödé user",
+            "a.b@example.com",
+            "x".repeat(256).as_str(),
+        ] {
+            assert_eq!(check_user_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a:b",
+            "a\nb",
+            "a\rb",
+            "tab\there",
+            "nul\0",
+            &"x".repeat(257),
+        ] {
+            assert!(check_user_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

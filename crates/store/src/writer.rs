@@ -20,6 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::db::{SQLITE_BUSY_TIMEOUT, SqliteParam, attach_statements, coerce, sqlite_param};
 use crate::error::{Result, StoreError};
+use crate::health::FileHealth;
 
 /// At most this many jobs share one transaction.
 const MAX_BATCH: usize = 256;
@@ -93,6 +94,7 @@ impl Writer {
         main: &Path,
         attached: &[(String, String)],
         turn: Arc<tokio::sync::Mutex<()>>,
+        health: Arc<FileHealth>,
     ) -> Result<Writer> {
         let (tx, rx) = mpsc::channel();
         let (main, attached) = (main.to_path_buf(), attached.to_vec());
@@ -101,7 +103,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || match open(&main, &attached) {
-                Ok(conn) => run(conn, rx, turn),
+                Ok(conn) => run(conn, rx, turn, &health),
                 Err(e) => refuse(&StoreError::from(e), rx),
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
@@ -191,7 +193,12 @@ fn refuse(e: &StoreError, rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mutex<()>>) {
+fn run(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Msg>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    health: &FileHealth,
+) {
     // A job that wants its own transaction, taken from the queue while filling a batch.
     let mut next: Option<Box<dyn Job>> = None;
     let mut stopping = false;
@@ -219,6 +226,13 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mut
             }
         }
         let _turn = turn.blocking_lock();
+        // A write to a deleted or replaced file would be acknowledged, then lost.
+        if let Err(e) = health.check_identity() {
+            for job in batch {
+                job.answer(Err(e.clone()));
+            }
+            continue;
+        }
         if batch.len() == 1 {
             run_alone(&mut conn, batch.remove(0));
         } else {
@@ -227,7 +241,10 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, turn: Arc<tokio::sync::Mut
     }
     if let Some(j) = next {
         let _turn = turn.blocking_lock();
-        run_alone(&mut conn, j);
+        match health.check_identity() {
+            Ok(()) => run_alone(&mut conn, j),
+            Err(e) => j.answer(Err(e)),
+        }
     }
 }
 

@@ -265,3 +265,47 @@ async fn assert_roles_become(base: &str, l: &Login, expected: serde_json::Value)
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn user_names_that_could_never_log_in_are_refused() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    for (name, why) in [
+        ("bob:smith", "`:`"),
+        ("bob\nINFO forged line", "control characters"),
+        ("", "empty"),
+    ] {
+        db.run(
+            &["user", "create"],
+            &["--user", name, "--password-stdin"],
+            Some("a-password\n"),
+        )
+        .await
+        .fails_with(&["invalid user name", why]);
+    }
+}
+
+#[tokio::test]
+async fn start_up_errors_name_the_database_file() {
+    // A database overwritten with other bytes.
+    let db = TestDb::new(Kind::Sqlite).await;
+    db.run(&["migrate"], &[], None).await.ok();
+    let main = db.dir.path().join("cloudio.db");
+    for side in ["cloudio.db-wal", "cloudio.db-shm"] {
+        let _ = std::fs::remove_file(db.dir.path().join(side));
+    }
+    std::fs::write(&main, vec![0x5a_u8; 64 * 1024]).unwrap();
+    db.run(&["migrate"], &[], None)
+        .await
+        .fails_with(&[&main.display().to_string(), "not a database"]);
+
+    // A file beside it that cannot be opened for writing (a directory stands in for a
+    // read-only file: root may write those, and tests may run as root).
+    let db = TestDb::new(Kind::Sqlite).await;
+    db.run(&["migrate"], &[], None).await.ok();
+    let wal = db.dir.path().join("cloudio.db-wal");
+    let _ = std::fs::remove_file(&wal);
+    std::fs::create_dir(&wal).unwrap();
+    db.run(&["migrate"], &[], None)
+        .await
+        .fails_with(&[&wal.display().to_string(), "cannot be opened for writing"]);
+}

@@ -144,3 +144,30 @@ async fn the_listening_line_survives_a_quiet_log_filter() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn client_text_cannot_forge_log_lines() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let mut server = Proc::serve(
+        &db,
+        &["--listen", "127.0.0.1:0"],
+        &[("CLOUDIO_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+    )
+    .await;
+    let forged = "nobody\n2026-01-01T00:00:00Z  INFO forged: admin logged in";
+    let (status, _) = login(&server.base(), forged, "wrong").await;
+    assert_eq!(status, 403);
+    let line = server
+        .wait_for_line("login refused", Duration::from_secs(10))
+        .await;
+    assert!(line.contains(r"nobody\n2026"), "{line}");
+    assert!(
+        !server
+            .stdout()
+            .iter()
+            .any(|l| l.contains("INFO forged") && !l.contains("login refused")),
+        "{}",
+        server.output()
+    );
+    server.stop().await;
+}

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -9,12 +10,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use store::Session;
+use store::{Reservation, Session};
 
 use crate::api::parse_json;
 use crate::auth::credential_header;
 use crate::auth::guard::Authed;
-use crate::auth::header::parse_token;
+use crate::auth::header::{BasicCredentials, parse_token};
 use crate::auth::jwt::Claims;
 use crate::error::{ApiError, ApiResult, LOGIN_DENIED};
 use crate::state::AppState;
@@ -41,9 +42,35 @@ pub struct AuthResponse {
     status: &'static str,
 }
 
-/// Failures counted per user and per client address.
+/// How long a login waits for attempts being checked to leave it a place.
+const MAX_LOGIN_WAIT: Duration = Duration::from_secs(10);
+
+/// The user, if the password is right and the user may log in now; `None` for every kind of
+/// refusal alike. One Argon2 verification in every case (a dummy hash for unknown users).
+async fn check_password(
+    state: &AppState,
+    org: &str,
+    creds: BasicCredentials,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<Option<store::User>> {
+    let user = state.store.find_user(org, &creds.user_name).await?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    let password_ok = state.engine.hasher.verify(creds.password, hash).await?;
+    match user {
+        Some(u) if password_ok && u.may_log_in(now.date_naive()) => Ok(Some(u)),
+        _ => {
+            tracing::info!(org = ?org, user = ?creds.user_name, "login refused");
+            Ok(None)
+        }
+    }
+}
+
+/// Failures counted per user and per client address (an IPv6 client by its /64).
 fn failure_keys(org: &str, user: &str, addr: &SocketAddr) -> [String; 2] {
-    [format!("user:{org}/{user}"), format!("addr:{}", addr.ip())]
+    [
+        format!("user:{org}/{user}"),
+        format!("addr:{}", crate::conn::client_key(addr.ip())),
+    ]
 }
 
 pub async fn post_auth(
@@ -59,39 +86,83 @@ pub async fn post_auth(
     let org = req
         .org_uid
         .unwrap_or_else(|| state.config.default_org.clone());
+    // In a task of its own: a client that hangs up must not cancel the login between the
+    // reservation of its attempt and its end, or the reservation would hold a place (and lock
+    // the user out) until the window passes.
+    tokio::spawn(log_in(state, org, creds, addr))
+        .await
+        .map_err(|e| ApiError::Internal(format!("login task: {e}")))?
+}
 
+/// The login itself, once the request is parsed: reserve an attempt, check the password, end
+/// the attempt, make the session.
+async fn log_in(
+    state: AppState,
+    org: String,
+    creds: BasicCredentials,
+    addr: SocketAddr,
+) -> ApiResult<Json<AuthResponse>> {
     let now = Utc::now();
     let now_us = now.timestamp_micros();
     let window_us = i64::try_from(state.config.login_window_secs).unwrap_or(300) * 1_000_000;
     let keys = failure_keys(&org, &creds.user_name, &addr);
-    for key in &keys {
-        let (count, newest) = state.store.login_failures(key, now_us - window_us).await?;
-        if count >= state.config.login_max_failures {
-            let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: retry.unsigned_abs(),
-            });
+    // The attempt is counted before the password is checked, in one transaction: however many
+    // arrive at once, on however many nodes, at most `login_max_failures` wrong passwords are
+    // checked per window. While attempts being checked fill the remaining places, a login waits
+    // for them (a success gives its place back) rather than being refused.
+    let attempt = uuid::Uuid::new_v4().simple().to_string();
+    let waited = Instant::now();
+    loop {
+        let now_us = Utc::now().timestamp_micros();
+        let reservation = state
+            .store
+            .reserve_login_attempt(
+                &keys,
+                &attempt,
+                now_us,
+                now_us - window_us,
+                state.config.login_max_failures,
+            )
+            .await?;
+        match reservation {
+            Reservation::Reserved => break,
+            Reservation::Refused { newest } => {
+                let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: retry.unsigned_abs(),
+                });
+            }
+            Reservation::Busy if waited.elapsed() < MAX_LOGIN_WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Reservation::Busy => {
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: 1,
+                });
+            }
         }
     }
 
-    let user = state.store.find_user(&org, &creds.user_name).await?;
-    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    // Verify even when the user is unknown or may not log in: the same work either way.
-    let password_ok = state.engine.hasher.verify(creds.password, hash).await?;
-    let user = match user {
-        Some(u) if password_ok && u.may_log_in(now.date_naive()) => u,
-        _ => {
-            for key in &keys {
-                state
-                    .store
-                    .record_login_failure(key, now_us, now_us - window_us)
-                    .await?;
-            }
-            tracing::info!(org = %org, user = %creds.user_name, "login refused");
+    let checked = check_password(&state, &org, creds, now).await;
+    let user = match checked {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            state.store.login_attempt_failed(&attempt).await?;
+            // Old failures are pruned here.
+            state.store.prune_login_failures(now_us - window_us).await?;
             return Err(ApiError::AccessDenied(LOGIN_DENIED.into()));
         }
+        Err(e) => {
+            // Not a wrong password: the place is given back.
+            let _ = state.store.login_attempt_succeeded(&attempt, "").await;
+            return Err(e);
+        }
     };
-    state.store.clear_login_failures(&keys[0]).await?;
+    // Success: this attempt's places are given back and the user's failures cleared.
+    state
+        .store
+        .login_attempt_succeeded(&attempt, &keys[0])
+        .await?;
 
     let session = Session {
         session_id: uuid::Uuid::new_v4().to_string(),

@@ -36,6 +36,17 @@ impl Builtin {
             return Ok(());
         }
         for row in rows.iter_mut() {
+            for (code, v) in row.values.iter() {
+                // A name the `Token` header cannot carry would make a user who can never log in.
+                if code == "userName"
+                    && let Value::Text(name) = v
+                    && let Err(reason) = store::check_user_name(name)
+                {
+                    return Err(super::Error::Invalid(format!(
+                        "IoUsers: `userName`: {reason}"
+                    )));
+                }
+            }
             for (code, v) in row.values.iter_mut() {
                 if code == "password"
                     && let Value::Text(clear) = v

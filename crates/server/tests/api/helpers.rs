@@ -89,7 +89,7 @@ impl TestDb {
         Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: self.dir.path().to_path_buf(),
-            database_url: self.url.clone(),
+            database_url: self.url.clone().map(Into::into),
             max_connections: 8,
             jwt_secret: Some(Secret::new(JWT_SECRET)),
             body_limit_bytes: 64 * 1024,

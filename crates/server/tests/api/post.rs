@@ -466,6 +466,14 @@ on_both!(
             .await;
         assert_eq!(s, 400);
         let session = app.login("carol", "carol-pw-1").await;
+        // A name the `Token` header cannot carry is refused, and nothing is written.
+        for bad in ["ca:rol", "line\nbreak"] {
+            let (s, b) = app
+                .api(&admin, &json!({"u": {"ds": "IoUsers", "data": [{"_rs": "I", "orgUid": "cloudio", "userName": bad, "password": "pw-123456"}]}}))
+                .await;
+            assert_eq!(s, 400, "{b}");
+            assert!(b["message"].as_str().unwrap().contains("userName"), "{b}");
+        }
         // Grant a role through IoUserRoles: it shows in the session at once.
         ok(&app, &admin, json!({"r": {"ds": "IoUserRoles", "data": [{"_rs": "I", "orgUid": "cloudio", "userName": "carol", "appUid": "demo", "roleUid": "demo_user"}]}})).await;
         let (s, me) = app.session(&session.jwt, &session.csrf).await;

@@ -712,3 +712,34 @@ on_both!(
         qa.stop().await;
     }
 );
+
+on_both!(
+    long_like_patterns_are_400_naming_the_limit,
+    |kind| async move {
+        let qa = Qa::spawn(kind).await;
+        // Past SQLite's 50,000-byte pattern limit this was a 500 ("pattern too complex").
+        let long = "%".repeat(50_000);
+        for op in ["like", "nct", "sw", "ew", "hasAll", "hasAny", "notAny"] {
+            let value = if op.starts_with("has") || op == "notAny" {
+                json!([long])
+            } else {
+                json!(long)
+            };
+            qa.bad(
+                "Things",
+                json!({"filter": [{"name": {op: value}}]}),
+                &[
+                    &format!("operator `{op}` on `name`"),
+                    "at most 10000 characters",
+                ],
+            )
+            .await;
+        }
+        // At the limit, even of characters that are escaped and of four bytes each, it runs.
+        qa.check(json!({"name": {"like": "%".repeat(10_000)}}), &[])
+            .await;
+        qa.check(json!({"name": {"nct": "😀".repeat(10_000)}}), &ALL)
+            .await;
+        qa.app.stop().await;
+    }
+);
