@@ -64,7 +64,8 @@ W4_PB_BODY = {"name": "Bench insert", "salary": 1}
 # (`EmployeesHooked`); PocketBase: `routerAdd` and `onRecordEnrich` in a `pb_hooks` file (JSVM,
 # 0.40 API), loaded only by the processes of the script phases (`--hooksDir`).
 HOOKED_DS = "EmployeesHooked"
-POSTQUERY_JS = "// bench/compare.py, W6: a computed field on every row.\nfor (const r of rows) r.x = 1;\n"
+POSTQUERY_JS = ("// bench/compare.py, W6: a computed field on every row.\n"
+                "for (const r of rows) r.x = 1;\n")
 FN_MODULE, FN_NAME = "bench", "hello"
 FN_JS = ("// bench/compare.py, W5: a cloud function answering a small JSON.\n"
          "export function hello(arg) {\n  return { hello: \"world\", n: arg.n };\n}\n")
