@@ -377,7 +377,7 @@ const PRELUDE: &str = r#"(function (host, log) {
       return import(module).then((ns) => {
         const f = ns[name];
         if (typeof f !== "function") {
-          throw { __cloudioNotFound: "module `" + module + "` has no exported function `" + name + "`" };
+          throw { __cloudioNotFound: "module `" + module.split("@")[0] + "` has no exported function `" + name + "`" };
         }
         return f(arg);
       });
@@ -481,8 +481,21 @@ impl Resolver for AppModules {
         name: &str,
         _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
     ) -> rquickjs::Result<String> {
+        // Every call imports its modules under names of its own (`payroll/calc@17`), so a
+        // module's top-level state is fresh for each call in a kept context.
+        let (base, call) = base.split_once('@').unwrap_or((base, ""));
+        let (name, named_call) = name.split_once('@').unwrap_or((name, ""));
+        let call = if named_call.is_empty() {
+            call
+        } else {
+            named_call
+        };
         match module_key(base, name) {
-            Some(key) if self.0.borrow().contains_key(&key) => Ok(key),
+            Some(key) if self.0.borrow().contains_key(&key) => Ok(if call.is_empty() {
+                key
+            } else {
+                format!("{key}@{call}")
+            }),
             _ => Err(rquickjs::Error::new_resolving(base, name)),
         }
     }
@@ -495,7 +508,8 @@ impl Loader for AppModules {
         name: &str,
         _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
     ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
-        let source = self.0.borrow().get(name).cloned();
+        let key = name.split_once('@').map_or(name, |(k, _)| k);
+        let source = self.0.borrow().get(key).cloned();
         match source {
             Some(js) => Module::declare(ctx.clone(), name, js.as_bytes().to_vec()),
             None => Err(rquickjs::Error::new_loading(name)),
@@ -618,7 +632,28 @@ impl Worker {
                 }
             }
             Program::Function { .. } => {
-                Prepared::new(&rt, false).and_then(|mut p| p.run(exec, link, deadline))
+                // Each call's modules stay in the context until it is dropped: start a new
+                // one every so often.
+                if self
+                    .prepared
+                    .as_ref()
+                    .is_some_and(|p| p.function_calls >= FUNCTION_CALLS_PER_CONTEXT)
+                {
+                    self.prepared = None;
+                }
+                if self.prepared.is_none() {
+                    match Prepared::new(&rt, true) {
+                        Ok(p) => self.prepared = Some(p),
+                        Err(e) => return Err(script_err(failure_text(e))),
+                    }
+                }
+                match &mut self.prepared {
+                    Some(p) => {
+                        p.function_calls += 1;
+                        p.run(exec, link, deadline)
+                    }
+                    None => Err(Failure::Limit("no context".into())),
+                }
             }
         };
         // Work a script left queued would run inside the next execution: start afresh.
@@ -664,13 +699,7 @@ impl Worker {
             }
         };
         *self.modules.0.borrow_mut() = Arc::default();
-        // A function's context is gone: collect its cycles now. The hooks' context is kept,
-        // and QuickJS collects on its own as it allocates.
-        if matches!(exec.program, Program::Function { .. })
-            && let Some(rt) = &self.rt
-        {
-            rt.run_gc();
-        }
+        // Contexts are kept: QuickJS collects on its own as it allocates.
         out
     }
 }
@@ -791,8 +820,13 @@ struct Prepared {
     control: Persistent<Object<'static>>,
     hooks: HashMap<Arc<str>, Persistent<Function<'static>>>,
     current: Shared,
+    /// Cloud-function calls run here so far (each leaves its module instances behind).
+    function_calls: u32,
     ctx: Context,
 }
+
+/// Cloud-function calls per kept context before it is replaced.
+const FUNCTION_CALLS_PER_CONTEXT: u32 = 64;
 
 /// At most this many compiled hooks are kept per context.
 const MAX_CACHED_HOOKS: usize = 256;
@@ -836,6 +870,7 @@ impl Prepared {
             control,
             hooks: HashMap::new(),
             current,
+            function_calls: 0,
             ctx,
         })
     }
@@ -856,11 +891,18 @@ impl Prepared {
             control,
             hooks,
             current,
+            function_calls,
             ctx,
         } = self;
+        let call = *function_calls;
         let out = ctx.with(|ctx| {
             let control = control.clone().restore(&ctx).map_err(|e| thrown(&ctx, e))?;
-            let out = run_with(&ctx, &control, hooks, current, exec, link, deadline);
+            let at = At {
+                link,
+                deadline,
+                call,
+            };
+            let out = run_with(&ctx, &control, hooks, current, exec, &at);
             if let Ok(teardown) = control.get::<_, Function>("teardown") {
                 let _ = teardown.call::<_, ()>(());
             }
@@ -874,15 +916,28 @@ impl Prepared {
     }
 }
 
+/// Where an execution runs: its channels, its deadline, and which cloud-function call of the
+/// context it is (its modules are imported under that number).
+#[derive(Clone, Copy)]
+struct At<'a> {
+    link: &'a Link,
+    deadline: Instant,
+    call: u32,
+}
+
 fn run_with<'js>(
     ctx: &Ctx<'js>,
     control: &Object<'js>,
     hooks: &mut HashMap<Arc<str>, Persistent<Function<'static>>>,
     current: &Shared,
     exec: &Execution,
-    link: &Link,
-    deadline: Instant,
+    at: &At<'_>,
 ) -> Result<Json, Failure> {
+    let At {
+        link,
+        deadline,
+        call: call_number,
+    } = *at;
     let mut input = exec.input.clone();
     if let Json::Object(m) = &mut input {
         m.insert(
@@ -932,7 +987,7 @@ fn run_with<'js>(
                 .and_then(|o| o.get::<_, Value<'js>>("arg").ok())
                 .unwrap_or_else(|| Value::new_null(ctx.clone()));
             call("fn")?
-                .call((module.as_str(), function.as_str(), arg))
+                .call((format!("{module}@{call_number}"), function.as_str(), arg))
                 .map_err(|e| thrown(ctx, e))?
         }
     };

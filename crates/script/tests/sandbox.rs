@@ -435,7 +435,9 @@ async fn functions_import_each_other() {
             "functions/payroll/calc.ts",
             "import type { X } from '@cloudio-saas/datasource-types';\n\
              import { twice } from './util.js';\n\
-             export async function run(arg: {n: number}) { return {n: twice(arg.n), user: session.userName()}; }",
+             export async function run(arg: {n: number}) { return {n: twice(arg.n), user: session.userName()}; }\n\
+             let calls = 0;\n\
+             export function count() { calls += 1; return calls; }",
             Kind::Module,
         )
         .unwrap()
@@ -459,6 +461,12 @@ async fn functions_import_each_other() {
     };
     let out = run(&pool, call("run", json!({"n": 21}))).await.unwrap();
     assert_eq!(out, json!({"n": 42, "user": "steve"}));
+    // A module's top-level state is fresh for every call (the context is kept, the modules
+    // are not), also past the point where the worker replaces its context.
+    for _ in 0..70 {
+        let out = run(&pool, call("count", json!(null))).await.unwrap();
+        assert_eq!(out, json!(1));
+    }
     let e = run(&pool, call("missing", json!(null))).await.unwrap_err();
     assert!(matches!(e, ScriptError::NotFound(_)), "{e:?}");
 }
