@@ -89,6 +89,12 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_string())
 }
 
+/// The first `N` cells of a row (missing ones empty).
+fn cells<const N: usize>(row: Vec<String>) -> [String; N] {
+    let mut it = row.into_iter();
+    std::array::from_fn(|_| it.next().unwrap_or_default())
+}
+
 fn texts(row: Vec<Value>) -> Vec<String> {
     row.into_iter()
         .map(|v| match v {
@@ -149,29 +155,12 @@ impl Store {
             &params,
         )
         .await?;
-        exec(
-            &mut tx,
-            d,
-            &format!("DELETE FROM {} WHERE APP_UID = ?", self.t("io_datasources")),
-            &[text(&m.app_uid)],
-        )
-        .await?;
-        for (name, definition) in &m.datasources {
-            let mut params = vec![text(&m.app_uid), text(name), text(definition)];
-            who(&mut params);
-            exec(
-                &mut tx,
-                d,
-                &format!(
-                    "INSERT INTO {} (APP_UID, NAME, DEFINITION, CREATED_BY, CREATION_DATE, \
-                     LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    self.t("io_datasources")
-                ),
-                &params,
-            )
-            .await?;
-        }
-        for table in ["io_role_grants", "io_role_functions", "io_scripts"] {
+        for table in [
+            "io_datasources",
+            "io_role_grants",
+            "io_role_functions",
+            "io_scripts",
+        ] {
             exec(
                 &mut tx,
                 d,
@@ -180,20 +169,27 @@ impl Store {
             )
             .await?;
         }
-        for (path, source) in &m.scripts {
-            let mut params = vec![text(&m.app_uid), text(path), text(source)];
-            who(&mut params);
-            exec(
-                &mut tx,
-                d,
-                &format!(
-                    "INSERT INTO {} (APP_UID, PATH, SOURCE, CREATED_BY, CREATION_DATE, \
-                     LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    self.t("io_scripts")
-                ),
-                &params,
-            )
-            .await?;
+        // Datasource definitions and scripts: (table, its two columns beside APP_UID, rows).
+        let named = [
+            ("io_datasources", "NAME, DEFINITION", &m.datasources),
+            ("io_scripts", "PATH, SOURCE", &m.scripts),
+        ];
+        for (table, columns, rows) in named {
+            for (key, body) in rows {
+                let mut params = vec![text(&m.app_uid), text(key), text(body)];
+                who(&mut params);
+                exec(
+                    &mut tx,
+                    d,
+                    &format!(
+                        "INSERT INTO {} (APP_UID, {columns}, CREATED_BY, CREATION_DATE, \
+                         LAST_UPDATED_BY, LAST_UPDATE_DATE) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        self.t(table)
+                    ),
+                    &params,
+                )
+                .await?;
+            }
         }
         for role in &m.roles {
             let mut params = vec![text(&m.app_uid), text(&role.role_uid), text(&role.name)];
@@ -281,12 +277,8 @@ impl Store {
         let datasources = rows
             .into_iter()
             .map(|r| {
-                let mut t = texts(r).into_iter();
-                (
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                )
+                let [a, b, c] = cells(texts(r));
+                (a, b, c)
             })
             .collect();
         let rows = self
@@ -303,13 +295,8 @@ impl Store {
         let grants = rows
             .into_iter()
             .map(|r| {
-                let mut t = texts(r).into_iter();
-                (
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                )
+                let [a, b, c, d] = cells(texts(r));
+                (a, b, c, d)
             })
             .collect();
         let scripts = self
@@ -319,13 +306,9 @@ impl Store {
             ))
             .await?
             .into_iter()
-            .map(|mut t| {
-                let mut t = t.drain(..);
-                (
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                )
+            .map(|r| {
+                let [a, b, c] = cells(r);
+                (a, b, c)
             })
             .collect();
         let functions = self
@@ -335,14 +318,9 @@ impl Store {
             ))
             .await?
             .into_iter()
-            .map(|mut t| {
-                let mut t = t.drain(..);
-                (
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                    t.next().unwrap_or_default(),
-                )
+            .map(|r| {
+                let [a, b, c, d] = cells(r);
+                (a, b, c, d)
             })
             .collect();
         Ok(StoredMetadata {
