@@ -95,27 +95,14 @@ on_both!(one_users_burst_does_not_starve_another, |kind| async move {
     let vic = app.login("vic", "vic-password-1").await;
     // The admin's burst: six requests, each holding a connection for 300 ms.
     let started = Instant::now();
-    let mut burst = tokio::task::JoinSet::new();
-    for _ in 0..6 {
-        let (client, url, jwt) = (
-            app.client.clone(),
-            app.url(&format!("/v1/api?csrf={}", admin.csrf)),
-            admin.jwt.clone(),
-        );
-        burst.spawn(async move {
-            let body = json!({"q": {"ds": "Items", "query": {"params": {"busyMs": 300}}}});
-            client
-                .post(url)
-                .header("Authorization", format!("Bearer {jwt}"))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        });
-    }
+    let burst: Vec<_> = (0..6)
+        .map(|_| {
+            app.api_in_background(
+                &admin,
+                json!({"q": {"ds": "Items", "query": {"params": {"busyMs": 300}}}}),
+            )
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Another user is answered at once: the burst holds one connection, not both.
     let t = Instant::now();
@@ -125,8 +112,9 @@ on_both!(one_users_burst_does_not_starve_another, |kind| async move {
     let vic_took = t.elapsed();
     assert_eq!(s, 200, "{b}");
     assert!(vic_took < Duration::from_millis(250), "{vic_took:?}");
-    while let Some(status) = burst.join_next().await {
-        assert_eq!(status.unwrap(), 200);
+    for request in burst {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}");
     }
     // The burst ran one at a time (user_max_inflight = half of 2 connections).
     assert!(

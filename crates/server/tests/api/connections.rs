@@ -82,15 +82,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Duration {
 const STATUS: &[u8] = b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n";
 
 async fn metric(app: &TestApp, line_start: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
         .unwrap_or_else(|| panic!("no {line_start} in {text}"))

@@ -352,6 +352,43 @@ impl TestApp {
         self.api_raw(login, body.to_string()).await
     }
 
+    /// [`TestApp::api`] in a task of its own, on its own connection, for requests that must
+    /// overlap others.
+    pub fn api_in_background(
+        &self,
+        login: &Login,
+        body: Value,
+    ) -> tokio::task::JoinHandle<(u16, Value)> {
+        let (client, url, jwt) = (
+            self.client.clone(),
+            self.url(&format!("/v1/api?csrf={}", login.csrf)),
+            login.jwt.clone(),
+        );
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("Authorization", format!("Bearer {jwt}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            (status, r.json().await.expect("json body"))
+        })
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Runs SQL (one or more statements, no parameters) directly on an app's own database,
     /// behind the server's back: the SQLite file `<data_dir>/<app>.db`, or the PostgreSQL schema
     /// `<app>` (as the default schema). For test setup only.

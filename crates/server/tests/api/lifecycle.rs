@@ -16,15 +16,7 @@ on_both!(status_and_metrics, |kind| async move {
     assert_eq!(b["database"], "OK");
     assert_eq!(b["cache"], "DISABLED");
     assert!(b["version"].is_string() && b["uptimeSeconds"].is_u64());
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(
             r#"cloudio_http_requests_total{method="GET",route="/v1/status",status="200"} 1"#

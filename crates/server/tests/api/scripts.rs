@@ -314,25 +314,10 @@ on_both!(
         .await;
         let admin = app.admin().await;
         let started = Instant::now();
-        let looping = {
-            let body = json!({"i": {"ds": "Items", "data": [{"_rs": "I", "name": "loop"}]}});
-            let (client, url, jwt) = (
-                app.client.clone(),
-                app.url(&format!("/v1/api?csrf={}", admin.csrf)),
-                admin.jwt.clone(),
-            );
-            tokio::spawn(async move {
-                let r = client
-                    .post(url)
-                    .header("Authorization", format!("Bearer {jwt}"))
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), r.json::<Value>().await.unwrap())
-            })
-        };
+        let looping = app.api_in_background(
+            &admin,
+            json!({"i": {"ds": "Items", "data": [{"_rs": "I", "name": "loop"}]}}),
+        );
         // Meanwhile other requests are answered.
         for _ in 0..5 {
             let t = Instant::now();
@@ -383,15 +368,7 @@ on_both!(
         // Logging works and the server goes on.
         let b = ok(&app, &admin, q(json!({"log": true}))).await;
         assert_eq!(b["data"]["q"]["rowsFetched"], 0);
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics_text().await;
         assert!(
             metrics.contains("cloudio_script_executions_total{outcome=\"error\"} 2"),
             "{metrics}"
