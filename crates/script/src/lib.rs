@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! compile(file, source, kind) -> JavaScript           (at app load: types stripped, syntax checked)
-//! Pool::start(Execution) -> Running                   (a worker runs it in a fresh context)
+//! Pool::start(Execution) -> Running                   (a worker runs it in its kept, frozen context)
 //! Running::next() -> Event::Call(HostCall) | Event::Done(Result<Json, ScriptError>)
 //! ```
 //!
@@ -12,8 +12,10 @@
 //! Invariants (absences):
 //! - no file system, process, environment, network or timer is reachable from a script: the
 //!   only way out of the sandbox is a [`HostCall`];
-//! - nothing survives from one execution to the next: every execution gets a fresh context;
-//!   a runtime that hit a limit is discarded;
+//! - nothing survives from one execution to the next: a worker's context is frozen at creation
+//!   and its per-execution globals are set and cleared around each run (a cloud-function call
+//!   imports its modules afresh); a runtime that hit a limit or was left with queued work is
+//!   discarded;
 //! - a script never blocks the caller's async threads: it runs on the pool's own threads, and
 //!   the wall clock bounds both its CPU time (an interrupt handler) and its waits on host calls.
 

@@ -1,5 +1,5 @@
-//! Workers that run executions in QuickJS, each in a fresh context, and the event loop that
-//! connects a script's `db` calls to the caller.
+//! Workers that run executions in QuickJS, in a kept context frozen at creation, and the event
+//! loop that connects a script's `db` calls to the caller.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
