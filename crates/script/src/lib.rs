@@ -20,6 +20,7 @@
 //!   the wall clock bounds both its CPU time (an interrupt handler) and its waits on host calls.
 
 mod compile;
+mod convert;
 mod sandbox;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::compile::Kind;
+use crate::convert::{from_js, to_js};
 use crate::{CompileError, Execution, Modules, Program, ScriptError};
 
 /// What a running execution tells its caller.
@@ -938,16 +939,13 @@ fn run_with<'js>(
         deadline,
         call: call_number,
     } = *at;
-    let mut input = exec.input.clone();
-    if let Json::Object(m) = &mut input {
-        m.insert(
-            "session".into(),
-            serde_json::to_value(&exec.session).unwrap_or(Json::Null),
-        );
+    let input_js = to_js(ctx, &exec.input).map_err(|e| thrown(ctx, e))?;
+    if let Some(o) = input_js.as_object() {
+        let session = serde_json::to_value(&exec.session).unwrap_or(Json::Null);
+        to_js(ctx, &session)
+            .and_then(|v| o.set("session", v))
+            .map_err(|e| thrown(ctx, e))?;
     }
-    let input_js = ctx
-        .json_parse(input.to_string())
-        .map_err(|e| thrown(ctx, e))?;
     let call = |name: &str| {
         control
             .get::<_, Function<'js>>(name)
@@ -991,7 +989,14 @@ fn run_with<'js>(
                 .map_err(|e| thrown(ctx, e))?
         }
     };
-    drive(ctx, &promise, current, link, deadline)
+    drive(
+        ctx,
+        &promise,
+        current,
+        link,
+        deadline,
+        exec.limits.memory_bytes,
+    )
 }
 
 fn host_function<'js>(ctx: &Ctx<'js>, current: Shared) -> rquickjs::Result<Function<'js>> {
@@ -1085,6 +1090,7 @@ fn drive<'js>(
     current: &Shared,
     link: &Link,
     deadline: Instant,
+    max_result_bytes: usize,
 ) -> Result<Json, Failure> {
     loop {
         while ctx.execute_pending_job() {}
@@ -1094,13 +1100,15 @@ fn drive<'js>(
                     Some(r) => r.map_err(|e| thrown(ctx, e))?,
                     None => Value::new_null(ctx.clone()),
                 };
-                // QuickJS's own JSON, not the script's `JSON.stringify`.
-                let s = match ctx.json_stringify(v).map_err(|e| thrown(ctx, e))? {
-                    Some(s) => s.to_string().map_err(|e| thrown(ctx, e))?,
-                    None => "null".into(),
+                // As `JSON.stringify` would give it, but built directly (not the script's own
+                // `JSON`, which it may have replaced).
+                return match from_js(ctx, v, max_result_bytes) {
+                    Ok(v) => Ok(v.unwrap_or(Json::Null)),
+                    Err(m) => Err(Failure::Thrown(
+                        serde_json::json!({ "message": m }),
+                        String::new(),
+                    )),
                 };
-                return serde_json::from_str(&s)
-                    .map_err(|e| Failure::Limit(format!("the script's result is not JSON: {e}")));
             }
             PromiseState::Rejected => {
                 let reason = match promise.result::<Value<'js>>() {
@@ -1141,15 +1149,13 @@ fn drive<'js>(
         let resolve = resolve.restore(ctx).map_err(|e| thrown(ctx, e))?;
         let reject = reject.restore(ctx).map_err(|e| thrown(ctx, e))?;
         let settled = match result {
-            Ok(v) => ctx
-                .json_parse(v.to_string())
-                .and_then(|v| resolve.call::<_, ()>((v,))),
+            Ok(v) => to_js(ctx, &v).and_then(|v| resolve.call::<_, ()>((v,))),
             Err(refusal) => {
                 let (message, user) = match refusal {
                     Refusal::Error(m) => (m, false),
                     Refusal::User(m) => (m, true),
                 };
-                ctx.json_parse(serde_json::json!({"message": message, "user": user}).to_string())
+                to_js(ctx, &serde_json::json!({"message": message, "user": user}))
                     .and_then(|v| reject.call::<_, ()>((v,)))
             }
         };

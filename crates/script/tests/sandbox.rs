@@ -11,6 +11,11 @@ use script::{
 };
 use serde_json::{Value as Json, json};
 
+/// The `cloudio` binary's allocator, which also serves QuickJS's `malloc` (its `override`
+/// feature): the memory limit must hold under it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn hook(body: &str, input: Json) -> Execution {
     Execution {
         program: Program::Hook {
@@ -94,6 +99,109 @@ async fn rows_may_be_replaced_and_flags_set() {
     assert_eq!(out["rows"], json!([{"a": 1}]));
     assert_eq!(out["skipQuery"], true);
     assert_eq!(out["skipDML"], true);
+}
+
+/// Rows cross into and out of a script as `JSON.parse` and `JSON.stringify` would carry them
+/// (built directly, not through text): the same values, key order, `toJSON`, omissions.
+#[tokio::test]
+async fn rows_cross_as_json_would_carry_them() {
+    let pool = Pool::new(1);
+    let input = json!([{
+        "s": "\u{e9}t\u{e9} \"q\" \n", "i": -7, "big": 9007199254740993i64, "f": 1.5, "z": 0,
+        "t": true, "n": null, "a": [1, [2, {"x": []}]], "o": {"b": 1, "a": 2}, "__proto__": {"p": 1}
+    }]);
+    let out = run(
+        &pool,
+        hook(
+            "const r = rows[0];\n\
+             // what JSON.parse would have given the script\n\
+             r.seen = JSON.stringify(r);\n\
+             r.ownProto = Object.prototype.hasOwnProperty.call(r, '__proto__');\n\
+             r.whole = 2.0; r.negZero = -0; r.nan = NaN; r.inf = -Infinity;\n\
+             r.date = new Date(Date.UTC(2026, 10, 29, 9, 30));\n\
+             r.undef = undefined; r.fn = function () {}; r.sym = Symbol('s');\n\
+             r.arr = [undefined, () => 1, 3];\n\
+             r.custom = { toJSON(key) { return 'custom:' + key; } };\n\
+             Object.defineProperty(r, 'hidden', { value: 1, enumerable: false });",
+            rows_input(input.clone()),
+        ),
+    )
+    .await
+    .unwrap();
+    let r = &out["rows"][0];
+    let seen: Json = serde_json::from_str(r["seen"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["s"], input[0]["s"]);
+    assert_eq!(seen["o"], json!({"b": 1, "a": 2}));
+    assert_eq!(
+        r["seen"].as_str().unwrap().find("\"o\"").unwrap()
+            < r["seen"].as_str().unwrap().find("\"__proto__\"").unwrap(),
+        true
+    );
+    assert_eq!(
+        r["ownProto"], true,
+        "`__proto__` is an own property, as JSON.parse makes it"
+    );
+    assert_eq!(r["__proto__"], json!({"p": 1}));
+    for k in ["s", "i", "f", "z", "t", "n", "a", "o"] {
+        assert_eq!(r[k], input[0][k], "{k} came back unchanged");
+    }
+    // Beyond 2^53 a JS number cannot hold the integer; JSON.parse would round it the same way.
+    assert_eq!(r["big"].as_f64(), Some(9007199254740992.0));
+    assert_eq!(r["whole"], json!(2));
+    assert!(
+        r["whole"].is_i64(),
+        "2.0 is written 2, as JSON.stringify writes it"
+    );
+    assert_eq!(r["negZero"], json!(0));
+    assert_eq!(r["nan"], Json::Null);
+    assert_eq!(r["inf"], Json::Null);
+    assert_eq!(r["date"], "2026-11-29T09:30:00.000Z");
+    for k in ["undef", "fn", "sym", "hidden"] {
+        assert!(r.get(k).is_none(), "{k} is left out");
+    }
+    assert_eq!(r["arr"], json!([null, null, 3]));
+    assert_eq!(r["custom"], "custom:custom");
+    let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+    assert_eq!(keys[0], "s", "keys keep their order");
+}
+
+/// A result that cannot be JSON fails the execution with a clear message: cycles, depth, a
+/// BigInt, and a result far larger than the runtime's memory (a shared object repeated).
+#[tokio::test]
+async fn results_that_cannot_be_json_fail_clearly() {
+    let pool = Pool::new(1);
+    for (body, expect) in [
+        (
+            "const a = {}; a.self = a; rows = [a];",
+            "nested deeper than 128",
+        ),
+        (
+            "let o = {}; for (let i = 0; i < 200; i++) o = {o}; rows = [o];",
+            "nested deeper than 128",
+        ),
+        ("rows = [{n: 10n}];", "BigInt"),
+        (
+            "let o = {s: 'x'.repeat(1 << 16)}; for (let i = 0; i < 20; i++) o = {a: o, b: o}; rows = [o];",
+            "larger than",
+        ),
+        (
+            "rows = [{ get boom() { throw new Error('getter failed'); } }];",
+            "getter failed",
+        ),
+    ] {
+        let err = run(&pool, hook(body, rows_input(json!([]))))
+            .await
+            .unwrap_err();
+        match err {
+            ScriptError::Script(m) => assert!(m.contains(expect), "{body}: {m}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // The worker goes on.
+    let out = run(&pool, hook("rows = [{ok: 1}];", rows_input(json!([]))))
+        .await
+        .unwrap();
+    assert_eq!(out["rows"], json!([{"ok": 1}]));
 }
 
 #[tokio::test]

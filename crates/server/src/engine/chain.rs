@@ -80,17 +80,18 @@ pub(crate) async fn run_request(
         // One statement is its own transaction: no BEGIN and COMMIT round trips.
         let mut conn = store.db.acquire().await?;
         run_plan(&mut conn.raw(), &mut ctx, &plan).await?
-    } else if writes || hooks {
-        // Scripts may write even around a query: one transaction for everything. A request
-        // that posts takes the write turn at once; one that only queries starts reading and
-        // writes only if a script does.
-        let mut tx = if writes {
-            store.db.begin_write().await?
-        } else {
-            store.db.begin_read().await?
-        };
+    } else if writes {
+        // Scripts may write around a post: one transaction for everything, with the write
+        // turn taken at once.
+        let mut tx = store.db.begin_write().await?;
         let results = run_plan(&mut tx.raw(), &mut ctx, &plan).await?;
         tx.commit().await?;
+        results
+    } else if hooks {
+        // Queries with hooks: a transaction only from a script's first `db` call on.
+        let mut exec = exec::ReadFirst::new(&store.db);
+        let results = run_plan(&mut exec, &mut ctx, &plan).await?;
+        exec.commit().await?;
         results
     } else {
         let mut conn = store.db.acquire().await?;
@@ -443,8 +444,12 @@ fn run_hook<'a, E: Exec>(
         } else {
             "skipDML"
         };
-        let rows = match out.get("rows") {
-            Some(Json::Array(rows)) => rows.clone(),
+        let mut out = match out {
+            Json::Object(m) => m,
+            _ => Map::new(),
+        };
+        let rows = match out.remove("rows") {
+            Some(Json::Array(rows)) => rows,
             Some(Json::Null) | None => Vec::new(),
             Some(_) => {
                 return Err(Error::Script(format!(
@@ -453,7 +458,7 @@ fn run_hook<'a, E: Exec>(
             }
         };
         Ok(HookOut {
-            query: out.get("query").cloned().unwrap_or(Json::Null),
+            query: out.remove("query").unwrap_or(Json::Null),
             rows,
             skip: out.get(skip_flag).and_then(Json::as_bool).unwrap_or(false),
         })
@@ -490,6 +495,12 @@ async fn run_script<E: Exec>(
     let out = loop {
         match handle.next().await {
             script::Event::Call(call) => {
+                if call.op != "fetch"
+                    && let Err(e) = exec.enter_script().await
+                {
+                    call.reply(Err(Error::from(e).public_message()));
+                    continue;
+                }
                 let result = super::host::serve(exec, ctx, &app, &call.op, &call.args).await;
                 match result {
                     Err(super::Error::User(m)) => call.reply_user_error(m),

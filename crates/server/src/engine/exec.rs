@@ -38,6 +38,11 @@ pub(crate) trait Exec: Send {
     ) -> impl Future<Output = store::Result<u64>> + Send;
     /// Whether scripts may run here (not on the writer thread, which must stay short).
     fn runs_scripts(&self) -> bool;
+    /// Called before each `db` call a script makes: where statements so far ran without a
+    /// transaction, one begins here.
+    fn enter_script(&mut self) -> impl Future<Output = store::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 impl Exec for Raw<'_> {
@@ -157,6 +162,81 @@ impl Exec for Lazy<'_> {
     }
     fn runs_scripts(&self) -> bool {
         true
+    }
+}
+
+/// A query whose hooks may call `db`: its own statements run on a pooled connection without a
+/// transaction (a hook that never calls `db`, the common case, costs no BEGIN and COMMIT);
+/// from a script's first `db` call on, everything runs in one transaction (on SQLite a
+/// deferred one, writing only if a script does), committed by [`ReadFirst::commit`].
+pub(crate) struct ReadFirst<'d> {
+    db: &'d store::Db,
+    conn: Option<store::Conn>,
+    tx: Option<store::Tx>,
+}
+
+impl<'d> ReadFirst<'d> {
+    pub fn new(db: &'d store::Db) -> Self {
+        ReadFirst {
+            db,
+            conn: None,
+            tx: None,
+        }
+    }
+
+    async fn raw(&mut self) -> store::Result<Raw<'_>> {
+        if let Some(tx) = &mut self.tx {
+            return Ok(tx.raw());
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.db.acquire().await?);
+        }
+        match &mut self.conn {
+            Some(c) => Ok(c.raw()),
+            None => Err(store::StoreError::Other("no connection".into())),
+        }
+    }
+
+    pub async fn commit(self) -> store::Result<()> {
+        match self.tx {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Exec for ReadFirst<'_> {
+    fn dialect(&self) -> Dialect {
+        self.db.dialect()
+    }
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> store::Result<Vec<Vec<Value>>> {
+        self.raw().await?.fetch_all(sql, params, types).await
+    }
+    async fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> store::Result<(Vec<String>, Vec<Vec<Value>>)> {
+        self.raw().await?.fetch_named(sql, params).await
+    }
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
+        self.raw().await?.execute(sql, params).await
+    }
+    fn runs_scripts(&self) -> bool {
+        true
+    }
+    async fn enter_script(&mut self) -> store::Result<()> {
+        if self.tx.is_none() {
+            // Back to the pool first: on SQLite the pool may have no other connection.
+            self.conn = None;
+            self.tx = Some(self.db.begin_read().await?);
+        }
+        Ok(())
     }
 }
 

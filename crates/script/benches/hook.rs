@@ -1,0 +1,78 @@
+//! One trivial `postQuery` hook (`for (const r of rows) r.x = 1;`) over W1's 10 rows, run again
+//! and again on one worker: the sandbox's own cost per execution (channels, rows in and out,
+//! the run in the kept context), without HTTP or SQL. Prints figures; run with
+//! `cargo bench -p script --bench hook`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Instant;
+
+use script::{Event, Execution, Kind, Limits, Pool, Program, SessionInfo, compile};
+use serde_json::{Value as Json, json};
+
+/// As in the `cloudio` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rows() -> Json {
+    let rows: Vec<Json> = (0..10)
+        .map(|i| {
+            json!({
+                "empId": 1001 + i * 1000, "name": format!("Abigail Abbott {:06}", 1001 + i * 1000),
+                "salary": 51234.5, "active": "Y", "gender": "F", "joinDate": "2019-04-01",
+                "email": format!("abigail.abbott.{i}@example.com"), "badge": format!("e{i:014}"),
+                "createdBy": "admin", "creationDate": "2026-11-29T09:00:00.000Z",
+                "lastUpdatedBy": "admin", "lastUpdateDate": "2026-11-29T09:00:00.000Z", "_rs": "Q"
+            })
+        })
+        .collect();
+    Json::Array(rows)
+}
+
+fn execution(body: &std::sync::Arc<str>, rows: &Json) -> Execution {
+    Execution {
+        program: Program::Hook { body: body.clone() },
+        name: "EmployeesHooked.postQuery".into(),
+        request_id: None,
+        session: SessionInfo {
+            user_name: "admin".into(),
+            org_uid: "cloudio".into(),
+            app_uid: "bench".into(),
+            roles: vec!["bench_user".into()],
+        },
+        input: json!({
+            "query": {"filter": [{"name": {"like": "ab"}}, {"salary": {"gte": 50000}}],
+                      "sort": {"name": 1}, "limit": 10},
+            "rows": rows, "keys": ["empId"]}),
+        limits: Limits::HOOK,
+    }
+}
+
+fn main() {
+    let body: std::sync::Arc<str> = compile("b.js", "for (const r of rows) r.x = 1;", Kind::Hook)
+        .unwrap()
+        .into();
+    let rows = rows();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pool = Pool::new(1);
+    rt.block_on(async {
+        let mut seconds_before = 0.0;
+        for (label, n) in [("warm-up", 2_000u32), ("measured", 10_000), ("measured", 10_000), ("measured", 10_000)] {
+            let started = Instant::now();
+            for _ in 0..n {
+                let mut running = pool.start(execution(&body, &rows), false).await.unwrap();
+                match running.next().await {
+                    Event::Done(Ok(out)) => assert_eq!(out["rows"][9]["x"], 1),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            let stats = pool.stats();
+            let cpu = (stats.seconds - seconds_before) * 1e6 / f64::from(n);
+            seconds_before = stats.seconds;
+            println!("{label}: {n} executions, {per:.1} us each (wall, one at a time), {cpu:.1} us of worker time");
+        }
+    });
+}
