@@ -967,39 +967,39 @@ def measure(opts, tmp: str) -> dict:
     conns = {"W1": opts.read_conns, "W2": opts.read_conns, "W3": opts.write_conns,
              "W4": opts.write_conns}
     errors = {"ours": 0, "pb": 0}
+    peak: dict = {}
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         phases = run_rounds(opts, servers, wl.spec, ("W1", "W2", "W3", "W4"), conns, logdir,
                             errors, res["loadavg"])
         res["rss_after_load"] = {k: proc_status(s.pid) for k, s in servers.items()}
         res["check_after"] = check_same(o.addr, ours_tok, p.addr, pb_tok, opts.rows,
                                         opts.check_sample // 2)
-    finally:
-        o.stop()
-        p.stop()
-    res["phases"] = {f"{w}/{k}": v for (w, k), v in phases.items()}
-
-    # 3. Peak RSS: a fresh (warm) process each, W1 at `peak_conns` connections.
-    peak: dict = {}
-    old = resource.getrlimit(resource.RLIMIT_NOFILE)
-    res["loadavg"]["peak"] = loadavg()
-    for kind in ("ours", "pb"):
-        s = (ours_server if kind == "ours" else pb_server)().start()
-        try:
+        # 3. Peak RSS in the same long-lived processes (they have served W1-W4, logins
+        # included): W1 at `peak_conns` connections, then the RSS once idle again.
+        res["loadavg"]["peak"] = loadavg()
+        for kind in ("ours", "pb"):
+            s = servers[kind]
             script, env = wl.spec[("W1", kind)]
             before = proc_status(s.pid)
-            log(f"peak-{kind}: W1 wrk -c{opts.peak_conns} {opts.duration}s")
+            log(f"peak-{kind}: W1 wrk -c{opts.peak_conns} {opts.duration}s (long-lived process)")
             with RssSampler(s.pid) as sampler:
                 r = run_wrk(s, script, env, opts.threads, opts.peak_conns, opts.duration,
                             f"peak-{kind}", logdir)
             after = proc_status(s.pid)
-            r.update({"rss_before": before, "rss_after": after,
+            time.sleep(opts.settle_after)
+            idle_after = proc_status(s.pid)
+            r.update({"rss_before": before, "rss_after": after, "rss_idle_after": idle_after,
                       "peak_sampled_kb": sampler.peak_kb, "samples": sampler.samples})
             errors[kind] += r["non2xx"] + r["sock_errors"]
             peak[kind] = r
             log(f"peak-{kind}: sampled peak {sampler.peak_kb} kB, VmHWM {after['VmHWM']} kB, "
-                f"{r['rps']:.0f} req/s, errors {r['non2xx']}+{r['sock_errors']}")
-        finally:
-            s.stop()
+                f"{r['rps']:.0f} req/s, errors {r['non2xx']}+{r['sock_errors']}; "
+                f"{idle_after['VmRSS']} kB idle {opts.settle_after:g} s later")
+    finally:
+        o.stop()
+        p.stop()
+    res["phases"] = {f"{w}/{k}": v for (w, k), v in phases.items()}
     res["peak"] = peak
     res["nofile"] = old
     res["errors"] = errors
@@ -1093,6 +1093,7 @@ def figures(res: dict) -> dict:
         fig[f"peak_rss.{k}"] = max(res["peak"][k]["peak_sampled_kb"],
                                    res["peak"][k]["rss_after"]["VmRSS"])
         fig[f"peak_hwm.{k}"] = res["peak"][k]["rss_after"]["VmHWM"]
+        fig[f"idle_after.{k}"] = res["peak"][k]["rss_idle_after"]["VmRSS"]
         fig[f"peak_rps.{k}"] = res["peak"][k]["rps"]
         fig[f"peak_p99.{k}"] = res["peak"][k]["p99_us"]
         fig[f"rss_after_load.{k}"] = res["rss_after_load"][k]["VmRSS"]
@@ -1159,7 +1160,8 @@ def rows_for(res: dict, opts_d: dict) -> list[tuple]:
                  f"< {IDLE_RSS_TARGET_MB:g} MB",
                  pf(f["idle_rss.ours"] / 1024 < IDLE_RSS_TARGET_MB)))
     pc = opts_d["peak_conns"]
-    rows.append((f"peak RSS, W1 at -c{pc} (fresh process)", mb(f["peak_rss.ours"]),
+    rows.append((f"peak RSS, W1 at -c{pc} (the long-lived process, after W1-W4)",
+                 mb(f["peak_rss.ours"]),
                  mb(f["peak_rss.pb"]), f"{ratio(f['peak_rss.ours'], f['peak_rss.pb']):.2f}x",
                  f"< {PEAK_RSS_TARGET_MB:g} MB",
                  pf(f["peak_rss.ours"] / 1024 < PEAK_RSS_TARGET_MB)))
@@ -1169,6 +1171,15 @@ def rows_for(res: dict, opts_d: dict) -> list[tuple]:
                  "", ""))
     rows.append(("RSS after the W1-W4 phases", mb(f["rss_after_load.ours"]),
                  mb(f["rss_after_load.pb"]), "", "", ""))
+    if "idle_after.ours" in f:
+        sa = opts_d.get("settle_after", 5.0)
+        rows.append((f"RSS idle {sa:g} s after the -c{pc} peak (same process)",
+                     mb(f["idle_after.ours"]), mb(f["idle_after.pb"]),
+                     f"{ratio(f['idle_after.ours'], f['idle_after.pb']):.2f}x",
+                     f"< {IDLE_RSS_TARGET_MB:g} MB",
+                     pf(f["idle_after.ours"] / 1024 < IDLE_RSS_TARGET_MB)))
+        rows.append(("  lifetime peak (VmHWM) of that process", mb(f["peak_hwm.ours"]),
+                     mb(f["peak_hwm.pb"]), "", "", ""))
     rows.append(("errors, all phases (non-2xx + socket)", str(f["errors.ours"]),
                  str(f["errors.pb"]), "", "0", pf(f["errors.ours"] == 0 and f["errors.pb"] == 0)))
     cb, ca = res["check_before"], res["check_after"]
@@ -1354,6 +1365,8 @@ def main() -> int:
                     help="skip W5, W6 and the script RSS (the run of W1-W4 only)")
     ap.add_argument("--check-sample", type=int, default=200, help="keys compared for W2")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds before idle RSS")
+    ap.add_argument("--settle-after", type=float, default=5.0,
+                    help="seconds after the peak load before the idle-after-load RSS")
     ap.add_argument("--no-wait", action="store_true",
                     help="do not wait for the load average to drop (smoke runs)")
     ap.add_argument("--load-threshold", type=float, default=1.0)
@@ -1409,7 +1422,7 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     opts_d = {k: getattr(opts, k) for k in ("rows", "duration", "warmup", "rounds", "runs",
-                                            "threads", "read_conns", "write_conns", "peak_conns",
+                                            "threads", "read_conns", "write_conns", "peak_conns", "settle_after",
                                             "load_threshold", "smoke", "scripts", "script_conns",
                                             "script_workers_peak", "pb_hooks_pool")}
     doc = {"started": started, "machine": machine_facts(), "versions": versions,

@@ -3,9 +3,11 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
-use crate::api::parse_json;
+use crate::api::{parse_json, stream};
 use crate::auth::guard::Authed;
 use crate::error::ApiResult;
 use crate::state::AppState;
@@ -14,7 +16,7 @@ pub async fn post_api(
     State(state): State<AppState>,
     authed: Authed,
     body: Bytes,
-) -> ApiResult<axum::Json<Json>> {
+) -> ApiResult<Response> {
     let body: Map<String, Json> = parse_json(&body, false)?;
     let answer = state.engine.api(&authed.principal(), &body).await?;
     // The transaction has committed: cached tokens of users whose sessions or roles changed go.
@@ -24,5 +26,13 @@ pub async fn post_api(
     let mut resp = Map::new();
     resp.insert("status".into(), Json::from("OK"));
     resp.insert("data".into(), Json::Object(answer.data));
-    Ok(axum::Json(Json::Object(resp)))
+    let resp = Json::Object(resp);
+    if crate::engine::json_size(&resp) < stream::STREAM_ABOVE {
+        return Ok(axum::Json(resp).into_response());
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        stream::body(resp),
+    )
+        .into_response())
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod data;
 pub mod functions;
 pub mod status;
+pub mod stream;
 
 use axum::body::Bytes;
 use serde::de::DeserializeOwned;

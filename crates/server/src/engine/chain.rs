@@ -113,7 +113,7 @@ pub(crate) async fn run_request(
 }
 
 /// About the size of `v` as JSON text (strings without their escapes), without writing it.
-fn json_size(v: &Json) -> usize {
+pub(crate) fn json_size(v: &Json) -> usize {
     match v {
         Json::Null | Json::Bool(_) => 5,
         Json::Number(_) => 12,

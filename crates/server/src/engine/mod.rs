@@ -33,6 +33,7 @@ use serde_json::{Map, Value as Json};
 use store::Store;
 
 pub use catalog::{Action, Catalog, CatalogCell, Hook, Hooks, Resolve};
+pub(crate) use chain::json_size;
 pub use error::{Error, Result};
 
 use crate::auth::password::Hasher;

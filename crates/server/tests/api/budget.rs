@@ -123,3 +123,51 @@ on_both!(one_users_burst_does_not_starve_another, |kind| async move {
         started.elapsed()
     );
 });
+
+on_both!(a_large_answer_is_streamed_and_whole, |kind| async move {
+    let db = TestDb::new(kind).await;
+    let config = server::Config {
+        demo: true,
+        ..db.config()
+    };
+    let app = TestApp::spawn_on(db, config).await;
+    let admin = app.admin().await;
+    let all = json!({"a": {"ds": "Employees", "query": {"limit": 1000, "sort": {"empId": 1}}},
+                     "b": {"ds": "Employees", "query": {"limit": 1000, "sort": {"empId": -1}}}});
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/api?csrf={}", admin.csrf)))
+        .header("Authorization", format!("Bearer {}", admin.jwt))
+        .json(&all)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Written as it is sent: no length known up front.
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let text = r.text().await.unwrap();
+    assert!(text.len() > 256 * 1024, "{} bytes", text.len());
+    let streamed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(streamed["status"], "OK");
+    // The same rows as pages small enough to be written at once.
+    for (alias, dir) in [("a", 1), ("b", -1)] {
+        let mut paged = Vec::new();
+        for offset in (0..1000).step_by(100) {
+            let (s, b) = app
+                .api(
+                    &admin,
+                    &json!({"p": {"ds": "Employees", "query": {"limit": 100, "offset": offset,
+                                                               "sort": {"empId": dir}}}}),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+            paged.extend(b["data"]["p"]["data"].as_array().unwrap().iter().cloned());
+        }
+        assert_eq!(streamed["data"][alias]["data"].as_array().unwrap(), &paged);
+    }
+});
