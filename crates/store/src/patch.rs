@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use query::{AttrType, Value};
 use sqlx::Connection;
 
-use crate::db::{Db, Raw, open_sqlite_file};
+use crate::db::{Db, Raw, Tx, open_sqlite_file};
 use crate::error::{Result, StoreError};
 use crate::metadata::AppMetadata;
 use crate::migrate::{
@@ -81,7 +81,24 @@ impl Store {
             )));
         }
         let mut run = PatchRun::default();
-        let mut tracking = self.db.begin_write().await?;
+        let mut tracking = match &self.db {
+            Db::Postgres(_) => self.db.begin_write().await?,
+            // Not `BEGIN IMMEDIATE`: on a connection with the app files attached it would lock
+            // them all, and the app's own file is migrated on a connection of its own. The
+            // process's write turn, then a write that takes the platform file's lock alone.
+            Db::Sqlite { pool, .. } => {
+                self.db.check_files()?;
+                let turn = self.db.write_turn().await;
+                let mut tx = Tx::Sqlite(pool.begin().await?, turn);
+                tx.raw()
+                    .execute(
+                        "UPDATE io_migrations SET APP_UID = APP_UID WHERE 1 = 0",
+                        &[],
+                    )
+                    .await?;
+                tx
+            }
+        };
         match &self.db {
             Db::Postgres(_) => {
                 let raw = &mut tracking.raw();
