@@ -6,7 +6,7 @@
 //! - Each file runs in one transaction (both SQLite and PostgreSQL allow DDL in transactions);
 //!   a failure stops the run, records nothing, and the error names file and statement.
 //! - Several processes may start at once: PostgreSQL serialises runs with an advisory lock;
-//!   SQLite takes its write lock (`BEGIN IMMEDIATE`) per file and re-checks the record inside.
+//!   SQLite takes the platform file's write lock per file and re-checks the record inside.
 //! - A file runs with its app's schema as the default: on PostgreSQL `search_path`, on SQLite a
 //!   connection to the app's own database file.
 
@@ -300,7 +300,18 @@ async fn run_sqlite(
     let mut app_conn: Option<sqlx::SqliteConnection> = None;
     for m in migrations {
         let mut tracking = pool.acquire().await?;
-        tracking.execute("BEGIN IMMEDIATE").await?;
+        // Not `BEGIN IMMEDIATE`: with the app files attached to the pool it would lock them
+        // all, and the app's file is migrated below on a connection of its own ("database is
+        // locked" as soon as an attached app had a new file). A write that matches nothing
+        // takes the platform file's lock alone, before the record is checked.
+        tracking.execute("BEGIN").await?;
+        if let Err(e) = tracking
+            .execute("UPDATE io_migrations SET APP_UID = APP_UID WHERE 1 = 0")
+            .await
+        {
+            tracking.execute("ROLLBACK").await?;
+            return Err(e.into());
+        }
         let result = async {
             if let Some(old) = recorded(&mut Raw::Sqlite(&mut tracking), app_uid, &m.name).await? {
                 note_changed(&mut report, app_uid, m, old);

@@ -117,7 +117,7 @@ on_both!(
         r.ok();
         assert!(r.stdout.contains("migrations to run: none"), "{r:#?}");
         assert!(
-            !r.stdout.contains("added") && !r.stdout.contains("changed"),
+            !r.stdout.contains(" added:") && !r.stdout.contains(" changed:"),
             "{r:#?}"
         );
 
