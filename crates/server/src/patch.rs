@@ -153,11 +153,9 @@ pub async fn export(
         pretty(&j)
     });
     for (name, def) in &app.datasources {
-        let path = format!("datasources/{name}.json");
-        if !files.contains_key(&path) {
-            let j: Json = serde_json::from_str(def).unwrap_or(Json::Null);
-            files.insert(path, pretty(&j));
-        }
+        files
+            .entry(format!("datasources/{name}.json"))
+            .or_insert_with(|| pretty(&serde_json::from_str(def).unwrap_or(Json::Null)));
     }
     Ok(Some(files))
 }
