@@ -10,6 +10,8 @@ use server::auth::password::Hasher;
 use server::{Config, Secret, Server};
 use store::NewUser;
 
+mod patches;
+
 /// mimalloc: glibc's allocator spent ~10% of a loaded server's CPU in `malloc_consolidate` and
 /// `_int_malloc`, and kept the memory of a burst long after it (see bench/RESULTS.md).
 #[global_allocator]
@@ -59,10 +61,53 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Apply the platform's pending migrations and exit.
+    /// Apply pending migrations and exit: the platform's, or one app's (from --app-dir, else
+    /// the files stored for -a APP), reporting each file run or skipped.
     Migrate {
         #[command(flatten)]
         db: DbArgs,
+        /// The app whose migrations to apply.
+        #[arg(short = 'a', long = "app")]
+        app: Option<String>,
+        /// The app directory holding the migrations.
+        #[arg(long = "app-dir")]
+        app_dir: Option<PathBuf>,
+    },
+    /// Export an app as a zip (<APP>.zip, or --file), from a server or from a directory.
+    CreatePatch {
+        #[arg(short = 'a', long = "app")]
+        app: String,
+        /// Make the zip from this app directory instead of a server.
+        #[arg(long)]
+        from_dir: Option<PathBuf>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: patches::Remote,
+    },
+    /// Show what a patch would change on a server; exit 1 if it would fail.
+    VerifyPatch {
+        #[arg(short = 'a', long = "app")]
+        app: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: patches::Remote,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a patch to a server: its new migrations and its metadata, in one step.
+    Patch {
+        #[arg(short = 'a', long = "app")]
+        app: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: patches::Remote,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage users.
     User {
@@ -233,10 +278,29 @@ async fn main() -> Result<()> {
             }
             server.run_until(shutdown).await?;
         }
-        Command::Migrate { db } => {
-            admin_tools(&db).await?;
-            println!("migrations applied");
+        Command::Migrate { db, app, app_dir } => migrate(&db, app, app_dir).await?,
+        Command::CreatePatch {
+            app,
+            from_dir,
+            file,
+            remote,
+        } => patches::create(&app, from_dir.as_deref(), file, &remote).await?,
+        Command::VerifyPatch {
+            app,
+            file,
+            remote,
+            json,
+        } => {
+            if !patches::verify(&app, file, &remote, json).await? {
+                std::process::exit(1);
+            }
         }
+        Command::Patch {
+            app,
+            file,
+            remote,
+            json,
+        } => patches::apply(&app, file, &remote, json).await?,
         Command::User { command } => match command {
             UserCommand::Create {
                 db,
@@ -339,6 +403,78 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `migrate`: the platform's pending migrations, or one app's, each file reported.
+async fn migrate(db: &DbArgs, app: Option<String>, app_dir: Option<PathBuf>) -> Result<()> {
+    let c = config(db)?;
+    let target = store::DbTarget::from_config(
+        &c.data_dir,
+        c.database_url.as_ref().map(server::DatabaseUrl::expose),
+    )?;
+    let conn = store::Db::connect(&target, 2).await?;
+    let dialect = conn.dialect();
+    let platform = store::migrate::platform_migrations(dialect);
+    let report = store::migrate::run(&conn, store::PLATFORM_APP, &platform).await?;
+    conn.close().await;
+    let (app_uid, migrations) = match (app, app_dir) {
+        (None, None) => {
+            print_report(store::PLATFORM_APP, &report);
+            admin_tools(db).await?;
+            println!("migrations applied");
+            return Ok(());
+        }
+        (app, Some(dir)) => {
+            let src = server::apps::AppSource::read_dir(&dir, dialect)
+                .map_err(|p| anyhow::anyhow!("{}:\n  - {}", dir.display(), p.join("\n  - ")))?;
+            let declared: serde_json::Value = serde_json::from_str(&src.app_json)
+                .with_context(|| format!("{}: app.json", dir.display()))?;
+            let uid = declared["appUid"].as_str().unwrap_or_default().to_string();
+            if let Some(a) = app.filter(|a| *a != uid) {
+                bail!(
+                    "{}: app.json declares appUid `{uid}`, not `{a}`",
+                    dir.display()
+                );
+            }
+            (uid, src.migrations)
+        }
+        (Some(app), None) => {
+            let (store, _) = admin_tools(db).await?;
+            let Some(stored) = store.stored_app(&app).await? else {
+                bail!("no app `{app}` on this database; give --app-dir DIR");
+            };
+            let files = stored.files.into_iter().chain(stored.scripts).collect();
+            let src = server::apps::AppSource::from_files(files, dialect)
+                .map_err(|p| anyhow::anyhow!("app `{app}`:\n  - {}", p.join("\n  - ")))?;
+            (app, src.migrations)
+        }
+    };
+    let (store, _) = admin_tools(db).await?;
+    let report = store::migrate::run(&store.db, &app_uid, &migrations).await;
+    store.db.close().await;
+    print_report(&app_uid, &report?);
+    println!("migrations applied");
+    Ok(())
+}
+
+/// One line per file: applied, skipped, and a warning for a file changed after it was applied.
+fn print_report(app: &str, report: &store::migrate::Report) {
+    for name in &report.applied {
+        println!("applied  {app}: {name}");
+    }
+    for name in &report.skipped {
+        println!("skipped  {app}: {name} (applied before)");
+    }
+    for (name, recorded, now) in &report.changed {
+        println!(
+            "warning: {app}: {name} changed since it was applied (recorded checksum {recorded}, now {now}); the change is ignored"
+        );
+    }
+    println!(
+        "{app}: {} applied, {} skipped",
+        report.applied.len(),
+        report.skipped.len()
+    );
 }
 
 /// A minimal HTTP/1.1 GET, enough for `status` without an HTTP client dependency.

@@ -33,6 +33,9 @@ pub struct AppSource {
     pub migrations: Vec<Migration>,
     /// (path in the app directory, source): hooks and cloud-function modules.
     pub scripts: Vec<(String, String)>,
+    /// (path, text): every other file of the directory (`app.json`, `roles.json`, datasource
+    /// files, workflows, migrations of every database), stored to be exported again.
+    pub files: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -73,73 +76,157 @@ fn dialect_dir(d: Dialect) -> &'static str {
     }
 }
 
-impl AppSource {
-    /// Reads an app directory. Migrations: the shared folder plus the dialect's own.
-    pub fn read_dir(dir: &Path, dialect: Dialect) -> Result<AppSource, Vec<String>> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| vec![format!("{}: {e}", p.display())])
+/// Whether `path` (relative, `/`-separated) is part of an app directory's layout; anything else
+/// in a directory or a patch is ignored.
+pub fn is_app_file(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    let ext = |e: &[&str]| e.iter().any(|e| path.ends_with(e));
+    match parts.as_slice() {
+        ["app.json"] | ["roles.json"] => true,
+        ["datasources", _] => ext(&[".json", ".js", ".ts"]),
+        ["workflows", _] => ext(&[".json"]),
+        ["migrations", _] => ext(&[".sql"]),
+        ["migrations", d, _] => matches!(*d, "sqlite" | "postgres" | "mysql") && ext(&[".sql"]),
+        ["functions", ..] => parts.len() > 1 && ext(&[".js", ".ts"]),
+        _ => false,
+    }
+}
+
+/// An app directory's files (those of its layout, see [`is_app_file`]), by relative path.
+pub fn read_tree(dir: &Path) -> Result<BTreeMap<String, String>, Vec<String>> {
+    fn walk(
+        root: &Path,
+        rel: &str,
+        out: &mut BTreeMap<String, String>,
+        problems: &mut Vec<String>,
+    ) {
+        let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+            return;
         };
-        let app_json = read(&dir.join("app.json"))?;
-        let mut datasources = Vec::new();
-        let mut scripts = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir.join("datasources")) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                if name.ends_with(".json") {
-                    datasources.push((format!("datasources/{name}"), read(&e.path())?));
-                } else if name.ends_with(".js") || name.ends_with(".ts") {
-                    scripts.push((format!("datasources/{name}"), read(&e.path())?));
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            // Links are not followed: a patch is plain files.
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                walk(root, &path, out, problems);
+            } else if kind.is_file() && is_app_file(&path) {
+                match std::fs::read_to_string(e.path()) {
+                    Ok(text) => {
+                        out.insert(path, text);
+                    }
+                    Err(err) => problems.push(format!("{}: {err}", e.path().display())),
                 }
             }
         }
-        datasources.sort();
-        read_modules(&dir.join("functions"), "functions", &mut scripts)?;
-        scripts.sort();
-        let roles_path = dir.join("roles.json");
-        let roles_json = if roles_path.exists() {
-            Some(read(&roles_path)?)
-        } else {
-            None
+    }
+    if !dir.join("app.json").is_file() {
+        return Err(vec![format!(
+            "{}: no app.json",
+            dir.join("app.json").display()
+        )]);
+    }
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    walk(dir, "", &mut out, &mut problems);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+impl AppSource {
+    /// Reads an app directory. Migrations: the shared folder plus the dialect's own.
+    pub fn read_dir(dir: &Path, dialect: Dialect) -> Result<AppSource, Vec<String>> {
+        AppSource::from_files(read_tree(dir)?, dialect)
+    }
+
+    /// An app from its files by relative path (a directory read by [`read_tree`], or a patch).
+    /// Every file is kept in [`AppSource::files`] (migrations of every database), so the app
+    /// can be exported as it came.
+    pub fn from_files(
+        files: BTreeMap<String, String>,
+        dialect: Dialect,
+    ) -> Result<AppSource, Vec<String>> {
+        let Some(app_json) = files.get("app.json").cloned() else {
+            return Err(vec!["app.json: missing".into()]);
         };
-        let mut migrations =
-            store::migrate::read_dir(&dir.join("migrations")).map_err(|e| vec![e.to_string()])?;
-        migrations.extend(
-            store::migrate::read_dir(&dir.join("migrations").join(dialect_dir(dialect)))
-                .map_err(|e| vec![e.to_string()])?,
-        );
-        migrations.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(AppSource {
+        let mut src = AppSource {
             app_json,
-            datasources,
-            roles_json,
-            migrations,
-            scripts,
-        })
+            roles_json: files.get("roles.json").cloned(),
+            ..AppSource::default()
+        };
+        let own = format!("migrations/{}/", dialect_dir(dialect));
+        let mut problems = Vec::new();
+        for (path, text) in files {
+            if !is_app_file(&path) {
+                continue;
+            }
+            let is_script = path.ends_with(".js") || path.ends_with(".ts");
+            if is_script {
+                src.scripts.push((path, text));
+                continue;
+            }
+            if path.starts_with("datasources/") {
+                src.datasources.push((path.clone(), text.clone()));
+            } else if let Some(name) = path.strip_prefix("migrations/")
+                && (!name.contains('/') || path.starts_with(&own))
+            {
+                let name = name.rsplit('/').next().unwrap_or(name);
+                if store::migrate::is_migration_name(name) {
+                    src.migrations.push(Migration {
+                        name: name.to_string(),
+                        sql: text.clone(),
+                    });
+                } else {
+                    problems.push(format!(
+                        "{path}: migration files must be named io_YYYYMMDDHHmmss_<description>.sql"
+                    ));
+                }
+            }
+            src.files.push((path, text));
+        }
+        src.migrations.sort_by(|a, b| a.name.cmp(&b.name));
+        if problems.is_empty() {
+            Ok(src)
+        } else {
+            Err(problems)
+        }
     }
 
     /// The built-in demo app.
     pub fn demo(dialect: Dialect) -> AppSource {
-        let migration = match dialect {
-            Dialect::Postgres | Dialect::Mysql => include_str!(
-                "../../../apps/demo/migrations/postgres/io_20261128000100_create_employees.sql"
+        let files = [
+            ("app.json", include_str!("../../../apps/demo/app.json")),
+            (
+                "datasources/Employees.json",
+                include_str!("../../../apps/demo/datasources/Employees.json"),
             ),
-            Dialect::Sqlite => include_str!(
-                "../../../apps/demo/migrations/sqlite/io_20261128000100_create_employees.sql"
+            ("roles.json", include_str!("../../../apps/demo/roles.json")),
+            (
+                "migrations/postgres/io_20261128000100_create_employees.sql",
+                include_str!(
+                    "../../../apps/demo/migrations/postgres/io_20261128000100_create_employees.sql"
+                ),
             ),
-        };
-        AppSource {
-            app_json: include_str!("../../../apps/demo/app.json").into(),
-            datasources: vec![(
-                "datasources/Employees.json".into(),
-                include_str!("../../../apps/demo/datasources/Employees.json").into(),
-            )],
-            roles_json: Some(include_str!("../../../apps/demo/roles.json").into()),
-            migrations: vec![Migration {
-                name: "io_20261128000100_create_employees.sql".into(),
-                sql: migration.into(),
-            }],
-            scripts: Vec::new(),
-        }
+            (
+                "migrations/sqlite/io_20261128000100_create_employees.sql",
+                include_str!(
+                    "../../../apps/demo/migrations/sqlite/io_20261128000100_create_employees.sql"
+                ),
+            ),
+        ];
+        let files = files
+            .into_iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        // Built in and tested: it always reads.
+        AppSource::from_files(files, dialect).unwrap_or_default()
     }
 
     /// The platform's own datasources over its tables (their migrations are the platform's).
@@ -168,31 +255,9 @@ impl AppSource {
             roles_json: Some(include_str!("../platform-app/roles.json").into()),
             migrations: Vec::new(),
             scripts: Vec::new(),
+            files: Vec::new(),
         }
     }
-}
-
-/// Reads `.js`/`.ts` files under `dir` (recursively) as `prefix/<relative path>`.
-fn read_modules(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<(String, String)>,
-) -> Result<(), Vec<String>> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let path = e.path();
-        if path.is_dir() {
-            read_modules(&path, &format!("{prefix}/{name}"), out)?;
-        } else if name.ends_with(".js") || name.ends_with(".ts") {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| vec![format!("{}: {e}", path.display())])?;
-            out.push((format!("{prefix}/{name}"), text));
-        }
-    }
-    Ok(())
 }
 
 /// Checks every script of an app: its path names a hook of one of `datasources` or a module,
@@ -229,21 +294,11 @@ fn check_scripts(scripts: &[(String, String)], datasources: &[String], problems:
     }
 }
 
-/// Reports a missing table, or each column of the definition the table lacks.
-async fn check_columns(
-    store: &Store,
-    app_uid: &str,
-    file: &str,
-    def: &DatasourceDef,
-    problems: &mut Vec<String>,
-) {
+/// Each column of the definition that `cols` (upper-cased, `None`: no such table) lacks.
+pub fn column_problems(file: &str, def: &DatasourceDef, cols: Option<&[String]>) -> Vec<String> {
     let table = &def.table;
-    let cols = match store.table_columns(app_uid, table).await {
-        Ok(Some(cols)) => cols,
-        Ok(None) => {
-            return problems.push(format!("{file}: `table`: table `{table}` does not exist"));
-        }
-        Err(e) => return problems.push(format!("{file}: cannot inspect table `{table}`: {e}")),
+    let Some(cols) = cols else {
+        return vec![format!("{file}: `table`: table `{table}` does not exist")];
     };
     let who = query::meta::WHO_ATTRIBUTES.iter().map(|(code, column, _)| {
         let named = def
@@ -265,6 +320,7 @@ async fn check_columns(
             )
         })
         .chain(who);
+    let mut problems = Vec::new();
     for (code, column) in attributes {
         if query::meta::is_identifier(&column) && !cols.contains(&column.to_ascii_uppercase()) {
             problems.push(format!(
@@ -272,15 +328,35 @@ async fn check_columns(
             ));
         }
     }
+    problems
 }
 
-/// Runs the app's new migrations, then validates and stores its metadata. Every problem is
-/// reported at once, each naming its file and field. Returns the app uid.
-pub async fn load_app(
+/// Reports a missing table, or each column of the definition the table lacks.
+async fn check_columns(
     store: &Store,
-    org_uid: &str,
-    src: &AppSource,
-) -> Result<String, Vec<String>> {
+    app_uid: &str,
+    file: &str,
+    def: &DatasourceDef,
+    problems: &mut Vec<String>,
+) {
+    let table = &def.table;
+    match store.table_columns(app_uid, table).await {
+        Ok(cols) => problems.extend(column_problems(file, def, cols.as_deref())),
+        Err(e) => problems.push(format!("{file}: cannot inspect table `{table}`: {e}")),
+    }
+}
+
+/// An app read and checked (all but its tables), ready to be migrated and stored.
+pub struct Prepared {
+    pub meta: AppMetadata,
+    /// (file, definition) of every datasource file that parsed.
+    pub defs: Vec<(String, DatasourceDef)>,
+    pub problems: Vec<String>,
+}
+
+/// Parses and checks everything of an app that needs no database: `app.json` (an `Err` when it
+/// is unusable), datasources, roles, scripts and workflows, reporting every problem.
+pub fn prepare(store: &Store, org_uid: &str, src: &AppSource) -> Result<Prepared, Vec<String>> {
     let app: AppJson =
         serde_json::from_str(&src.app_json).map_err(|e| vec![format!("app.json: {e}")])?;
     if !query::meta::is_identifier(&store::migrate::app_schema(&app.app_uid)) {
@@ -289,10 +365,6 @@ pub async fn load_app(
             app.app_uid
         )]);
     }
-    let migrated = store::migrate::run(&store.db, &app.app_uid, &src.migrations)
-        .await
-        .map_err(|e| vec![format!("migrations: {e}")])?;
-
     let mut problems = Vec::new();
     let mut datasources = Vec::new();
     let mut defs = Vec::new();
@@ -316,7 +388,15 @@ pub async fn load_app(
         }
         let canonical = serde_json::to_string(&def).unwrap_or_default();
         datasources.push((def.name.clone(), canonical));
-        defs.push((file, def));
+        defs.push((file.clone(), def));
+    }
+    let mut workflows = Vec::new();
+    for (path, text) in &src.files {
+        if let Some(name) = path.strip_prefix("workflows/") {
+            let wf_uid = name.strip_suffix(".json").unwrap_or(name);
+            problems.extend(crate::workflow_def::check(path, wf_uid, text));
+            workflows.push(wf_uid.to_string());
+        }
     }
     let mut roles = Vec::new();
     if let Some(text) = &src.roles_json {
@@ -357,7 +437,13 @@ pub async fn load_app(
                             functions.push((module.clone(), f));
                         }
                     }
-                    let _ = role.workflows;
+                    for wf in role.workflows.keys() {
+                        if !workflows.contains(wf) {
+                            problems.push(format!(
+                                "roles.json: `roles[{i}].workflows.{wf}`: unknown workflow"
+                            ));
+                        }
+                    }
                     let name = role.name.unwrap_or_else(|| role.role_uid.clone());
                     roles.push(RoleGrants {
                         role_uid: role.role_uid,
@@ -379,7 +465,31 @@ pub async fn load_app(
         datasources,
         roles,
         scripts: src.scripts.clone(),
+        files: src.files.clone(),
     };
+    Ok(Prepared {
+        meta,
+        defs,
+        problems,
+    })
+}
+
+/// Runs the app's new migrations, then validates and stores its metadata. Every problem is
+/// reported at once, each naming its file and field. Returns the app uid.
+pub async fn load_app(
+    store: &Store,
+    org_uid: &str,
+    src: &AppSource,
+) -> Result<String, Vec<String>> {
+    let Prepared {
+        meta,
+        defs,
+        mut problems,
+    } = prepare(store, org_uid, src)?;
+    let app_uid = meta.app_uid.clone();
+    let migrated = store::migrate::run(&store.db, &app_uid, &src.migrations)
+        .await
+        .map_err(|e| vec![format!("migrations: {e}")])?;
     // Tables change only through migrations: metadata stored as it is now, with no migration
     // applied since, was checked against the tables when it was stored.
     if problems.is_empty()
@@ -389,13 +499,13 @@ pub async fn load_app(
             .await
             .map_err(|e| vec![e.to_string()])?
     {
-        return Ok(app.app_uid);
+        return Ok(app_uid);
     }
     // Check tables and columns even for definitions with other problems, so that every problem
     // is reported in one go.
     for (file, def) in &defs {
         if query::meta::is_identifier(&def.table) {
-            check_columns(store, &app.app_uid, file, def, &mut problems).await;
+            check_columns(store, &app_uid, file, def, &mut problems).await;
         }
     }
     if !problems.is_empty() {
@@ -405,5 +515,5 @@ pub async fn load_app(
         .replace_app_metadata(&meta, "system")
         .await
         .map_err(|e| vec![format!("storing metadata: {e}")])?;
-    Ok(app.app_uid)
+    Ok(app_uid)
 }

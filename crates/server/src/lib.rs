@@ -14,10 +14,12 @@ pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod patch;
 pub mod request_id;
 pub mod router;
 pub mod startup;
 pub mod state;
+pub mod workflow_def;
 
 pub use config::{Config, DatabaseUrl, Secret};
 pub use startup::{Server, StartError};

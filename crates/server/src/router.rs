@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{auth, data, functions, status};
+use crate::api::{auth, data, functions, patches, status};
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;
@@ -26,6 +26,14 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/session", get(auth::get_session))
         .route("/v1/api", post(data::post_api))
         .route("/v1/fn/{app}/{*path}", post(functions::post_function))
+        .route(
+            "/v1/apps/{app}/patch",
+            get(patches::get_patch).post(patches::post_patch),
+        )
+        .route(
+            "/v1/apps/{app}/patch/verify",
+            post(patches::post_patch_verify),
+        )
         .route("/v1/status", get(status::get_status))
         .route("/metrics", get(status::get_metrics))
 }

@@ -59,7 +59,8 @@ pub async fn open_store(config: &Config) -> Result<Store, StartError> {
     Ok(Store::new(db))
 }
 
-/// First start: the platform org, app and roles, and an `admin` user with `administrator`.
+/// First start: the platform org, app and roles, and an `admin` user holding every platform role
+/// (`administrator`, `developer`, `patch_administrator`).
 /// Returns the generated password when one was made (the caller prints it once).
 pub async fn bootstrap(
     store: &Store,
@@ -100,15 +101,12 @@ pub async fn bootstrap(
         Err(store::StoreError::Duplicate(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    store
-        .grant_role(
-            PLATFORM_ORG,
-            "admin",
-            PLATFORM_APP,
-            "administrator",
-            "system",
-        )
-        .await?;
+    // The spec's first-start `admin` holds every platform role.
+    for (role, _) in PLATFORM_ROLES {
+        store
+            .grant_role(PLATFORM_ORG, "admin", PLATFORM_APP, role, "system")
+            .await?;
+    }
     tracing::info!("first start: created org, app, roles and user `admin`");
     Ok(generated.then_some(password))
 }
@@ -259,6 +257,7 @@ impl Server {
             engine,
             metrics: Metrics::default(),
             started,
+            patching: tokio::sync::Mutex::new(()),
         });
         state.engine.hasher.start_trimmer();
         let app = router::app(state.clone(), routes);

@@ -24,6 +24,8 @@ pub struct Inner {
     pub engine: Engine,
     pub metrics: Metrics,
     pub started: Instant,
+    /// Held while a patch is verified or applied: one at a time on this node.
+    pub patching: tokio::sync::Mutex<()>,
 }
 
 impl Deref for AppState {

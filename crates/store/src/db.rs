@@ -280,7 +280,7 @@ impl Db {
 
     /// On SQLite, before a write: are the files still those opened (see [`FileHealth`])? A
     /// write to a deleted or replaced file would be acknowledged and then lost.
-    fn check_files(&self) -> Result<()> {
+    pub(crate) fn check_files(&self) -> Result<()> {
         match self {
             Db::Sqlite { health, .. } => health.check_identity(),
             Db::Postgres(_) => Ok(()),
@@ -520,7 +520,7 @@ impl Conn {
 pub struct WriteTurn(
     /// Held, never read: dropping it passes the turn on.
     #[allow(dead_code)]
-    Option<tokio::sync::OwnedMutexGuard<()>>,
+    pub(crate) Option<tokio::sync::OwnedMutexGuard<()>>,
 );
 
 pub enum Tx {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod metadata;
 pub mod migrate;
+pub mod patch;
 pub mod platform;
 pub mod writer;
 
@@ -19,6 +20,6 @@ pub const PLATFORM_APP: &str = "cloudio";
 
 pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable, redact_url};
 pub use error::{Result, StoreError};
-pub use metadata::{AppMetadata, RoleGrants, StoredMetadata};
+pub use metadata::{AppMetadata, RoleGrants, StoredApp, StoredMetadata};
 pub use platform::{LiveSession, NewUser, Reservation, Session, Store, User, check_user_name};
 pub use writer::{WriteConn, Writer};

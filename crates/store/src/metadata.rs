@@ -21,6 +21,23 @@ pub struct AppMetadata {
     /// (path in the app directory, source text): `datasources/<Name>.<hook>.js|ts`,
     /// `functions/<moduleUri>.js|ts`.
     pub scripts: Vec<(String, String)>,
+    /// (path, text): the app directory's other files as loaded (`app.json`, `roles.json`,
+    /// `datasources/<Name>.json`, `workflows/<wfUid>.json`, `migrations/**.sql`), kept so the
+    /// app can be exported as it was given.
+    pub files: Vec<(String, String)>,
+}
+
+/// An app as stored: its row and every file of its directory.
+#[derive(Debug, Clone, Default)]
+pub struct StoredApp {
+    pub name: String,
+    pub description: Option<String>,
+    /// (datasource name, definition as stored: canonical JSON)
+    pub datasources: Vec<(String, String)>,
+    /// (path, source)
+    pub scripts: Vec<(String, String)>,
+    /// (path, text), see [`AppMetadata::files`].
+    pub files: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,6 +84,11 @@ impl AppMetadata {
         for (path, source) in &self.scripts {
             field(path);
             field(source);
+        }
+        field("files");
+        for (path, text) in &self.files {
+            field(path);
+            field(text);
         }
         hex::encode(h.finalize())
     }
@@ -127,6 +149,13 @@ impl Store {
     /// of its grants.
     pub async fn replace_app_metadata(&self, m: &AppMetadata, by: &str) -> Result<()> {
         let mut tx = self.db.begin_write().await?;
+        self.write_app_metadata(&mut tx, m, by).await?;
+        tx.commit().await
+    }
+
+    /// [`Store::replace_app_metadata`] inside the caller's transaction.
+    pub async fn write_app_metadata(&self, tx: &mut Tx, m: &AppMetadata, by: &str) -> Result<()> {
+        let tx = &mut *tx;
         let d = tx.dialect();
         let now = self.who_now(Utc::now());
         let who = |v: &mut Vec<Value>| {
@@ -141,7 +170,7 @@ impl Store {
         ];
         who(&mut params);
         exec(
-            &mut tx,
+            tx,
             d,
             &format!(
                 "INSERT INTO {} (APP_UID, ORG_UID, NAME, DESCRIPTION, METADATA_CHECKSUM, CREATED_BY, \
@@ -160,9 +189,10 @@ impl Store {
             "io_role_grants",
             "io_role_functions",
             "io_scripts",
+            "io_app_files",
         ] {
             exec(
-                &mut tx,
+                tx,
                 d,
                 &format!("DELETE FROM {} WHERE APP_UID = ?", self.t(table)),
                 &[text(&m.app_uid)],
@@ -173,13 +203,14 @@ impl Store {
         let named = [
             ("io_datasources", "NAME, DEFINITION", &m.datasources),
             ("io_scripts", "PATH, SOURCE", &m.scripts),
+            ("io_app_files", "PATH, CONTENT", &m.files),
         ];
         for (table, columns, rows) in named {
             for (key, body) in rows {
                 let mut params = vec![text(&m.app_uid), text(key), text(body)];
                 who(&mut params);
                 exec(
-                    &mut tx,
+                    tx,
                     d,
                     &format!(
                         "INSERT INTO {} (APP_UID, {columns}, CREATED_BY, CREATION_DATE, \
@@ -195,7 +226,7 @@ impl Store {
             let mut params = vec![text(&m.app_uid), text(&role.role_uid), text(&role.name)];
             who(&mut params);
             exec(
-                &mut tx,
+                tx,
                 d,
                 &format!(
                     "INSERT INTO {} (APP_UID, ROLE_UID, NAME, CREATED_BY, CREATION_DATE, \
@@ -208,7 +239,7 @@ impl Store {
             .await?;
             for (ds, action) in &role.grants {
                 exec(
-                    &mut tx,
+                    tx,
                     d,
                     &format!(
                         "INSERT INTO {} (APP_UID, ROLE_UID, DATASOURCE, ACTION) VALUES (?, ?, ?, ?) \
@@ -221,7 +252,7 @@ impl Store {
             }
             for (module, function) in &role.functions {
                 exec(
-                    &mut tx,
+                    tx,
                     d,
                     &format!(
                         "INSERT INTO {} (APP_UID, ROLE_UID, MODULE_URI, FUNCTION_NAME) \
@@ -238,7 +269,7 @@ impl Store {
                 .await?;
             }
         }
-        tx.commit().await
+        Ok(())
     }
 
     /// Whether the stored metadata of the app is exactly `m` (by checksum).
@@ -329,6 +360,71 @@ impl Store {
             scripts,
             functions,
         })
+    }
+
+    /// An app's row and files as stored, or `None` if there is no such app.
+    pub async fn stored_app(&self, app_uid: &str) -> Result<Option<StoredApp>> {
+        let d = self.dialect();
+        let key = [text(app_uid)];
+        let rows = self
+            .db
+            .fetch_all(
+                &portable(
+                    d,
+                    &format!(
+                        "SELECT NAME, DESCRIPTION FROM {} WHERE APP_UID = ?",
+                        self.t("io_apps")
+                    ),
+                ),
+                &key,
+                &[AttrType::String; 2],
+            )
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut row = row.into_iter();
+        let name = match row.next() {
+            Some(Value::Text(s)) => s,
+            _ => String::new(),
+        };
+        let description = match row.next() {
+            Some(Value::Text(s)) => Some(s),
+            _ => None,
+        };
+        let pairs = |table: &'static str, columns: &'static str| {
+            let sql = portable(
+                d,
+                &format!(
+                    "SELECT {columns} FROM {} WHERE APP_UID = ? ORDER BY 1",
+                    self.t(table)
+                ),
+            )
+            .into_owned();
+            let db = self.db.clone();
+            let key = key.clone();
+            async move {
+                let rows = db.fetch_all(&sql, &key, &[AttrType::String; 2]).await?;
+                Ok::<_, crate::StoreError>(
+                    rows.into_iter()
+                        .map(|r| {
+                            let [a, b] = cells(texts(r));
+                            (a, b)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        let datasources = pairs("io_datasources", "NAME, DEFINITION").await?;
+        let scripts = pairs("io_scripts", "PATH, SOURCE").await?;
+        let files = pairs("io_app_files", "PATH, CONTENT").await?;
+        Ok(Some(StoredApp {
+            name,
+            description,
+            datasources,
+            scripts,
+            files,
+        }))
     }
 
     /// Every row of a platform query with no parameters, as text cells.

@@ -6,7 +6,7 @@
 //! - Each file runs in one transaction (both SQLite and PostgreSQL allow DDL in transactions);
 //!   a failure stops the run, records nothing, and the error names file and statement.
 //! - Several processes may start at once: PostgreSQL serialises runs with an advisory lock;
-//!   SQLite takes its write lock (`BEGIN IMMEDIATE`) per file and re-checks the record inside.
+//!   SQLite takes the platform file's write lock per file and re-checks the record inside.
 //! - A file runs with its app's schema as the default: on PostgreSQL `search_path`, on SQLite a
 //!   connection to the app's own database file.
 
@@ -37,6 +37,8 @@ impl Migration {
 #[derive(Debug, Default)]
 pub struct Report {
     pub applied: Vec<String>,
+    /// Files recorded earlier, not run again.
+    pub skipped: Vec<String>,
     /// Files recorded earlier whose content has changed since: (name, recorded, current).
     pub changed: Vec<(String, String, String)>,
 }
@@ -99,6 +101,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 "io_20261129000000_scripts.sql",
                 include_str!("../migrations/postgres/io_20261129000000_scripts.sql"),
             ),
+            (
+                "io_20261201000000_app_files.sql",
+                include_str!("../migrations/postgres/io_20261201000000_app_files.sql"),
+            ),
         ],
         _ => &[
             (
@@ -112,6 +118,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261129000000_scripts.sql",
                 include_str!("../migrations/sqlite/io_20261129000000_scripts.sql"),
+            ),
+            (
+                "io_20261201000000_app_files.sql",
+                include_str!("../migrations/sqlite/io_20261201000000_app_files.sql"),
             ),
         ],
     };
@@ -130,7 +140,7 @@ pub fn app_schema(app_uid: &str) -> String {
     app_uid.replace('-', "_")
 }
 
-const LOCK_KEY: i64 = 0x0063_6c6f_7564_696f; // "cloudio" in ASCII
+pub(crate) const LOCK_KEY: i64 = 0x0063_6c6f_7564_696f; // "cloudio" in ASCII
 
 const TRACKING_SQLITE: &str = "CREATE TABLE IF NOT EXISTS io_migrations (APP_UID TEXT NOT NULL, \
      FILE_NAME TEXT NOT NULL, CHECKSUM TEXT NOT NULL, APPLIED_AT TEXT NOT NULL, \
@@ -178,7 +188,11 @@ pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Rep
     }
 }
 
-async fn recorded(raw: &mut Raw<'_>, app_uid: &str, name: &str) -> Result<Option<String>> {
+pub(crate) async fn recorded(
+    raw: &mut Raw<'_>,
+    app_uid: &str,
+    name: &str,
+) -> Result<Option<String>> {
     let table = match raw.dialect() {
         Dialect::Postgres => "cloudio.io_migrations",
         _ => "io_migrations",
@@ -200,7 +214,7 @@ async fn recorded(raw: &mut Raw<'_>, app_uid: &str, name: &str) -> Result<Option
         }))
 }
 
-async fn record(raw: &mut Raw<'_>, app_uid: &str, m: &Migration) -> Result<()> {
+pub(crate) async fn record(raw: &mut Raw<'_>, app_uid: &str, m: &Migration) -> Result<()> {
     let (table, now) = match raw.dialect() {
         Dialect::Postgres => ("cloudio.io_migrations", Value::DateTime(Utc::now())),
         _ => (
@@ -224,7 +238,8 @@ async fn record(raw: &mut Raw<'_>, app_uid: &str, m: &Migration) -> Result<()> {
     Ok(())
 }
 
-fn note_changed(report: &mut Report, app_uid: &str, m: &Migration, old: String) {
+pub(crate) fn note_changed(report: &mut Report, app_uid: &str, m: &Migration, old: String) {
+    report.skipped.push(m.name.clone());
     let new = m.checksum();
     if old != new {
         tracing::warn!(
@@ -285,7 +300,18 @@ async fn run_sqlite(
     let mut app_conn: Option<sqlx::SqliteConnection> = None;
     for m in migrations {
         let mut tracking = pool.acquire().await?;
-        tracking.execute("BEGIN IMMEDIATE").await?;
+        // Not `BEGIN IMMEDIATE`: with the app files attached to the pool it would lock them
+        // all, and the app's file is migrated below on a connection of its own ("database is
+        // locked" as soon as an attached app had a new file). A write that matches nothing
+        // takes the platform file's lock alone, before the record is checked.
+        tracking.execute("BEGIN").await?;
+        if let Err(e) = tracking
+            .execute("UPDATE io_migrations SET APP_UID = APP_UID WHERE 1 = 0")
+            .await
+        {
+            tracking.execute("ROLLBACK").await?;
+            return Err(e.into());
+        }
         let result = async {
             if let Some(old) = recorded(&mut Raw::Sqlite(&mut tracking), app_uid, &m.name).await? {
                 note_changed(&mut report, app_uid, m, old);
@@ -323,7 +349,7 @@ async fn run_sqlite(
 }
 
 /// Runs a file statement by statement so an error can name the statement (1-based).
-async fn apply_statements(raw: &mut Raw<'_>, m: &Migration) -> Result<()> {
+pub(crate) async fn apply_statements(raw: &mut Raw<'_>, m: &Migration) -> Result<()> {
     for (i, stmt) in split_statements(&m.sql).iter().enumerate() {
         raw.execute_script(stmt)
             .await

@@ -7,5 +7,6 @@ mod helpers;
 mod admin;
 mod config;
 mod crash;
+mod patches;
 mod seed_sample;
 mod serve;

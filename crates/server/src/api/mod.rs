@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod data;
 pub mod functions;
+pub mod patches;
 pub mod status;
 pub mod stream;
 

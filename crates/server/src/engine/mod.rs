@@ -212,6 +212,9 @@ impl Engine {
 pub(crate) struct Ctx<'a> {
     pub engine: &'a Engine,
     pub who: &'a Principal,
+    /// The catalog as the request found it: swapped by a patch meanwhile, a request still
+    /// finishes on the metadata it started with.
+    pub catalog: std::sync::Arc<Catalog>,
     pub opts: CompileOptions,
     pub now: DateTime<Utc>,
     pub touched: Vec<(String, String)>,
@@ -227,6 +230,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             engine,
             who,
+            catalog: engine.catalog.get(),
             opts: engine.compile_options(now.date_naive()),
             now,
             touched: Vec::new(),

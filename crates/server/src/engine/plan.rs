@@ -69,7 +69,7 @@ pub(crate) fn resolve(
     app: Option<&str>,
     actions: &[Action],
 ) -> Result<Arc<Datasource>> {
-    let catalog = ctx.engine.catalog.get();
+    let catalog = &ctx.catalog;
     let roles = &ctx.who.roles;
     let ds = match catalog.resolve(roles, app, name) {
         Resolve::Found(ds) => ds,
@@ -196,7 +196,7 @@ fn hooks_for(ctx: &Ctx<'_>, ds: &Datasource, with_hooks: bool) -> Arc<Hooks> {
     if !with_hooks || running {
         return Arc::default();
     }
-    ctx.engine.catalog.get().hooks(&ds.app_uid, &ds.name)
+    ctx.catalog.hooks(&ds.app_uid, &ds.name)
 }
 
 /// Plans one alias of a `/v1/api` body.

@@ -32,7 +32,24 @@ on_both!(session_returns_the_login_and_roles, |kind| async move {
     assert_eq!(body["sessionId"], login.body["sessionId"]);
     assert_eq!(body["csrf"], login.body["csrf"]);
     assert_eq!(body["userName"], "admin");
-    assert_eq!(body["roles"], json!({"cloudio": ["administrator"]}));
+    // The first-start admin holds every platform role (spec section 8).
+    let mut roles: Vec<&str> = body["roles"]["cloudio"]
+        .as_array()
+        .expect("cloudio roles")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    roles.sort();
+    assert_eq!(
+        roles,
+        ["administrator", "developer", "patch_administrator"],
+        "{body}"
+    );
+    assert_eq!(
+        body["roles"].as_object().map(|o| o.len()),
+        Some(1),
+        "{body}"
+    );
     assert!(body.get("jwt").is_none());
     // The csrf may come as a header instead of the query parameter, and the token under the
     // documentation's `Authentication` header name.

@@ -12,6 +12,7 @@ mod errors;
 mod guard;
 mod health;
 mod lifecycle;
+mod patches;
 mod post;
 mod query;
 mod query_errors;

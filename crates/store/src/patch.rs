@@ -1,0 +1,255 @@
+//! A patch on the database: an app's pending migrations and its new metadata in one step.
+//!
+//! Unlike start-up and `cloudio migrate` (one transaction per file, earlier files stay
+//! applied), a patch runs every pending file and the metadata change in one transaction, so a
+//! failure leaves schema and metadata as they were. Each file runs in a savepoint: the first
+//! that fails is rolled back alone, the later ones are not run, and the tables are then
+//! inspected as the files before it left them, so every problem is reported in one go.
+//!
+//! - PostgreSQL: one transaction under a transaction-scoped advisory lock (the same key as the
+//!   migration runner), DDL included.
+//! - SQLite: an app's tables live in its own file. The process's write turn and the platform
+//!   file's write lock are taken first (as every writer does), then the app file's. Both commit
+//!   only when everything succeeded, the app file first; SQLite cannot commit two files in WAL
+//!   mode atomically, so a crash between the two commits leaves the schema changed with the
+//!   files unrecorded (they would be run again).
+//!
+//! Verifying is the same run, rolled back at the end.
+
+use std::collections::HashMap;
+
+use query::{AttrType, Value};
+use sqlx::Connection;
+
+use crate::db::{Db, Raw, Tx, open_sqlite_file};
+use crate::error::{Result, StoreError};
+use crate::metadata::AppMetadata;
+use crate::migrate::{
+    LOCK_KEY, Migration, Report, app_schema, apply_statements, note_changed, record, recorded,
+};
+use crate::platform::Store;
+
+/// Upper-cased column names of each table asked for, `None` for a missing table.
+pub type Columns = HashMap<String, Option<Vec<String>>>;
+
+/// What a patch run found and did.
+#[derive(Debug, Default)]
+pub struct PatchRun {
+    /// Every file not recorded yet, in order: what the patch runs.
+    pub pending: Vec<String>,
+    /// Files run (or, verifying, that ran and were rolled back), and recorded or changed ones.
+    pub report: Report,
+    /// A failed file (naming file and statement), then what the check found.
+    pub problems: Vec<String>,
+    /// Whether the patch was committed.
+    pub committed: bool,
+}
+
+impl Db {
+    /// Whether the app's tables are reachable through this pool: always on PostgreSQL; on
+    /// SQLite only if its file was attached when the pool opened (a new app's file is attached
+    /// at the next start).
+    pub fn app_attached(&self, app_uid: &str) -> bool {
+        match self {
+            Db::Postgres(_) => true,
+            Db::Sqlite { attached, .. } => {
+                let schema = app_schema(app_uid);
+                attached.iter().any(|(s, _)| *s == schema)
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Runs `migrations` of `meta.app_uid` not recorded yet, then asks `check` about the columns
+    /// of `tables` as the migrations left them; if neither a file nor `check` found a problem
+    /// and `commit` is set, stores `meta` and commits, else rolls everything back.
+    pub async fn run_patch(
+        &self,
+        meta: &AppMetadata,
+        migrations: &[Migration],
+        tables: &[String],
+        commit: bool,
+        by: &str,
+        check: impl FnOnce(&Columns) -> Vec<String>,
+    ) -> Result<PatchRun> {
+        let app_uid = meta.app_uid.as_str();
+        let schema = app_schema(app_uid);
+        if !query::meta::is_identifier(&schema) {
+            return Err(StoreError::Invalid(format!(
+                "app uid `{app_uid}` is not a valid schema name"
+            )));
+        }
+        let mut run = PatchRun::default();
+        let mut tracking = match &self.db {
+            Db::Postgres(_) => self.db.begin_write().await?,
+            // Not `BEGIN IMMEDIATE`: on a connection with the app files attached it would lock
+            // them all, and the app's own file is migrated on a connection of its own. The
+            // process's write turn, then a write that takes the platform file's lock alone.
+            Db::Sqlite { pool, .. } => {
+                self.db.check_files()?;
+                let turn = self.db.write_turn().await;
+                let mut tx = Tx::Sqlite(pool.begin().await?, turn);
+                tx.raw()
+                    .execute(
+                        "UPDATE io_migrations SET APP_UID = APP_UID WHERE 1 = 0",
+                        &[],
+                    )
+                    .await?;
+                tx
+            }
+        };
+        match &self.db {
+            Db::Postgres(_) => {
+                let raw = &mut tracking.raw();
+                raw.execute("SELECT pg_advisory_xact_lock($1)", &[Value::Int(LOCK_KEY)])
+                    .await?;
+                for (i, m) in migrations.iter().enumerate() {
+                    if let Some(old) = recorded(raw, app_uid, &m.name).await? {
+                        note_changed(&mut run.report, app_uid, m, old);
+                        continue;
+                    }
+                    run.pending.push(m.name.clone());
+                    if !run.problems.is_empty() {
+                        continue;
+                    }
+                    let savepoint = format!("patch_{i}");
+                    raw.execute_script(&format!("SAVEPOINT {savepoint}"))
+                        .await?;
+                    let applied = async {
+                        raw.execute_script(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                            .await?;
+                        raw.execute_script(&format!("SET LOCAL search_path TO {schema}"))
+                            .await?;
+                        apply_statements(raw, m).await?;
+                        raw.execute_script("SET LOCAL search_path TO DEFAULT")
+                            .await?;
+                        record(raw, app_uid, m).await
+                    }
+                    .await;
+                    match applied {
+                        Ok(()) => {
+                            raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
+                                .await?;
+                            run.report.applied.push(m.name.clone());
+                        }
+                        Err(e) => {
+                            raw.execute_script(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
+                                .await?;
+                            run.problems.push(failed(m, e));
+                        }
+                    }
+                }
+                let mut columns = Columns::new();
+                for table in tables {
+                    let rows = raw
+                        .fetch_all(
+                            "SELECT upper(a.attname) FROM pg_catalog.pg_attribute a \
+                             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                             WHERE n.nspname = lower($1) AND c.relname = lower($2) \
+                             AND a.attnum > 0 AND NOT a.attisdropped",
+                            &[Value::Text(schema.clone()), Value::Text(table.clone())],
+                            &[AttrType::String],
+                        )
+                        .await?;
+                    columns.insert(table.clone(), column_names(rows));
+                }
+                run.problems.extend(check(&columns));
+                if run.problems.is_empty() && commit {
+                    self.write_app_metadata(&mut tracking, meta, by).await?;
+                    tracking.commit().await?;
+                    run.committed = true;
+                }
+            }
+            Db::Sqlite { dir, .. } => {
+                let file = dir.join(format!("{schema}.db"));
+                // A new app's file would be created here, and not attached to the pool: the
+                // caller refuses those first (see `Db::app_attached`).
+                let mut conn = open_sqlite_file(&file).await?;
+                let mut app_tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                for (i, m) in migrations.iter().enumerate() {
+                    if let Some(old) = recorded(&mut tracking.raw(), app_uid, &m.name).await? {
+                        note_changed(&mut run.report, app_uid, m, old);
+                        continue;
+                    }
+                    run.pending.push(m.name.clone());
+                    if !run.problems.is_empty() {
+                        continue;
+                    }
+                    let raw = &mut Raw::Sqlite(&mut app_tx);
+                    let savepoint = format!("patch_{i}");
+                    raw.execute_script(&format!("SAVEPOINT {savepoint}"))
+                        .await?;
+                    let applied = match apply_statements(raw, m).await {
+                        Ok(()) => record(&mut tracking.raw(), app_uid, m).await,
+                        Err(e) => Err(e),
+                    };
+                    match applied {
+                        Ok(()) => {
+                            raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
+                                .await?;
+                            run.report.applied.push(m.name.clone());
+                        }
+                        Err(e) => {
+                            raw.execute_script(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
+                                .await?;
+                            raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
+                                .await?;
+                            run.problems.push(failed(m, e));
+                        }
+                    }
+                }
+                let mut columns = Columns::new();
+                for table in tables {
+                    let rows = Raw::Sqlite(&mut app_tx)
+                        .fetch_all(
+                            "SELECT upper(name) FROM pragma_table_info(?)",
+                            &[Value::Text(table.clone())],
+                            &[AttrType::String],
+                        )
+                        .await?;
+                    columns.insert(table.clone(), column_names(rows));
+                }
+                run.problems.extend(check(&columns));
+                if run.problems.is_empty() && commit {
+                    self.write_app_metadata(&mut tracking, meta, by).await?;
+                    app_tx.commit().await?;
+                    tracking.commit().await?;
+                    run.committed = true;
+                } else {
+                    app_tx.rollback().await?;
+                }
+                conn.close().await?;
+            }
+        }
+        if !run.committed {
+            tracing::info!(
+                app = app_uid,
+                problems = run.problems.len(),
+                "patch not committed"
+            );
+        }
+        Ok(run)
+    }
+}
+
+/// The message for a file that failed: the migration runner's own (file and statement).
+fn failed(m: &Migration, e: StoreError) -> String {
+    match e {
+        e @ StoreError::Migration { .. } => format!("migrations: {e}"),
+        e => format!("migrations: {}: {e}", m.name),
+    }
+}
+
+fn column_names(rows: Vec<Vec<Value>>) -> Option<Vec<String>> {
+    let cols: Vec<String> = rows
+        .into_iter()
+        .flatten()
+        .filter_map(|v| match v {
+            Value::Text(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    (!cols.is_empty()).then_some(cols)
+}
