@@ -12,10 +12,12 @@ use store::NewUser;
 
 mod patches;
 
-/// mimalloc: glibc's allocator spent ~10% of a loaded server's CPU in `malloc_consolidate` and
-/// `_int_malloc`, and kept the memory of a burst long after it (see bench/RESULTS.md).
+/// jemalloc, for Rust and (unprefixed) for QuickJS and SQLite too: glibc's allocator spent
+/// ~10% of a loaded server's CPU in `malloc_consolidate` and `_int_malloc`, and kept a burst's
+/// memory for good. Its options (a background thread that purges freed pages while idle) are
+/// built in through `.cargo/config.toml`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(

@@ -11,7 +11,7 @@ use serde_json::{Value as Json, json};
 
 /// As in the `cloudio` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn rows() -> Json {
     let rows: Vec<Json> = (0..10)

@@ -11,10 +11,10 @@ use script::{
 };
 use serde_json::{Value as Json, json};
 
-/// The `cloudio` binary's allocator, which also serves QuickJS's `malloc` (its `override`
-/// feature): the memory limit must hold under it.
+/// The `cloudio` binary's allocator, which also serves QuickJS's `malloc` (unprefixed): the
+/// memory limit must hold under it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn hook(body: &str, input: Json) -> Execution {
     Execution {
