@@ -76,21 +76,7 @@ fn dialect_dir(d: Dialect) -> &'static str {
     }
 }
 
-/// Whether `path` (relative, `/`-separated) is part of an app directory's layout; anything else
-/// in a directory or a patch is ignored.
-pub fn is_app_file(path: &str) -> bool {
-    let parts: Vec<&str> = path.split('/').collect();
-    let ext = |e: &[&str]| e.iter().any(|e| path.ends_with(e));
-    match parts.as_slice() {
-        ["app.json"] | ["roles.json"] => true,
-        ["datasources", _] => ext(&[".json", ".js", ".ts"]),
-        ["workflows", _] => ext(&[".json"]),
-        ["migrations", _] => ext(&[".sql"]),
-        ["migrations", d, _] => matches!(*d, "sqlite" | "postgres" | "mysql") && ext(&[".sql"]),
-        ["functions", ..] => parts.len() > 1 && ext(&[".js", ".ts"]),
-        _ => false,
-    }
-}
+pub use crate::appzip::is_app_file;
 
 /// An app directory's files (those of its layout, see [`is_app_file`]), by relative path.
 pub fn read_tree(dir: &Path) -> Result<BTreeMap<String, String>, Vec<String>> {

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod appzip;
 pub mod auth;
 pub mod config;
 pub mod conn;
