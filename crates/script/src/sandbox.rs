@@ -129,6 +129,11 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Executions handed to the workers at once, per worker: one running and one waiting, so a
+/// worker that finishes finds its next job at once instead of idling while the caller that was
+/// waiting for a permit wakes up and sends it. A waiting job's wall clock starts when it runs.
+const QUEUED_PER_WORKER: usize = 2;
+
 /// Thread stack of a worker: well above QuickJS's own stack limit, which is what stops deep
 /// recursion.
 const THREAD_STACK: usize = 16 << 20;
@@ -164,7 +169,7 @@ impl Pool {
         }
         Pool {
             jobs,
-            permits: Arc::new(Semaphore::new(size)),
+            permits: Arc::new(Semaphore::new(size * QUEUED_PER_WORKER)),
             size,
             counters,
         }
@@ -189,9 +194,9 @@ impl Pool {
         self.size
     }
 
-    /// Executions running now.
+    /// Executions running now (those handed to a worker and waiting for it not counted).
     pub fn busy(&self) -> usize {
-        self.size - self.permits.available_permits()
+        (self.size * QUEUED_PER_WORKER - self.permits.available_permits()).min(self.size)
     }
 
     /// Starts an execution on a free worker, waiting for one up to the execution's wall-clock

@@ -598,10 +598,22 @@ async fn a_full_pool_answers_busy_after_the_wall_clock() {
     let pool = Pool::new(1);
     let mut slow = hook("while (true) {}", rows_input(json!([])));
     slow.limits.wall = Duration::from_millis(800);
-    let first = pool.start(slow, false).await.unwrap();
+    // One running and one waiting for the worker: the pool is full.
+    let first = pool.start(slow.clone(), false).await.unwrap();
+    let second = pool.start(slow, false).await.unwrap();
     let mut quick = hook("rows.push(1);", rows_input(json!([])));
     quick.limits.wall = Duration::from_millis(100);
-    let e = pool.start(quick, false).await.err().unwrap();
+    let e = pool.start(quick.clone(), false).await.err().unwrap();
     assert_eq!(e, ScriptError::Busy);
-    drop(first);
+    assert_eq!(pool.stats().busy, 1);
+    // The waiting one runs once the first ends, with its own full wall clock, and then the
+    // pool takes work again.
+    for mut running in [first, second] {
+        match running.next().await {
+            Event::Done(Err(ScriptError::Script(m))) => assert!(m.contains("800 ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let out = run(&pool, quick).await.unwrap();
+    assert_eq!(out["rows"], json!([1]));
 }
