@@ -298,18 +298,24 @@ impl Store {
         portable(self.dialect(), &sql).into_owned()
     }
 
-    /// The statement that inserts a queued execution.
+    /// The statement that inserts the queued execution `next` names (`None` for a finish).
     fn wf_queue_statement(
         &self,
         wf_inst_uid: &str,
-        node_uid: &str,
-        attempt: i64,
-        tries: i64,
-        reruns: i64,
-        run_at: i64,
+        next: &Next,
         now: i64,
-    ) -> (String, Vec<Value>) {
-        (
+    ) -> Option<(String, Vec<Value>)> {
+        let Next::Queue {
+            node_uid,
+            attempt,
+            tries,
+            reruns,
+            run_at,
+        } = next
+        else {
+            return None;
+        };
+        Some((
             self.wf_sql(
                 "INSERT INTO {exec} (EXECUTION_ID, WF_INST_UID, NODE_UID, ATTEMPT, TRIES, RERUNS, \
                  STATE, RUN_AT, QUEUED_AT) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
@@ -318,13 +324,13 @@ impl Store {
                 text(&uuid::Uuid::new_v4().to_string()),
                 text(wf_inst_uid),
                 text(node_uid),
-                Value::Int(attempt),
-                Value::Int(tries),
-                Value::Int(reruns),
-                Value::Int(run_at),
+                Value::Int(*attempt),
+                Value::Int(*tries),
+                Value::Int(*reruns),
+                Value::Int(*run_at),
                 Value::Int(now),
             ],
-        )
+        ))
     }
 
     /// On PostgreSQL, wakes every node's engine when the transaction commits.
@@ -458,8 +464,16 @@ impl Store {
                 version: c.text(),
             });
         }
-        let (sql, params) = self.wf_queue_statement(&inst, n.start_node, 1, 1, 0, n.now, n.now);
-        raw.execute(&sql, &params).await?;
+        let first = Next::Queue {
+            node_uid: n.start_node.to_string(),
+            attempt: 1,
+            tries: 1,
+            reruns: 0,
+            run_at: n.now,
+        };
+        if let Some((sql, params)) = self.wf_queue_statement(&inst, &first, n.now) {
+            raw.execute(&sql, &params).await?;
+        }
         self.wf_notify(&mut raw).await?;
         tx.commit().await?;
         Ok(Started::New { wf_inst_uid: inst })
@@ -686,13 +700,7 @@ impl Store {
             params.push(json_text(v));
         }
         match &c.next {
-            Next::Queue {
-                node_uid,
-                attempt,
-                tries,
-                reruns,
-                run_at,
-            } => {
+            Next::Queue { .. } => {
                 params.extend([Value::Int(c.now), text(&c.wf_inst_uid)]);
                 out.push((
                     self.wf_sql(&format!(
@@ -702,16 +710,10 @@ impl Store {
                     params,
                     true,
                 ));
-                let (sql, params) = self.wf_queue_statement(
-                    &c.wf_inst_uid,
-                    node_uid,
-                    *attempt,
-                    *tries,
-                    *reruns,
-                    *run_at,
-                    c.now,
-                );
-                out.push((sql, params, true));
+                if let Some((sql, params)) = self.wf_queue_statement(&c.wf_inst_uid, &c.next, c.now)
+                {
+                    out.push((sql, params, true));
+                }
             }
             Next::Finish { state, error } => {
                 params.extend([

@@ -965,3 +965,71 @@ on_both!(metrics_show_workflow_figures, |kind| async move {
     assert!(text.contains("cloudio_wf_instances_started_total 1"), "{text}");
     fx.stop().await;
 });
+
+on_both!(an_execution_whose_server_died_runs_again_after_restart, |kind| async move {
+    let lease = |c: &mut server::Config| {
+        c.workflows.lease_ms = 300;
+        c.workflows.poll_ms = 100;
+    };
+    // A server that runs nothing: the execution is claimed by a "server" that then dies.
+    let mut fx = spawn_with(kind, &[], |c| {
+        lease(c);
+        c.workflows.concurrency = 0;
+    })
+    .await;
+    let inst = fx.start("task", json!({"n": 1})).await;
+    let store = fx.app.state.store.clone();
+    let now = server::workflow::now_micros();
+    let dead = store
+        .wf_claim("dead-server", now, now + 200_000)
+        .await
+        .unwrap()
+        .expect("the queued execution");
+    assert_eq!((dead.attempt, dead.node_uid.as_str()), (1, "t"));
+    // While its lease holds, the dead execution's token works.
+    let held = json!({"wfUid": "task", "wfInstUid": inst, "version": "7", "nodeUid": "t",
+                      "executionId": dead.execution_id, "token": dead.token});
+    let (status, _) = fx.callback("put", &cb(&held, "k", Some(json!(1)))).await;
+    assert_eq!(status, 200);
+    // The lease runs out: the sweeper queues a new attempt and the old token dies.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = fx.instance(&inst).await;
+        if i["executions"][0]["state"] == "failed" {
+            assert!(
+                i["executions"][0]["error"].as_str().unwrap().contains("lease"),
+                "{i}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not re-queued: {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, text) = fx.callback_text("get", &cb(&held, "k", None)).await;
+    assert_eq!(status, 403);
+    assert_eq!(text, invalid_token_body(&dead.token));
+    // Restart with a runner: the new attempt runs and the instance completes.
+    let db = fx.app.db.take().unwrap();
+    fx.app.begin_shutdown();
+    let _ = (&mut fx.app.handle).await;
+    let mut config = server::Config {
+        app_dirs: vec![fx.dir.path().to_path_buf()],
+        body_limit_bytes: 4 << 20,
+        ..db.config()
+    };
+    lease(&mut config);
+    fx.app = TestApp::spawn_on(db, config).await;
+    fx.admin = fx.app.admin().await;
+    let i = fx.finished(&inst).await;
+    assert_eq!(i["state"], "completed", "{i}");
+    assert_eq!(nodes(&i), ["t", "t", "yes"]);
+    let ex = i["executions"].as_array().unwrap();
+    assert_eq!((ex[0]["attempt"].clone(), ex[1]["attempt"].clone()), (json!(1), json!(2)));
+    assert_eq!(ex[1]["state"], "completed");
+    assert_ne!(ex[0]["executionId"], ex[1]["executionId"]);
+    let calls = fx.tasks.calls();
+    assert_eq!(calls.len(), 1, "only the new attempt called the task");
+    assert_eq!(calls[0].0, ex[1]["executionId"].as_str().unwrap());
+    assert_ne!(calls[0].1["token"].as_str().unwrap(), dead.token);
+    fx.stop().await;
+});
