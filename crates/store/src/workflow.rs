@@ -664,8 +664,8 @@ impl Store {
 
     /// The statements that record `c`, for a caller's own transaction (a script node's, whose
     /// `db` writes commit with it). Each must change exactly one row, or the execution was no
-    /// longer running (or its instance was cancelled) and the transaction must roll back.
-    /// Statements after those are run as they are (`None`: any count).
+    /// longer running (or its instance was cancelled) and the transaction must roll back;
+    /// `(sql, params, must_change_one_row)`.
     pub fn wf_completion_statements(&self, c: &Completion) -> Vec<(String, Vec<Value>, bool)> {
         let mut out = Vec::new();
         let (state, output, error) = match &c.result {
@@ -796,10 +796,15 @@ impl Store {
     }
 
     /// Deletes instances finished before `before` (micros), their executions and their own
-    /// values; returns how many instances went.
-    pub async fn wf_purge(&self, before: i64) -> Result<u64> {
+    /// values, and idempotency keys older than 24 hours; returns how many instances went.
+    pub async fn wf_purge(&self, before: i64, now: i64) -> Result<u64> {
         let mut tx = self.db.begin_write().await?;
         let mut raw = tx.raw();
+        raw.execute(
+            &self.wf_sql("DELETE FROM {idem} WHERE CREATED_AT < ?"),
+            &[Value::Int(now - IDEMPOTENCY_MICROS)],
+        )
+        .await?;
         raw.execute(
             &self.wf_sql(
                 "DELETE FROM {vals} WHERE WF_INST_UID IN (SELECT WF_INST_UID FROM {inst} \

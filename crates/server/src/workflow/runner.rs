@@ -113,10 +113,16 @@ pub(super) async fn sweep(wf: Workflows) {
             }
             Err(e) => tracing::warn!(error = %e, "looking for lost workflow executions failed"),
         }
-        if last_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+        // Every ten minutes, or as often as the retention asks when it is shorter.
+        let purge_every = wf
+            .settings
+            .keep_finished
+            .max(every)
+            .min(Duration::from_secs(600));
+        if last_purge.is_none_or(|t| t.elapsed() >= purge_every) {
             last_purge = Some(Instant::now());
             let before = now - micros(wf.settings.keep_finished);
-            match wf.store.wf_purge(before).await {
+            match wf.store.wf_purge(before, now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(instances = n, "purged finished workflow instances"),
                 Err(e) => tracing::warn!(error = %e, "purging workflow instances failed"),

@@ -1033,3 +1033,29 @@ on_both!(an_execution_whose_server_died_runs_again_after_restart, |kind| async m
     assert_ne!(calls[0].1["token"].as_str().unwrap(), dead.token);
     fx.stop().await;
 });
+
+on_both!(finished_instances_are_purged_after_their_retention, |kind| async move {
+    let mut fx = spawn_with(kind, &[], |c| {
+        c.workflows.keep_finished_days = 0;
+        c.workflows.lease_ms = 300;
+    })
+    .await;
+    let done = fx.start("branch", json!({"salary": 1})).await;
+    fx.finished(&done).await;
+    let running = fx.start("hold", json!({})).await;
+    fx.tasks.next_held().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = fx
+            .post(&fx.admin, "/v1/wf/instance", &json!({"wfInstUid": done}))
+            .await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A running instance is kept.
+    assert_eq!(fx.instance(&running).await["state"], "running");
+    fx.stop().await;
+});
