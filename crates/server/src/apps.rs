@@ -209,6 +209,10 @@ impl AppSource {
             ),
             ("roles.json", include_str!("../../../apps/demo/roles.json")),
             (
+                "workflows/hire.json",
+                include_str!("../../../apps/demo/workflows/hire.json"),
+            ),
+            (
                 "migrations/postgres/io_20261128000100_create_employees.sql",
                 include_str!(
                     "../../../apps/demo/migrations/postgres/io_20261128000100_create_employees.sql"

@@ -1059,3 +1059,62 @@ on_both!(finished_instances_are_purged_after_their_retention, |kind| async move 
     assert_eq!(fx.instance(&running).await["state"], "running");
     fx.stop().await;
 });
+
+/// Names of the demo app's employees.
+async fn employees(fx: &Fx) -> Vec<String> {
+    let (status, b) = fx
+        .app
+        .api(
+            &fx.admin,
+            &json!({"q": {"ds": "Employees", "query": {"limit": 1000}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    b["data"]["q"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+on_both!(script_node_writes_commit_with_their_step_or_not_at_all, |kind| async move {
+    let rollback = json!({"wfUid": "rollback", "version": "1", "start": "w",
+        "nodes": [{"nodeUid": "w", "type": "script",
+                   "code": "await db.insertOne('Employees', {name: 'ghost', salary: 1}, {appUid: 'demo'}); throw new Error('after the write');"},
+                  {"nodeUid": "z", "type": "end"}],
+        "edges": [{"from": "w", "to": "z"}]});
+    let fx = spawn_with(kind, &[("rollback", rollback)], |c| c.demo = true).await;
+    // The demo app's own workflow: a check, then an insert through `db`, then the end.
+    let (status, b) = fx
+        .post(
+            &fx.admin,
+            "/v1/wf/start",
+            &json!({"appUid": "demo", "wfUid": "hire", "input": {"name": " Ann ", "salary": 100}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    let i = fx.finished(b["wfInstUid"].as_str().unwrap()).await;
+    assert_eq!(i["state"], "completed", "{i}");
+    assert_eq!(nodes(&i), ["check", "insert", "done"]);
+    assert!(i["vars"]["empId"].is_i64(), "{i}");
+    assert_eq!(i["executions"][1]["output"]["name"], "Ann");
+    assert_eq!(employees(&fx).await, ["Ann"]);
+    let (_, b) = fx
+        .post(
+            &fx.admin,
+            "/v1/wf/start",
+            &json!({"appUid": "demo", "wfUid": "hire", "input": {"name": "", "salary": 100}}),
+        )
+        .await;
+    let i = fx.finished(b["wfInstUid"].as_str().unwrap()).await;
+    assert_eq!(i["state"], "failed");
+    assert_eq!(nodes(&i), ["check", "rejected"]);
+    // A node that writes and then throws leaves no row behind.
+    let inst = fx.start("rollback", json!({})).await;
+    let i = fx.finished(&inst).await;
+    assert_eq!(i["state"], "failed");
+    assert!(i["error"].as_str().unwrap().contains("after the write"), "{i}");
+    assert_eq!(employees(&fx).await, ["Ann"]);
+    fx.stop().await;
+});
