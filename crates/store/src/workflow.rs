@@ -63,23 +63,23 @@ impl Cells {
     fn new(row: Vec<Value>) -> Cells {
         Cells(row.into_iter())
     }
-    fn next(&mut self) -> Value {
+    fn cell(&mut self) -> Value {
         self.0.next().unwrap_or(Value::Null)
     }
     fn text(&mut self) -> String {
-        take_text(self.next()).unwrap_or_default()
+        take_text(self.cell()).unwrap_or_default()
     }
     fn opt_text(&mut self) -> Option<String> {
-        take_text(self.next())
+        take_text(self.cell())
     }
     fn int(&mut self) -> i64 {
-        take_int(self.next()).unwrap_or(0)
+        take_int(self.cell()).unwrap_or(0)
     }
     fn opt_int(&mut self) -> Option<i64> {
-        take_int(self.next())
+        take_int(self.cell())
     }
     fn json(&mut self) -> Json {
-        take_json(self.next())
+        take_json(self.cell())
     }
 }
 

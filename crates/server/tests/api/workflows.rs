@@ -116,6 +116,23 @@ impl TaskServer {
                 ),
             )
             .route(
+                "/count",
+                post(
+                    |State(t): State<Tasks>, h: HeaderMap, axum::Json(b): axum::Json<Value>| async move {
+                        record(&t, "count", &h, &b).await;
+                        let url = format!("{}/v1/wf/incrementAndGet", b["callbackUrl"].as_str().unwrap());
+                        let r = reqwest::Client::new()
+                            .post(url)
+                            .json(&cb(&b, "total", None))
+                            .send()
+                            .await
+                            .unwrap();
+                        let v: Value = r.json().await.unwrap();
+                        axum::Json(json!({"n": v["value"]}))
+                    },
+                ),
+            )
+            .route(
                 "/hold",
                 post(
                     |State(t): State<Tasks>, h: HeaderMap, axum::Json(b): axum::Json<Value>| async move {
@@ -256,6 +273,13 @@ fn write_app(dir: &Path, tasks: &str, extra: &[(&str, Value)]) {
                         {"nodeUid": "after", "type": "script", "code": "return vars;"},
                         {"nodeUid": "z", "type": "end"}],
               "edges": [{"from": "t", "to": "after"}, {"from": "after", "to": "z"}]}),
+        ),
+        (
+            "count",
+            json!({"wfUid": "count", "version": "1", "start": "t",
+              "nodes": [{"nodeUid": "t", "type": "task", "url": format!("{tasks}/count")},
+                        {"nodeUid": "z", "type": "end"}],
+              "edges": [{"from": "t", "to": "z"}]}),
         ),
         (
             "nostart",
@@ -1116,5 +1140,77 @@ on_both!(script_node_writes_commit_with_their_step_or_not_at_all, |kind| async m
     assert_eq!(i["state"], "failed");
     assert!(i["error"].as_str().unwrap().contains("after the write"), "{i}");
     assert_eq!(employees(&fx).await, ["Ann"]);
+    fx.stop().await;
+});
+
+/// A statement's first column as text, on the test's own database (through the server's store).
+async fn column(app: &TestApp, sql: &str) -> Vec<String> {
+    let store = &app.state.store;
+    let sql = sql
+        .replace("{inst}", &store.t("io_wf_instances"))
+        .replace("{exec}", &store.t("io_wf_executions"));
+    store
+        .db
+        .fetch_all(&sql, &[], &[query::AttrType::String])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| match &r[0] {
+            query::Value::Text(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+on_both!(two_hundred_instances_complete_once_with_exact_counters, |kind| async move {
+    let fx = spawn_with(kind, &[], |c| c.workflows.concurrency = 2).await;
+    // On PostgreSQL a second server on the same database runs executions too.
+    let second = match kind {
+        Kind::Postgres => {
+            let mut config = fx.app.db.as_ref().unwrap().config();
+            config.app_dirs = vec![fx.dir.path().to_path_buf()];
+            Some(TestApp::spawn_with(config).await)
+        }
+        Kind::Sqlite => None,
+    };
+    let starts = (0..200).map(|_| fx.start("count", json!({})));
+    let insts = futures_util::future::join_all(starts).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let running = column(&fx.app, "SELECT WF_INST_UID FROM {inst} WHERE STATE = 'running'").await;
+        if running.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} still running", running.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let completed = column(&fx.app, "SELECT WF_INST_UID FROM {inst} WHERE STATE = 'completed'").await;
+    assert_eq!(completed.len(), 200);
+    let mut want = insts.clone();
+    want.sort();
+    let mut got = completed;
+    got.sort();
+    assert_eq!(got, want);
+    // Each instance: one execution of `t`, one of `z`, both completed; every task call was a
+    // different execution.
+    let ex = column(&fx.app, "SELECT EXECUTION_ID FROM {exec} WHERE STATE = 'completed' AND NODE_UID = 't'").await;
+    assert_eq!(ex.len(), 200);
+    let calls = fx.tasks.calls();
+    assert_eq!(calls.len(), 200);
+    let ids: std::collections::HashSet<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(ids.len(), 200, "no execution ran twice");
+    // The counter handed out 1..=200, each number once.
+    let mut ns: Vec<i64> = column(&fx.app, "SELECT OUTPUT FROM {exec} WHERE NODE_UID = 't'")
+        .await
+        .iter()
+        .map(|o| serde_json::from_str::<Value>(o).unwrap()["n"].as_i64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (1..=200).collect::<Vec<_>>());
+    if let Some(second) = second {
+        let owners = column(&fx.app, "SELECT DISTINCT CLAIMED_BY FROM {exec}").await;
+        assert_eq!(owners.len(), 2, "both servers ran executions: {owners:?}");
+        second.stop().await;
+    }
     fx.stop().await;
 });
