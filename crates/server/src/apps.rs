@@ -546,7 +546,11 @@ pub async fn workflow_version_problems(
         };
         match store.wf_definition(app_uid, wf, version).await {
             Ok(Some(old)) => {
-                if serde_json::from_str::<serde_json::Value>(&old).ok().as_ref() != Some(&new) {
+                if serde_json::from_str::<serde_json::Value>(&old)
+                    .ok()
+                    .as_ref()
+                    != Some(&new)
+                {
                     problems.push(format!(
                         "{path}: workflow `{wf}` version `{version}` already ran with another \
                          definition; a changed definition needs a new `version`"

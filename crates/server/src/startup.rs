@@ -234,8 +234,11 @@ impl Server {
             config.scripts.workers,
         );
         engine.catalog.reload(&store).await?;
-        let workflows =
-            crate::workflow::Workflows::new(store.clone(), engine.clone(), config.workflow_settings());
+        let workflows = crate::workflow::Workflows::new(
+            store.clone(),
+            engine.clone(),
+            config.workflow_settings(),
+        );
         let secret = jwt_secret(&config)?;
         let previous: Vec<&[u8]> = config
             .jwt_previous_secrets

@@ -104,8 +104,9 @@ pub fn check(path: &str, wf_uid: &str, text: &str) -> Vec<String> {
                             problems.push(format!("{path}: `schedules[{i}].cron`: {e}"));
                         }
                     }
-                    None => problems
-                        .push(format!("{path}: `schedules[{i}].cron`: a string is required")),
+                    None => problems.push(format!(
+                        "{path}: `schedules[{i}].cron`: a string is required"
+                    )),
                 }
             }
         }

@@ -107,7 +107,10 @@ pub enum Started {
     /// A new instance.
     New { wf_inst_uid: String },
     /// The instance an earlier start with the same idempotency key (or schedule firing) made.
-    Existing { wf_inst_uid: String, version: String },
+    Existing {
+        wf_inst_uid: String,
+        version: String,
+    },
 }
 
 /// An instance as stored.
@@ -582,14 +585,18 @@ impl Store {
             // Not running: the executions' update rolls back with the transaction.
             return Ok(false);
         }
-        drop(raw);
         tx.commit().await?;
         Ok(true)
     }
 
     /// Claims the oldest due execution, if any: it becomes `running` with a new token and a
     /// lease until `lease_until`.
-    pub async fn wf_claim(&self, owner: &str, now: i64, lease_until: i64) -> Result<Option<Claimed>> {
+    pub async fn wf_claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Claimed>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let lock = match self.dialect() {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -642,7 +649,10 @@ impl Store {
                 &[AttrType::Integer],
             )
             .await?;
-        Ok(rows.into_iter().next().and_then(|r| Cells::new(r).opt_int()))
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| Cells::new(r).opt_int()))
     }
 
     /// Extends a running execution's lease; false when it no longer runs (cancelled, timed
@@ -734,7 +744,11 @@ impl Store {
             }
         }
         if self.dialect() == Dialect::Postgres && matches!(c.next, Next::Queue { .. }) {
-            out.push((format!("SELECT pg_notify('{WF_CHANNEL}', '')"), vec![], false));
+            out.push((
+                format!("SELECT pg_notify('{WF_CHANNEL}', '')"),
+                vec![],
+                false,
+            ));
         }
         out
     }
@@ -946,7 +960,6 @@ impl Store {
                 }
             }
         }
-        drop(raw);
         tx.commit().await?;
         Ok(Callback::Ok(Json::Null))
     }
@@ -1124,7 +1137,6 @@ impl Store {
         };
         match result {
             Ok(n) => {
-                drop(raw);
                 tx.commit().await?;
                 Ok(Callback::Ok(Json::from(n)))
             }

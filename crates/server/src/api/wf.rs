@@ -156,7 +156,10 @@ pub async fn post_cancel(
 ) -> ApiResult<axum::Json<Json>> {
     let b: InstanceBody = crate::api::parse_json(&body, false)?;
     let inst = granted_instance(&state, &authed, &b.wf_inst_uid, "start").await?;
-    state.store.wf_cancel(&inst.wf_inst_uid, now_micros()).await?;
+    state
+        .store
+        .wf_cancel(&inst.wf_inst_uid, now_micros())
+        .await?;
     Ok(axum::Json(json!({"status": "OK"})))
 }
 

@@ -262,8 +262,7 @@ impl Catalog {
             }
             match WfDef::parse(&app, &text) {
                 Ok(def) => {
-                    c.workflows
-                        .insert((app, def.wf_uid.clone()), Arc::new(def));
+                    c.workflows.insert((app, def.wf_uid.clone()), Arc::new(def));
                 }
                 Err(e) => {
                     tracing::error!(app = %app, path = %path, error = %e, "stored workflow is invalid")

@@ -71,10 +71,16 @@ struct ScheduleJson {
 #[derive(Debug)]
 pub enum NodeKind {
     /// `program`: the node's code, then the choice of edge, as one hook-style body.
-    Script { program: Arc<str> },
-    Task { url: String },
+    Script {
+        program: Arc<str>,
+    },
+    Task {
+        url: String,
+    },
     /// Ends the instance: `completed`, or `failed` with `"outcome": "failed"`.
-    End { failed: bool },
+    End {
+        failed: bool,
+    },
 }
 
 #[derive(Debug)]

@@ -483,7 +483,10 @@ on_both!(no_edge_taken_fails_and_cycles_run, |kind| async move {
     let i = fx.finished(&inst).await;
     assert_eq!(i["state"], "failed");
     assert!(
-        i["error"].as_str().unwrap().contains("no edge taken from node `a`"),
+        i["error"]
+            .as_str()
+            .unwrap()
+            .contains("no edge taken from node `a`"),
         "{i}"
     );
     assert_eq!(i["executions"][0]["output"], 1);
@@ -502,7 +505,10 @@ on_both!(a_throwing_script_is_retried_then_fails, |kind| async move {
     let i = fx.finished(&inst).await;
     assert_eq!(i["state"], "failed");
     let error = i["error"].as_str().unwrap();
-    assert!(error.starts_with("a: ") && error.contains("boom"), "{error}");
+    assert!(
+        error.starts_with("a: ") && error.contains("boom"),
+        "{error}"
+    );
     let ex = i["executions"].as_array().unwrap();
     assert_eq!(ex.len(), 2, "{i}");
     assert_eq!(ex[0]["attempt"], 1);
@@ -545,95 +551,130 @@ on_both!(task_protocol, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(retries_get_new_execution_ids_and_tokens, |kind| async move {
-    let fx = spawn(kind).await;
-    let inst = fx.start("retry", json!({})).await;
-    let i = fx.finished(&inst).await;
-    assert_eq!(i["state"], "completed", "{i}");
-    let ex = i["executions"].as_array().unwrap();
-    assert_eq!(nodes(&i), ["t", "t", "t", "z"]);
-    for (n, e) in ex[..3].iter().enumerate() {
-        assert_eq!(e["attempt"], n as i64 + 1);
+on_both!(
+    retries_get_new_execution_ids_and_tokens,
+    |kind| async move {
+        let fx = spawn(kind).await;
+        let inst = fx.start("retry", json!({})).await;
+        let i = fx.finished(&inst).await;
+        assert_eq!(i["state"], "completed", "{i}");
+        let ex = i["executions"].as_array().unwrap();
+        assert_eq!(nodes(&i), ["t", "t", "t", "z"]);
+        for (n, e) in ex[..3].iter().enumerate() {
+            assert_eq!(e["attempt"], n as i64 + 1);
+        }
+        assert_eq!(ex[0]["state"], "failed");
+        assert!(
+            ex[0]["error"].as_str().unwrap().contains("answered 500"),
+            "{}",
+            ex[0]
+        );
+        assert_eq!(ex[1]["state"], "failed");
+        assert_eq!(ex[2]["state"], "completed");
+        assert_eq!(ex[2]["output"], json!({"try": 3}));
+        // Backoff: 50 ms, then 100 ms.
+        let at = |e: &Value, f: &str| {
+            chrono::DateTime::parse_from_rfc3339(e[f].as_str().unwrap()).unwrap()
+        };
+        assert!(
+            at(&ex[1], "startedAt") - at(&ex[0], "finishedAt")
+                >= chrono::Duration::milliseconds(50)
+        );
+        assert!(
+            at(&ex[2], "startedAt") - at(&ex[1], "finishedAt")
+                >= chrono::Duration::milliseconds(100)
+        );
+        let calls = fx.tasks.calls();
+        let ids: std::collections::HashSet<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
+        let tokens: std::collections::HashSet<&str> = calls
+            .iter()
+            .map(|(_, b)| b["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            (ids.len(), tokens.len()),
+            (3, 3),
+            "new ids and tokens per attempt"
+        );
+        // The first attempt's token is dead.
+        let (status, text) = fx.callback_text("get", &cb(&calls[0].1, "k", None)).await;
+        assert_eq!(status, 403);
+        assert_eq!(
+            text,
+            invalid_token_body(calls[0].1["token"].as_str().unwrap())
+        );
+        // Attempts run out: the instance fails with the last error.
+        let inst = fx.start("down", json!({})).await;
+        let i = fx.finished(&inst).await;
+        assert_eq!(i["state"], "failed");
+        assert_eq!(nodes(&i), ["t", "t"]);
+        let error = i["error"].as_str().unwrap();
+        assert!(
+            error.contains("answered 503") && error.contains("down for good"),
+            "{error}"
+        );
+        fx.stop().await;
     }
-    assert_eq!(ex[0]["state"], "failed");
-    assert!(
-        ex[0]["error"].as_str().unwrap().contains("answered 500"),
-        "{}",
-        ex[0]
-    );
-    assert_eq!(ex[1]["state"], "failed");
-    assert_eq!(ex[2]["state"], "completed");
-    assert_eq!(ex[2]["output"], json!({"try": 3}));
-    // Backoff: 50 ms, then 100 ms.
-    let at = |e: &Value, f: &str| {
-        chrono::DateTime::parse_from_rfc3339(e[f].as_str().unwrap()).unwrap()
-    };
-    assert!(at(&ex[1], "startedAt") - at(&ex[0], "finishedAt") >= chrono::Duration::milliseconds(50));
-    assert!(at(&ex[2], "startedAt") - at(&ex[1], "finishedAt") >= chrono::Duration::milliseconds(100));
-    let calls = fx.tasks.calls();
-    let ids: std::collections::HashSet<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
-    let tokens: std::collections::HashSet<&str> =
-        calls.iter().map(|(_, b)| b["token"].as_str().unwrap()).collect();
-    assert_eq!((ids.len(), tokens.len()), (3, 3), "new ids and tokens per attempt");
-    // The first attempt's token is dead.
-    let (status, text) = fx.callback_text("get", &cb(&calls[0].1, "k", None)).await;
-    assert_eq!(status, 403);
-    assert_eq!(text, invalid_token_body(calls[0].1["token"].as_str().unwrap()));
-    // Attempts run out: the instance fails with the last error.
-    let inst = fx.start("down", json!({})).await;
-    let i = fx.finished(&inst).await;
-    assert_eq!(i["state"], "failed");
-    assert_eq!(nodes(&i), ["t", "t"]);
-    let error = i["error"].as_str().unwrap();
-    assert!(error.contains("answered 503") && error.contains("down for good"), "{error}");
-    fx.stop().await;
-});
+);
 
-on_both!(a_task_that_times_out_fails_and_its_token_dies, |kind| async move {
-    let fx = spawn(kind).await;
-    let started = Instant::now();
-    let inst = fx.start("slow", json!({})).await;
-    let i = fx.finished(&inst).await;
-    assert!(started.elapsed() < Duration::from_millis(1900), "did not wait for the answer");
-    assert_eq!(i["state"], "failed");
-    assert!(
-        i["error"].as_str().unwrap().contains("no answer within 300 ms"),
-        "{i}"
-    );
-    let calls = fx.tasks.calls();
-    let (status, _) = fx.callback("put", &cb(&calls[0].1, "k", Some(json!(1)))).await;
-    assert_eq!(status, 403);
-    fx.stop().await;
-});
+on_both!(
+    a_task_that_times_out_fails_and_its_token_dies,
+    |kind| async move {
+        let fx = spawn(kind).await;
+        let started = Instant::now();
+        let inst = fx.start("slow", json!({})).await;
+        let i = fx.finished(&inst).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1900),
+            "did not wait for the answer"
+        );
+        assert_eq!(i["state"], "failed");
+        assert!(
+            i["error"]
+                .as_str()
+                .unwrap()
+                .contains("no answer within 300 ms"),
+            "{i}"
+        );
+        let calls = fx.tasks.calls();
+        let (status, _) = fx
+            .callback("put", &cb(&calls[0].1, "k", Some(json!(1))))
+            .await;
+        assert_eq!(status, 403);
+        fx.stop().await;
+    }
+);
 
-on_both!(cancel_stops_the_token_and_ignores_the_late_answer, |kind| async move {
-    let mut fx = spawn(kind).await;
-    let inst = fx.start("hold", json!({})).await;
-    let held = fx.tasks.next_held().await;
-    let (status, b) = fx.callback("put", &cb(&held, "k", Some(json!("v")))).await;
-    assert_eq!((status, &b), (200, &json!({"status": "OK"})));
-    let (status, b) = fx
-        .post(&fx.admin, "/v1/wf/cancel", &json!({"wfInstUid": inst}))
-        .await;
-    assert_eq!((status, &b), (200, &json!({"status": "OK"})));
-    let (status, text) = fx.callback_text("get", &cb(&held, "k", None)).await;
-    assert_eq!(status, 403);
-    assert_eq!(text, invalid_token_body(held["token"].as_str().unwrap()));
-    fx.tasks.release_all();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let i = fx.instance(&inst).await;
-    assert_eq!(i["state"], "cancelled", "{i}");
-    assert_eq!(nodes(&i), ["t"], "the late answer queued nothing");
-    assert_eq!(i["executions"][0]["state"], "failed");
-    assert_eq!(i["executions"][0]["error"], "cancelled");
-    // Cancelling again changes nothing.
-    let (status, _) = fx
-        .post(&fx.admin, "/v1/wf/cancel", &json!({"wfInstUid": inst}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(fx.instance(&inst).await["state"], "cancelled");
-    fx.stop().await;
-});
+on_both!(
+    cancel_stops_the_token_and_ignores_the_late_answer,
+    |kind| async move {
+        let mut fx = spawn(kind).await;
+        let inst = fx.start("hold", json!({})).await;
+        let held = fx.tasks.next_held().await;
+        let (status, b) = fx.callback("put", &cb(&held, "k", Some(json!("v")))).await;
+        assert_eq!((status, &b), (200, &json!({"status": "OK"})));
+        let (status, b) = fx
+            .post(&fx.admin, "/v1/wf/cancel", &json!({"wfInstUid": inst}))
+            .await;
+        assert_eq!((status, &b), (200, &json!({"status": "OK"})));
+        let (status, text) = fx.callback_text("get", &cb(&held, "k", None)).await;
+        assert_eq!(status, 403);
+        assert_eq!(text, invalid_token_body(held["token"].as_str().unwrap()));
+        fx.tasks.release_all();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let i = fx.instance(&inst).await;
+        assert_eq!(i["state"], "cancelled", "{i}");
+        assert_eq!(nodes(&i), ["t"], "the late answer queued nothing");
+        assert_eq!(i["executions"][0]["state"], "failed");
+        assert_eq!(i["executions"][0]["error"], "cancelled");
+        // Cancelling again changes nothing.
+        let (status, _) = fx
+            .post(&fx.admin, "/v1/wf/cancel", &json!({"wfInstUid": inst}))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(fx.instance(&inst).await["state"], "cancelled");
+        fx.stop().await;
+    }
+);
 
 on_both!(idempotent_start, |kind| async move {
     let fx = spawn(kind).await;
@@ -667,150 +708,167 @@ on_both!(idempotent_start, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(grants_decide_who_starts_views_and_cancels, |kind| async move {
-    let fx = spawn(kind).await;
-    fx.app.create_user("sam", "sam-password-1").await;
-    let sam = fx.app.login("sam", "sam-password-1").await;
-    let start = json!({"appUid": "flows", "wfUid": "branch", "input": {"salary": 1}});
-    let (status, b) = fx.post(&sam, "/v1/wf/start", &start).await;
-    assert_envelope(status, &b, 403);
-    // An unknown workflow is answered the same.
-    let (status, b) = fx
-        .post(
-            &fx.admin,
-            "/v1/wf/start",
-            &json!({"appUid": "flows", "wfUid": "nope", "input": {}}),
-        )
-        .await;
-    assert_envelope(status, &b, 403);
-    // A workflow without a grant to any of the user's roles.
-    let (status, b) = fx
-        .post(
-            &fx.admin,
-            "/v1/wf/start",
-            &json!({"appUid": "flows", "wfUid": "nostart", "input": {}}),
-        )
-        .await;
-    assert_envelope(status, &b, 403);
-    // `start` without `view`.
-    fx.app
-        .state
-        .store
-        .grant_role("cloudio", "sam", "flows", "starter", "test")
-        .await
-        .unwrap();
-    let sam = fx.app.login("sam", "sam-password-1").await;
-    let (status, b) = fx.post(&sam, "/v1/wf/start", &start).await;
-    assert_eq!(status, 200, "{b}");
-    let inst = b["wfInstUid"].as_str().unwrap();
-    let (status, b) = fx
-        .post(&sam, "/v1/wf/instance", &json!({"wfInstUid": inst}))
-        .await;
-    assert_envelope(status, &b, 403);
-    let i = fx.finished(inst).await;
-    assert_eq!(i["createdBy"], "sam");
-    assert_eq!(i["vars"]["user"], "sam", "the script ran as its starter");
-    let (status, b) = fx
-        .post(&sam, "/v1/wf/cancel", &json!({"wfInstUid": inst}))
-        .await;
-    assert_eq!(status, 200, "{b}");
-    // An unknown instance is a 404; a malformed body a 400; no session a 401.
-    let (status, b) = fx
-        .post(&fx.admin, "/v1/wf/instance", &json!({"wfInstUid": "nope"}))
-        .await;
-    assert_envelope(status, &b, 404);
-    let (status, b) = fx
-        .post(&fx.admin, "/v1/wf/start", &json!({"appUid": "flows"}))
-        .await;
-    assert_envelope(status, &b, 400);
-    let r = fx
-        .app
-        .client
-        .post(fx.app.url("/v1/wf/start"))
-        .json(&start)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
-    fx.stop().await;
-});
+on_both!(
+    grants_decide_who_starts_views_and_cancels,
+    |kind| async move {
+        let fx = spawn(kind).await;
+        fx.app.create_user("sam", "sam-password-1").await;
+        let sam = fx.app.login("sam", "sam-password-1").await;
+        let start = json!({"appUid": "flows", "wfUid": "branch", "input": {"salary": 1}});
+        let (status, b) = fx.post(&sam, "/v1/wf/start", &start).await;
+        assert_envelope(status, &b, 403);
+        // An unknown workflow is answered the same.
+        let (status, b) = fx
+            .post(
+                &fx.admin,
+                "/v1/wf/start",
+                &json!({"appUid": "flows", "wfUid": "nope", "input": {}}),
+            )
+            .await;
+        assert_envelope(status, &b, 403);
+        // A workflow without a grant to any of the user's roles.
+        let (status, b) = fx
+            .post(
+                &fx.admin,
+                "/v1/wf/start",
+                &json!({"appUid": "flows", "wfUid": "nostart", "input": {}}),
+            )
+            .await;
+        assert_envelope(status, &b, 403);
+        // `start` without `view`.
+        fx.app
+            .state
+            .store
+            .grant_role("cloudio", "sam", "flows", "starter", "test")
+            .await
+            .unwrap();
+        let sam = fx.app.login("sam", "sam-password-1").await;
+        let (status, b) = fx.post(&sam, "/v1/wf/start", &start).await;
+        assert_eq!(status, 200, "{b}");
+        let inst = b["wfInstUid"].as_str().unwrap();
+        let (status, b) = fx
+            .post(&sam, "/v1/wf/instance", &json!({"wfInstUid": inst}))
+            .await;
+        assert_envelope(status, &b, 403);
+        let i = fx.finished(inst).await;
+        assert_eq!(i["createdBy"], "sam");
+        assert_eq!(i["vars"]["user"], "sam", "the script ran as its starter");
+        let (status, b) = fx
+            .post(&sam, "/v1/wf/cancel", &json!({"wfInstUid": inst}))
+            .await;
+        assert_eq!(status, 200, "{b}");
+        // An unknown instance is a 404; a malformed body a 400; no session a 401.
+        let (status, b) = fx
+            .post(&fx.admin, "/v1/wf/instance", &json!({"wfInstUid": "nope"}))
+            .await;
+        assert_envelope(status, &b, 404);
+        let (status, b) = fx
+            .post(&fx.admin, "/v1/wf/start", &json!({"appUid": "flows"}))
+            .await;
+        assert_envelope(status, &b, 400);
+        let r = fx
+            .app
+            .client
+            .post(fx.app.url("/v1/wf/start"))
+            .json(&start)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        fx.stop().await;
+    }
+);
 
-on_both!(callbacks_with_every_scope_and_json_type, |kind| async move {
-    let mut fx = spawn(kind).await;
-    let one = fx.start("hold", json!({})).await;
-    let a = fx.tasks.next_held().await;
-    let two = fx.start("hold", json!({})).await;
-    let b = fx.tasks.next_held().await;
-    let (a, b) = if a["wfInstUid"] == one.as_str() {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    assert_eq!(b["wfInstUid"], two.as_str());
-    let values = [
-        json!(null),
-        json!(true),
-        json!(false),
-        json!(0),
-        json!(-3),
-        json!(1.5),
-        json!(9007199254740993i64),
-        json!("text with \"quotes\" and ünïcödé"),
-        json!([]),
-        json!([1, "two", {"three": [3]}]),
-        json!({}),
-        json!({"nested": {"x": [true, null]}}),
-    ];
-    for (n, v) in values.iter().enumerate() {
-        let key = format!("k{n}");
-        for (put, get) in [("put", "get"), ("instancePut", "instanceGet")] {
-            let (status, body) = fx.callback(put, &cb(&a, &key, Some(v.clone()))).await;
-            assert_eq!((status, &body), (200, &json!({"status": "OK"})), "{put} {v}");
-            let (status, body) = fx.callback(get, &cb(&a, &key, None)).await;
-            assert_eq!(status, 200, "{body}");
-            assert_eq!(body, json!({"status": "OK", "value": v}), "{get} {v}");
+on_both!(
+    callbacks_with_every_scope_and_json_type,
+    |kind| async move {
+        let mut fx = spawn(kind).await;
+        let one = fx.start("hold", json!({})).await;
+        let a = fx.tasks.next_held().await;
+        let two = fx.start("hold", json!({})).await;
+        let b = fx.tasks.next_held().await;
+        let (a, b) = if a["wfInstUid"] == one.as_str() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(b["wfInstUid"], two.as_str());
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(-3),
+            json!(1.5),
+            json!(9007199254740993i64),
+            json!("text with \"quotes\" and ünïcödé"),
+            json!([]),
+            json!([1, "two", {"three": [3]}]),
+            json!({}),
+            json!({"nested": {"x": [true, null]}}),
+        ];
+        for (n, v) in values.iter().enumerate() {
+            let key = format!("k{n}");
+            for (put, get) in [("put", "get"), ("instancePut", "instanceGet")] {
+                let (status, body) = fx.callback(put, &cb(&a, &key, Some(v.clone()))).await;
+                assert_eq!(
+                    (status, &body),
+                    (200, &json!({"status": "OK"})),
+                    "{put} {v}"
+                );
+                let (status, body) = fx.callback(get, &cb(&a, &key, None)).await;
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(body, json!({"status": "OK", "value": v}), "{get} {v}");
+            }
         }
-    }
-    // Missing keys read as null.
-    for get in ["get", "instanceGet"] {
-        let (status, body) = fx.callback(get, &cb(&a, "missing", None)).await;
-        assert_eq!((status, body), (200, json!({"status": "OK", "value": null})));
-    }
-    // Workflow values are shared by instances; instance values are not.
-    let (_, body) = fx.callback("get", &cb(&b, "k7", None)).await;
-    assert_eq!(body["value"], values[7]);
-    let (_, body) = fx.callback("instanceGet", &cb(&b, "k7", None)).await;
-    assert_eq!(body["value"], Value::Null);
-    // Instance values are the instance's vars.
-    let i = fx.instance(&one).await;
-    assert_eq!(i["vars"]["k11"], values[11]);
-    // Counters: a missing key becomes 1; per workflow and per instance.
-    for (path, other) in [("incrementAndGet", 3), ("instanceIncrementAndGet", 1)] {
-        for n in 1..=2 {
-            let (status, body) = fx.callback(path, &cb(&a, "count", None)).await;
-            assert_eq!((status, body), (200, json!({"status": "OK", "value": n})));
+        // Missing keys read as null.
+        for get in ["get", "instanceGet"] {
+            let (status, body) = fx.callback(get, &cb(&a, "missing", None)).await;
+            assert_eq!(
+                (status, body),
+                (200, json!({"status": "OK", "value": null}))
+            );
         }
-        let (_, body) = fx.callback(path, &cb(&b, "count", None)).await;
-        assert_eq!(body["value"], other, "{path}");
-        // A non-numeric value is a 400, and so is a float.
-        for bad in [json!("x"), json!(1.5), json!(i64::MAX)] {
-            let put = if path == "incrementAndGet" { "put" } else { "instancePut" };
-            fx.callback(put, &cb(&a, "bad", Some(bad.clone()))).await;
-            let (status, body) = fx.callback(path, &cb(&a, "bad", None)).await;
-            assert_envelope(status, &body, 400);
+        // Workflow values are shared by instances; instance values are not.
+        let (_, body) = fx.callback("get", &cb(&b, "k7", None)).await;
+        assert_eq!(body["value"], values[7]);
+        let (_, body) = fx.callback("instanceGet", &cb(&b, "k7", None)).await;
+        assert_eq!(body["value"], Value::Null);
+        // Instance values are the instance's vars.
+        let i = fx.instance(&one).await;
+        assert_eq!(i["vars"]["k11"], values[11]);
+        // Counters: a missing key becomes 1; per workflow and per instance.
+        for (path, other) in [("incrementAndGet", 3), ("instanceIncrementAndGet", 1)] {
+            for n in 1..=2 {
+                let (status, body) = fx.callback(path, &cb(&a, "count", None)).await;
+                assert_eq!((status, body), (200, json!({"status": "OK", "value": n})));
+            }
+            let (_, body) = fx.callback(path, &cb(&b, "count", None)).await;
+            assert_eq!(body["value"], other, "{path}");
+            // A non-numeric value is a 400, and so is a float.
+            for bad in [json!("x"), json!(1.5), json!(i64::MAX)] {
+                let put = if path == "incrementAndGet" {
+                    "put"
+                } else {
+                    "instancePut"
+                };
+                fx.callback(put, &cb(&a, "bad", Some(bad.clone()))).await;
+                let (status, body) = fx.callback(path, &cb(&a, "bad", None)).await;
+                assert_envelope(status, &body, 400);
+            }
         }
+        // The script node after the task sees what the task stored in vars.
+        fx.tasks.release_all();
+        let i = fx.finished(&one).await;
+        assert_eq!(i["state"], "completed", "{i}");
+        let after = &i["executions"][1];
+        assert_eq!(after["nodeUid"], "after");
+        assert_eq!(after["output"]["count"], 2);
+        assert_eq!(after["output"]["k11"], values[11]);
+        fx.finished(&two).await;
+        fx.stop().await;
     }
-    // The script node after the task sees what the task stored in vars.
-    fx.tasks.release_all();
-    let i = fx.finished(&one).await;
-    assert_eq!(i["state"], "completed", "{i}");
-    let after = &i["executions"][1];
-    assert_eq!(after["nodeUid"], "after");
-    assert_eq!(after["output"]["count"], 2);
-    assert_eq!(after["output"]["k11"], values[11]);
-    fx.finished(&two).await;
-    fx.stop().await;
-});
+);
 
 on_both!(token_rules_and_body_checks, |kind| async move {
     let mut fx = spawn(kind).await;
@@ -858,13 +916,17 @@ on_both!(token_rules_and_body_checks, |kind| async move {
     // 1 MiB: a value of exactly the limit is stored, one byte more is a 413.
     let limit = 1 << 20;
     let fits = json!("x".repeat(limit - 2));
-    let (status, b) = fx.callback("put", &cb(&held, "big", Some(fits.clone()))).await;
+    let (status, b) = fx
+        .callback("put", &cb(&held, "big", Some(fits.clone())))
+        .await;
     assert_eq!(status, 200, "{b}");
     let (_, b) = fx.callback("get", &cb(&held, "big", None)).await;
     assert_eq!(b["value"], fits);
     let over = json!("x".repeat(limit - 1));
     for path in ["put", "instancePut"] {
-        let (status, b) = fx.callback(path, &cb(&held, "big", Some(over.clone()))).await;
+        let (status, b) = fx
+            .callback(path, &cb(&held, "big", Some(over.clone())))
+            .await;
         assert_envelope(status, &b, 413);
     }
     fx.tasks.release_all();
@@ -872,34 +934,37 @@ on_both!(token_rules_and_body_checks, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(fifty_concurrent_increments_get_fifty_numbers, |kind| async move {
-    let mut fx = spawn(kind).await;
-    let inst = fx.start("hold", json!({})).await;
-    let held = fx.tasks.next_held().await;
-    for path in ["incrementAndGet", "instanceIncrementAndGet"] {
-        let calls = (0..50).map(|_| {
-            let client = fx.app.client.clone();
-            let url = fx.app.url(&format!("/v1/wf/{path}"));
-            let body = cb(&held, "n", None);
-            tokio::spawn(async move {
-                let r = client.post(url).json(&body).send().await.unwrap();
-                assert_eq!(r.status().as_u16(), 200);
-                let b: Value = r.json().await.unwrap();
-                b["value"].as_i64().unwrap()
-            })
-        });
-        let mut got: Vec<i64> = futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        got.sort_unstable();
-        assert_eq!(got, (1..=50).collect::<Vec<_>>(), "{path}");
+on_both!(
+    fifty_concurrent_increments_get_fifty_numbers,
+    |kind| async move {
+        let mut fx = spawn(kind).await;
+        let inst = fx.start("hold", json!({})).await;
+        let held = fx.tasks.next_held().await;
+        for path in ["incrementAndGet", "instanceIncrementAndGet"] {
+            let calls = (0..50).map(|_| {
+                let client = fx.app.client.clone();
+                let url = fx.app.url(&format!("/v1/wf/{path}"));
+                let body = cb(&held, "n", None);
+                tokio::spawn(async move {
+                    let r = client.post(url).json(&body).send().await.unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    let b: Value = r.json().await.unwrap();
+                    b["value"].as_i64().unwrap()
+                })
+            });
+            let mut got: Vec<i64> = futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, (1..=50).collect::<Vec<_>>(), "{path}");
+        }
+        fx.tasks.release_all();
+        assert_eq!(fx.finished(&inst).await["vars"]["n"], 50);
+        fx.stop().await;
     }
-    fx.tasks.release_all();
-    assert_eq!(fx.finished(&inst).await["vars"]["n"], 50);
-    fx.stop().await;
-});
+);
 
 on_both!(schedules_fire_once_per_tick, |kind| async move {
     let every = json!({"wfUid": "tick", "version": "1", "start": "a",
@@ -928,7 +993,11 @@ on_both!(schedules_fire_once_per_tick, |kind| async move {
         .fetch_all(
             &sql,
             &[],
-            &[query::AttrType::String, query::AttrType::String, query::AttrType::String],
+            &[
+                query::AttrType::String,
+                query::AttrType::String,
+                query::AttrType::String,
+            ],
         )
         .await
         .unwrap();
@@ -952,137 +1021,164 @@ on_both!(schedules_fire_once_per_tick, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(a_changed_definition_needs_a_new_version, |kind| async move {
-    let fx = spawn(kind).await;
-    let inst = fx.start("branch", json!({"salary": 1})).await;
-    fx.finished(&inst).await;
-    let dir = fx.dir.path();
-    let path = dir.join("workflows/branch.json");
-    let mut def: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    def["nodes"][0]["code"] = json!("return {ok: false};");
-    std::fs::write(&path, def.to_string()).unwrap();
-    let store = &fx.app.state.store;
-    let src = server::apps::AppSource::read_dir(dir, store.dialect()).unwrap();
-    let problems = server::apps::load_app(store, "cloudio", &src)
-        .await
-        .unwrap_err();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.contains("workflows/branch.json") && p.contains("version `1`")),
-        "{problems:?}"
-    );
-    def["version"] = json!("2");
-    std::fs::write(&path, def.to_string()).unwrap();
-    let src = server::apps::AppSource::read_dir(dir, store.dialect()).unwrap();
-    server::apps::load_app(store, "cloudio", &src).await.unwrap();
-    fx.stop().await;
-});
+on_both!(
+    a_changed_definition_needs_a_new_version,
+    |kind| async move {
+        let fx = spawn(kind).await;
+        let inst = fx.start("branch", json!({"salary": 1})).await;
+        fx.finished(&inst).await;
+        let dir = fx.dir.path();
+        let path = dir.join("workflows/branch.json");
+        let mut def: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        def["nodes"][0]["code"] = json!("return {ok: false};");
+        std::fs::write(&path, def.to_string()).unwrap();
+        let store = &fx.app.state.store;
+        let src = server::apps::AppSource::read_dir(dir, store.dialect()).unwrap();
+        let problems = server::apps::load_app(store, "cloudio", &src)
+            .await
+            .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("workflows/branch.json") && p.contains("version `1`")),
+            "{problems:?}"
+        );
+        def["version"] = json!("2");
+        std::fs::write(&path, def.to_string()).unwrap();
+        let src = server::apps::AppSource::read_dir(dir, store.dialect()).unwrap();
+        server::apps::load_app(store, "cloudio", &src)
+            .await
+            .unwrap();
+        fx.stop().await;
+    }
+);
 
 on_both!(metrics_show_workflow_figures, |kind| async move {
     let fx = spawn(kind).await;
     let inst = fx.start("branch", json!({"salary": 1})).await;
     fx.finished(&inst).await;
     let text = fx.app.metrics_text().await;
-    assert!(text.contains("cloudio_wf_queue_depth{state=\"queued\"} 0"), "{text}");
-    assert!(text.contains("cloudio_wf_executions_total{outcome=\"completed\"} 2"), "{text}");
-    assert!(text.contains("cloudio_wf_instances_started_total 1"), "{text}");
+    assert!(
+        text.contains("cloudio_wf_queue_depth{state=\"queued\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cloudio_wf_executions_total{outcome=\"completed\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cloudio_wf_instances_started_total 1"),
+        "{text}"
+    );
     fx.stop().await;
 });
 
-on_both!(an_execution_whose_server_died_runs_again_after_restart, |kind| async move {
-    let lease = |c: &mut server::Config| {
-        c.workflows.lease_ms = 300;
-        c.workflows.poll_ms = 100;
-    };
-    // A server that runs nothing: the execution is claimed by a "server" that then dies.
-    let mut fx = spawn_with(kind, &[], |c| {
-        lease(c);
-        c.workflows.concurrency = 0;
-    })
-    .await;
-    let inst = fx.start("task", json!({"n": 1})).await;
-    let store = fx.app.state.store.clone();
-    let now = server::workflow::now_micros();
-    let dead = store
-        .wf_claim("dead-server", now, now + 200_000)
-        .await
-        .unwrap()
-        .expect("the queued execution");
-    assert_eq!((dead.attempt, dead.node_uid.as_str()), (1, "t"));
-    // While its lease holds, the dead execution's token works.
-    let held = json!({"wfUid": "task", "wfInstUid": inst, "version": "7", "nodeUid": "t",
+on_both!(
+    an_execution_whose_server_died_runs_again_after_restart,
+    |kind| async move {
+        let lease = |c: &mut server::Config| {
+            c.workflows.lease_ms = 300;
+            c.workflows.poll_ms = 100;
+        };
+        // A server that runs nothing: the execution is claimed by a "server" that then dies.
+        let mut fx = spawn_with(kind, &[], |c| {
+            lease(c);
+            c.workflows.concurrency = 0;
+        })
+        .await;
+        let inst = fx.start("task", json!({"n": 1})).await;
+        let store = fx.app.state.store.clone();
+        let now = server::workflow::now_micros();
+        let dead = store
+            .wf_claim("dead-server", now, now + 200_000)
+            .await
+            .unwrap()
+            .expect("the queued execution");
+        assert_eq!((dead.attempt, dead.node_uid.as_str()), (1, "t"));
+        // While its lease holds, the dead execution's token works.
+        let held = json!({"wfUid": "task", "wfInstUid": inst, "version": "7", "nodeUid": "t",
                       "executionId": dead.execution_id, "token": dead.token});
-    let (status, _) = fx.callback("put", &cb(&held, "k", Some(json!(1)))).await;
-    assert_eq!(status, 200);
-    // The lease runs out: the sweeper queues a new attempt and the old token dies.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let i = fx.instance(&inst).await;
-        if i["executions"][0]["state"] == "failed" {
-            assert!(
-                i["executions"][0]["error"].as_str().unwrap().contains("lease"),
-                "{i}"
-            );
-            break;
+        let (status, _) = fx.callback("put", &cb(&held, "k", Some(json!(1)))).await;
+        assert_eq!(status, 200);
+        // The lease runs out: the sweeper queues a new attempt and the old token dies.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let i = fx.instance(&inst).await;
+            if i["executions"][0]["state"] == "failed" {
+                assert!(
+                    i["executions"][0]["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("lease"),
+                    "{i}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "not re-queued: {i}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(Instant::now() < deadline, "not re-queued: {i}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, text) = fx.callback_text("get", &cb(&held, "k", None)).await;
+        assert_eq!(status, 403);
+        assert_eq!(text, invalid_token_body(&dead.token));
+        // Restart with a runner: the new attempt runs and the instance completes.
+        let db = fx.app.db.take().unwrap();
+        fx.app.begin_shutdown();
+        let _ = (&mut fx.app.handle).await;
+        let mut config = server::Config {
+            app_dirs: vec![fx.dir.path().to_path_buf()],
+            body_limit_bytes: 4 << 20,
+            ..db.config()
+        };
+        lease(&mut config);
+        fx.app = TestApp::spawn_on(db, config).await;
+        fx.admin = fx.app.admin().await;
+        let i = fx.finished(&inst).await;
+        assert_eq!(i["state"], "completed", "{i}");
+        assert_eq!(nodes(&i), ["t", "t", "yes"]);
+        let ex = i["executions"].as_array().unwrap();
+        assert_eq!(
+            (ex[0]["attempt"].clone(), ex[1]["attempt"].clone()),
+            (json!(1), json!(2))
+        );
+        assert_eq!(ex[1]["state"], "completed");
+        assert_ne!(ex[0]["executionId"], ex[1]["executionId"]);
+        let calls = fx.tasks.calls();
+        assert_eq!(calls.len(), 1, "only the new attempt called the task");
+        assert_eq!(calls[0].0, ex[1]["executionId"].as_str().unwrap());
+        assert_ne!(calls[0].1["token"].as_str().unwrap(), dead.token);
+        fx.stop().await;
     }
-    let (status, text) = fx.callback_text("get", &cb(&held, "k", None)).await;
-    assert_eq!(status, 403);
-    assert_eq!(text, invalid_token_body(&dead.token));
-    // Restart with a runner: the new attempt runs and the instance completes.
-    let db = fx.app.db.take().unwrap();
-    fx.app.begin_shutdown();
-    let _ = (&mut fx.app.handle).await;
-    let mut config = server::Config {
-        app_dirs: vec![fx.dir.path().to_path_buf()],
-        body_limit_bytes: 4 << 20,
-        ..db.config()
-    };
-    lease(&mut config);
-    fx.app = TestApp::spawn_on(db, config).await;
-    fx.admin = fx.app.admin().await;
-    let i = fx.finished(&inst).await;
-    assert_eq!(i["state"], "completed", "{i}");
-    assert_eq!(nodes(&i), ["t", "t", "yes"]);
-    let ex = i["executions"].as_array().unwrap();
-    assert_eq!((ex[0]["attempt"].clone(), ex[1]["attempt"].clone()), (json!(1), json!(2)));
-    assert_eq!(ex[1]["state"], "completed");
-    assert_ne!(ex[0]["executionId"], ex[1]["executionId"]);
-    let calls = fx.tasks.calls();
-    assert_eq!(calls.len(), 1, "only the new attempt called the task");
-    assert_eq!(calls[0].0, ex[1]["executionId"].as_str().unwrap());
-    assert_ne!(calls[0].1["token"].as_str().unwrap(), dead.token);
-    fx.stop().await;
-});
+);
 
-on_both!(finished_instances_are_purged_after_their_retention, |kind| async move {
-    let mut fx = spawn_with(kind, &[], |c| {
-        c.workflows.keep_finished_days = 0;
-        c.workflows.lease_ms = 300;
-    })
-    .await;
-    // Only finished instances are purged, so its 404 below means it finished, then went.
-    let done = fx.start("branch", json!({"salary": 1})).await;
-    let running = fx.start("hold", json!({})).await;
-    fx.tasks.next_held().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, _) = fx
-            .post(&fx.admin, "/v1/wf/instance", &json!({"wfInstUid": done}))
-            .await;
-        if status == 404 {
-            break;
+on_both!(
+    finished_instances_are_purged_after_their_retention,
+    |kind| async move {
+        let mut fx = spawn_with(kind, &[], |c| {
+            c.workflows.keep_finished_days = 0;
+            c.workflows.lease_ms = 300;
+        })
+        .await;
+        // Only finished instances are purged, so its 404 below means it finished, then went.
+        let done = fx.start("branch", json!({"salary": 1})).await;
+        let running = fx.start("hold", json!({})).await;
+        fx.tasks.next_held().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = fx
+                .post(&fx.admin, "/v1/wf/instance", &json!({"wfInstUid": done}))
+                .await;
+            if status == 404 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not purged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(Instant::now() < deadline, "not purged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A running instance is kept.
+        assert_eq!(fx.instance(&running).await["state"], "running");
+        fx.stop().await;
     }
-    // A running instance is kept.
-    assert_eq!(fx.instance(&running).await["state"], "running");
-    fx.stop().await;
-});
+);
 
 /// Which of the demo app's employees are named `Ann` or `ghost` (it is seeded with others).
 async fn employees(fx: &Fx) -> Vec<String> {
@@ -1103,46 +1199,52 @@ async fn employees(fx: &Fx) -> Vec<String> {
         .collect()
 }
 
-on_both!(script_node_writes_commit_with_their_step_or_not_at_all, |kind| async move {
-    let rollback = json!({"wfUid": "rollback", "version": "1", "start": "w",
+on_both!(
+    script_node_writes_commit_with_their_step_or_not_at_all,
+    |kind| async move {
+        let rollback = json!({"wfUid": "rollback", "version": "1", "start": "w",
         "nodes": [{"nodeUid": "w", "type": "script",
                    "code": "await db.insertOne('Employees', {name: 'ghost', salary: 1}, {appUid: 'demo'}); throw new Error('after the write');"},
                   {"nodeUid": "z", "type": "end"}],
         "edges": [{"from": "w", "to": "z"}]});
-    let fx = spawn_with(kind, &[("rollback", rollback)], |c| c.demo = true).await;
-    // The demo app's own workflow: a check, then an insert through `db`, then the end.
-    let (status, b) = fx
+        let fx = spawn_with(kind, &[("rollback", rollback)], |c| c.demo = true).await;
+        // The demo app's own workflow: a check, then an insert through `db`, then the end.
+        let (status, b) = fx
         .post(
             &fx.admin,
             "/v1/wf/start",
             &json!({"appUid": "demo", "wfUid": "hire", "input": {"name": " Ann ", "salary": 100}}),
         )
         .await;
-    assert_eq!(status, 200, "{b}");
-    let i = fx.finished(b["wfInstUid"].as_str().unwrap()).await;
-    assert_eq!(i["state"], "completed", "{i}");
-    assert_eq!(nodes(&i), ["check", "insert", "done"]);
-    assert!(i["vars"]["empId"].is_i64(), "{i}");
-    assert_eq!(i["executions"][1]["output"]["name"], "Ann");
-    assert_eq!(employees(&fx).await, ["Ann"]);
-    let (_, b) = fx
-        .post(
-            &fx.admin,
-            "/v1/wf/start",
-            &json!({"appUid": "demo", "wfUid": "hire", "input": {"name": "", "salary": 100}}),
-        )
-        .await;
-    let i = fx.finished(b["wfInstUid"].as_str().unwrap()).await;
-    assert_eq!(i["state"], "failed");
-    assert_eq!(nodes(&i), ["check", "rejected"]);
-    // A node that writes and then throws leaves no row behind.
-    let inst = fx.start("rollback", json!({})).await;
-    let i = fx.finished(&inst).await;
-    assert_eq!(i["state"], "failed");
-    assert!(i["error"].as_str().unwrap().contains("after the write"), "{i}");
-    assert_eq!(employees(&fx).await, ["Ann"]);
-    fx.stop().await;
-});
+        assert_eq!(status, 200, "{b}");
+        let i = fx.finished(b["wfInstUid"].as_str().unwrap()).await;
+        assert_eq!(i["state"], "completed", "{i}");
+        assert_eq!(nodes(&i), ["check", "insert", "done"]);
+        assert!(i["vars"]["empId"].is_i64(), "{i}");
+        assert_eq!(i["executions"][1]["output"]["name"], "Ann");
+        assert_eq!(employees(&fx).await, ["Ann"]);
+        let (_, b) = fx
+            .post(
+                &fx.admin,
+                "/v1/wf/start",
+                &json!({"appUid": "demo", "wfUid": "hire", "input": {"name": "", "salary": 100}}),
+            )
+            .await;
+        let i = fx.finished(b["wfInstUid"].as_str().unwrap()).await;
+        assert_eq!(i["state"], "failed");
+        assert_eq!(nodes(&i), ["check", "rejected"]);
+        // A node that writes and then throws leaves no row behind.
+        let inst = fx.start("rollback", json!({})).await;
+        let i = fx.finished(&inst).await;
+        assert_eq!(i["state"], "failed");
+        assert!(
+            i["error"].as_str().unwrap().contains("after the write"),
+            "{i}"
+        );
+        assert_eq!(employees(&fx).await, ["Ann"]);
+        fx.stop().await;
+    }
+);
 
 /// A statement's first column as text, on the test's own database (through the server's store).
 async fn column(app: &TestApp, sql: &str) -> Vec<String> {
@@ -1163,55 +1265,74 @@ async fn column(app: &TestApp, sql: &str) -> Vec<String> {
         .collect()
 }
 
-on_both!(two_hundred_instances_complete_once_with_exact_counters, |kind| async move {
-    let fx = spawn_with(kind, &[], |c| c.workflows.concurrency = 2).await;
-    // On PostgreSQL a second server on the same database runs executions too.
-    let second = match kind {
-        Kind::Postgres => {
-            let mut config = fx.app.db.as_ref().unwrap().config();
-            config.app_dirs = vec![fx.dir.path().to_path_buf()];
-            Some(TestApp::spawn_with(config).await)
+on_both!(
+    two_hundred_instances_complete_once_with_exact_counters,
+    |kind| async move {
+        let fx = spawn_with(kind, &[], |c| c.workflows.concurrency = 2).await;
+        // On PostgreSQL a second server on the same database runs executions too.
+        let second = match kind {
+            Kind::Postgres => {
+                let mut config = fx.app.db.as_ref().unwrap().config();
+                config.app_dirs = vec![fx.dir.path().to_path_buf()];
+                Some(TestApp::spawn_with(config).await)
+            }
+            Kind::Sqlite => None,
+        };
+        let starts = (0..200).map(|_| fx.start("count", json!({})));
+        let insts = futures_util::future::join_all(starts).await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let running = column(
+                &fx.app,
+                "SELECT WF_INST_UID FROM {inst} WHERE STATE = 'running'",
+            )
+            .await;
+            if running.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} still running", running.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Kind::Sqlite => None,
-    };
-    let starts = (0..200).map(|_| fx.start("count", json!({})));
-    let insts = futures_util::future::join_all(starts).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let running = column(&fx.app, "SELECT WF_INST_UID FROM {inst} WHERE STATE = 'running'").await;
-        if running.is_empty() {
-            break;
+        let completed = column(
+            &fx.app,
+            "SELECT WF_INST_UID FROM {inst} WHERE STATE = 'completed'",
+        )
+        .await;
+        assert_eq!(completed.len(), 200);
+        let mut want = insts.clone();
+        want.sort();
+        let mut got = completed;
+        got.sort();
+        assert_eq!(got, want);
+        // Each instance: one execution of `t`, one of `z`, both completed; every task call was a
+        // different execution.
+        let ex = column(
+            &fx.app,
+            "SELECT EXECUTION_ID FROM {exec} WHERE STATE = 'completed' AND NODE_UID = 't'",
+        )
+        .await;
+        assert_eq!(ex.len(), 200);
+        let calls = fx.tasks.calls();
+        assert_eq!(calls.len(), 200);
+        let ids: std::collections::HashSet<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(ids.len(), 200, "no execution ran twice");
+        // The counter handed out 1..=200, each number once.
+        let mut ns: Vec<i64> = column(&fx.app, "SELECT OUTPUT FROM {exec} WHERE NODE_UID = 't'")
+            .await
+            .iter()
+            .map(|o| {
+                serde_json::from_str::<Value>(o).unwrap()["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        ns.sort_unstable();
+        assert_eq!(ns, (1..=200).collect::<Vec<_>>());
+        if let Some(second) = second {
+            let owners = column(&fx.app, "SELECT DISTINCT CLAIMED_BY FROM {exec}").await;
+            assert_eq!(owners.len(), 2, "both servers ran executions: {owners:?}");
+            second.stop().await;
         }
-        assert!(Instant::now() < deadline, "{} still running", running.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        fx.stop().await;
     }
-    let completed = column(&fx.app, "SELECT WF_INST_UID FROM {inst} WHERE STATE = 'completed'").await;
-    assert_eq!(completed.len(), 200);
-    let mut want = insts.clone();
-    want.sort();
-    let mut got = completed;
-    got.sort();
-    assert_eq!(got, want);
-    // Each instance: one execution of `t`, one of `z`, both completed; every task call was a
-    // different execution.
-    let ex = column(&fx.app, "SELECT EXECUTION_ID FROM {exec} WHERE STATE = 'completed' AND NODE_UID = 't'").await;
-    assert_eq!(ex.len(), 200);
-    let calls = fx.tasks.calls();
-    assert_eq!(calls.len(), 200);
-    let ids: std::collections::HashSet<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(ids.len(), 200, "no execution ran twice");
-    // The counter handed out 1..=200, each number once.
-    let mut ns: Vec<i64> = column(&fx.app, "SELECT OUTPUT FROM {exec} WHERE NODE_UID = 't'")
-        .await
-        .iter()
-        .map(|o| serde_json::from_str::<Value>(o).unwrap()["n"].as_i64().unwrap())
-        .collect();
-    ns.sort_unstable();
-    assert_eq!(ns, (1..=200).collect::<Vec<_>>());
-    if let Some(second) = second {
-        let owners = column(&fx.app, "SELECT DISTINCT CLAIMED_BY FROM {exec}").await;
-        assert_eq!(owners.len(), 2, "both servers ran executions: {owners:?}");
-        second.stop().await;
-    }
-    fx.stop().await;
-});
+);
