@@ -405,9 +405,9 @@ async fn two_servers_on_one_postgres_run_two_hundred_instances_once() {
 }
 
 /// Runs futures concurrently (no `futures` crate in these tests).
-async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.map(tokio::spawn).collect();
