@@ -134,24 +134,28 @@ pub(super) async fn sweep(wf: Workflows) {
 /// Runs one claimed execution to its end, renewing its lease meanwhile.
 async fn step(wf: &Workflows, c: Claimed) {
     let started = Instant::now();
-    let renew = {
-        let wf = wf.clone();
-        let id = c.execution_id.clone();
-        tokio::spawn(async move {
-            let every = wf.settings.lease / 3;
-            loop {
-                tokio::time::sleep(every).await;
-                let until = now_micros() + micros(wf.settings.lease);
-                match wf.store.wf_renew(&id, until).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => tracing::warn!(error = %e, "renewing a lease failed"),
-                }
+    // Renews the lease while the step runs; ends when the execution no longer runs here
+    // (cancelled, or taken over after a lost lease): the step is then dropped, its HTTP call
+    // or script abandoned and any open transaction rolled back.
+    let lost = async {
+        let every = wf.settings.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let until = now_micros() + micros(wf.settings.lease);
+            match wf.store.wf_renew(&c.execution_id, until).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "renewing a lease failed"),
             }
-        })
+        }
     };
-    let outcome = run_step(wf, &c).await;
-    renew.abort();
+    let outcome = tokio::select! {
+        outcome = run_step(wf, &c) => outcome,
+        () = lost => {
+            tracing::info!(execution = %c.execution_id, "the execution no longer runs: abandoned");
+            Ok(None)
+        }
+    };
     let m = &wf.metrics;
     match outcome {
         Ok(Some(true)) => m.completed.fetch_add(1, Ordering::Relaxed),
