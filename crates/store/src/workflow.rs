@@ -1153,7 +1153,11 @@ impl Store {
         let crate::db::Db::Postgres(pool) = &self.db else {
             return Ok(());
         };
-        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        // A connection of its own, not one of the pool's: it is held for good.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
         listener.listen(WF_CHANNEL).await?;
         loop {
             listener.recv().await?;

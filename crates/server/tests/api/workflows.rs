@@ -1336,3 +1336,28 @@ on_both!(
         fx.stop().await;
     }
 );
+
+/// PostgreSQL: a server that queues an execution wakes the others at once (`LISTEN/NOTIFY`),
+/// not at their next poll. (On SQLite one process runs everything and wakes itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_the_other_servers_at_once() {
+    // This server runs nothing; the second one polls only once a minute.
+    let fx = spawn_with(Kind::Postgres, &[], |c| c.workflows.concurrency = 0).await;
+    let mut config = fx.app.db.as_ref().unwrap().config();
+    config.app_dirs = vec![fx.dir.path().to_path_buf()];
+    config.workflows.poll_ms = 60_000;
+    let runner = TestApp::spawn_with(config).await;
+    // Let the runner reach its long sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let inst = fx.start("branch", json!({"salary": 1})).await;
+    let i = fx.finished(&inst).await;
+    assert_eq!(i["state"], "completed", "{i}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    runner.stop().await;
+    fx.stop().await;
+}
