@@ -1361,3 +1361,50 @@ async fn notify_wakes_the_other_servers_at_once() {
     runner.stop().await;
     fx.stop().await;
 }
+
+on_both!(
+    instances_keep_the_version_they_started_on,
+    |kind| async move {
+        let mut fx = spawn(kind).await;
+        let old = fx.start("hold", json!({})).await;
+        let held = fx.tasks.next_held().await;
+        assert_eq!(held["version"], "1");
+        // Version 2 of `hold`: its `after` node answers differently.
+        let dir = fx.dir.path();
+        let path = dir.join("workflows/hold.json");
+        let mut def: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        def["version"] = json!("2");
+        def["nodes"][1]["code"] = json!("return 'version 2';");
+        std::fs::write(&path, def.to_string()).unwrap();
+        let store = &fx.app.state.store;
+        let src = server::apps::AppSource::read_dir(dir, store.dialect()).unwrap();
+        server::apps::load_app(store, "cloudio", &src)
+            .await
+            .unwrap();
+        fx.app.state.engine.catalog.reload(store).await.unwrap();
+        let (status, b) = fx
+            .post(
+                &fx.admin,
+                "/v1/wf/start",
+                &json!({"appUid": "flows", "wfUid": "hold", "input": {}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(b["version"], "2");
+        let new = b["wfInstUid"].as_str().unwrap().to_string();
+        fx.tasks.next_held().await;
+        fx.tasks.release_all();
+        let i = fx.finished(&old).await;
+        assert_eq!(i["version"], "1");
+        assert_eq!(
+            i["executions"][1]["output"],
+            json!({}),
+            "version 1's `after`: {i}"
+        );
+        let i = fx.finished(&new).await;
+        assert_eq!(i["version"], "2");
+        assert_eq!(i["executions"][1]["output"], "version 2");
+        fx.stop().await;
+    }
+);
