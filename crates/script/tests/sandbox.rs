@@ -132,10 +132,9 @@ async fn rows_cross_as_json_would_carry_them() {
     let seen: Json = serde_json::from_str(r["seen"].as_str().unwrap()).unwrap();
     assert_eq!(seen["s"], input[0]["s"]);
     assert_eq!(seen["o"], json!({"b": 1, "a": 2}));
-    assert_eq!(
+    assert!(
         r["seen"].as_str().unwrap().find("\"o\"").unwrap()
-            < r["seen"].as_str().unwrap().find("\"__proto__\"").unwrap(),
-        true
+            < r["seen"].as_str().unwrap().find("\"__proto__\"").unwrap()
     );
     assert_eq!(
         r["ownProto"], true,

@@ -195,6 +195,10 @@ impl AppSource {
             ),
             ("roles.json", include_str!("../../../apps/demo/roles.json")),
             (
+                "workflows/hire.json",
+                include_str!("../../../apps/demo/workflows/hire.json"),
+            ),
+            (
                 "migrations/postgres/io_20261128000100_create_employees.sql",
                 include_str!(
                     "../../../apps/demo/migrations/postgres/io_20261128000100_create_employees.sql"
@@ -473,6 +477,7 @@ pub async fn load_app(
         mut problems,
     } = prepare(store, org_uid, src)?;
     let app_uid = meta.app_uid.clone();
+    problems.extend(workflow_version_problems(store, &app_uid, &src.files).await);
     let migrated = store::migrate::run(&store.db, &app_uid, &src.migrations)
         .await
         .map_err(|e| vec![format!("migrations: {e}")])?;
@@ -502,4 +507,45 @@ pub async fn load_app(
         .await
         .map_err(|e| vec![format!("storing metadata: {e}")])?;
     Ok(app_uid)
+}
+
+/// A workflow whose version already ran with another definition (instances keep the version
+/// they started on, so a version names one definition for good): one problem each.
+pub async fn workflow_version_problems(
+    store: &Store,
+    app_uid: &str,
+    files: &[(String, String)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, text) in files {
+        if !path.starts_with("workflows/") {
+            continue;
+        }
+        let Ok(new) = serde_json::from_str::<serde_json::Value>(text) else {
+            continue;
+        };
+        let (Some(wf), Some(version)) = (
+            new.get("wfUid").and_then(|v| v.as_str()),
+            new.get("version").and_then(|v| v.as_str()),
+        ) else {
+            continue;
+        };
+        match store.wf_definition(app_uid, wf, version).await {
+            Ok(Some(old)) => {
+                if serde_json::from_str::<serde_json::Value>(&old)
+                    .ok()
+                    .as_ref()
+                    != Some(&new)
+                {
+                    problems.push(format!(
+                        "{path}: workflow `{wf}` version `{version}` already ran with another \
+                         definition; a changed definition needs a new `version`"
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(format!("{path}: {e}")),
+        }
+    }
+    problems
 }

@@ -115,6 +115,34 @@ pub struct Config {
     /// `/v1/api` and function requests of one user handled at once (0: half the pool's
     /// connections, at least 1); more wait in line, so one user cannot take every connection.
     pub user_max_inflight: usize,
+    /// The workflow engine (`[workflows]`).
+    pub workflows: WorkflowsConfig,
+}
+
+/// `[workflows]`: the engine's lease, polling, concurrency and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    /// How long a claimed execution is held without a renewal (renewed every third of it).
+    pub lease_ms: u64,
+    /// How often an idle server looks at the queue when nothing woke it.
+    pub poll_ms: u64,
+    /// Executions one server runs at once (0: none; the server only starts instances and
+    /// answers callbacks, other servers on the same database run them).
+    pub concurrency: usize,
+    /// Days completed, failed and cancelled instances are kept.
+    pub keep_finished_days: u64,
+}
+
+impl Default for WorkflowsConfig {
+    fn default() -> Self {
+        WorkflowsConfig {
+            lease_ms: 30_000,
+            poll_ms: 1_000,
+            concurrency: 64,
+            keep_finished_days: 7,
+        }
+    }
 }
 
 /// `[scripts]`: the sandbox's pool and the limits of each execution.
@@ -202,6 +230,7 @@ impl Default for Config {
             request_max_rows: 20_000,
             request_max_bytes: 32 << 20,
             user_max_inflight: 0,
+            workflows: WorkflowsConfig::default(),
         }
     }
 }
@@ -331,6 +360,17 @@ impl Config {
             fetch_allow: s.fetch_allow.clone(),
             fetch_timeout: Duration::from_millis(s.fetch_timeout_ms),
             fetch_max_bytes: s.fetch_max_bytes,
+        }
+    }
+
+    /// The workflow engine's part of the configuration.
+    pub fn workflow_settings(&self) -> crate::workflow::WfSettings {
+        let w = &self.workflows;
+        crate::workflow::WfSettings {
+            lease: Duration::from_millis(w.lease_ms.max(100)),
+            poll: Duration::from_millis(w.poll_ms.max(10)),
+            concurrency: w.concurrency,
+            keep_finished: Duration::from_secs(w.keep_finished_days.saturating_mul(24 * 3600)),
         }
     }
 

@@ -20,6 +20,7 @@ pub mod request_id;
 pub mod router;
 pub mod startup;
 pub mod state;
+pub mod workflow;
 pub mod workflow_def;
 
 pub use config::{Config, DatabaseUrl, Secret};

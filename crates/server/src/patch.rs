@@ -193,6 +193,7 @@ pub async fn run(
         Ok(p) => p,
         Err(problems) => return Ok(refused(problems)),
     };
+    problems.extend(apps::workflow_version_problems(store, &meta.app_uid, &src.files).await);
     let mut runnable = true;
     if meta.app_uid != app_uid {
         problems.insert(

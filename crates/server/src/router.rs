@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{auth, data, functions, patches, status};
+use crate::api::{auth, data, functions, patches, status, wf};
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;
@@ -33,6 +33,18 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/apps/{app}/patch/verify",
             post(patches::post_patch_verify),
+        )
+        .route("/v1/wf/start", post(wf::post_start))
+        .route("/v1/wf/instance", post(wf::post_instance))
+        .route("/v1/wf/cancel", post(wf::post_cancel))
+        .route("/v1/wf/put", post(wf::post_put))
+        .route("/v1/wf/get", post(wf::post_get))
+        .route("/v1/wf/instancePut", post(wf::post_instance_put))
+        .route("/v1/wf/instanceGet", post(wf::post_instance_get))
+        .route("/v1/wf/incrementAndGet", post(wf::post_increment_and_get))
+        .route(
+            "/v1/wf/instanceIncrementAndGet",
+            post(wf::post_instance_increment_and_get),
         )
         .route("/v1/status", get(status::get_status))
         .route("/metrics", get(status::get_metrics))

@@ -234,6 +234,11 @@ impl Server {
             config.scripts.workers,
         );
         engine.catalog.reload(&store).await?;
+        let workflows = crate::workflow::Workflows::new(
+            store.clone(),
+            engine.clone(),
+            config.workflow_settings(),
+        );
         let secret = jwt_secret(&config)?;
         let previous: Vec<&[u8]> = config
             .jwt_previous_secrets
@@ -258,6 +263,7 @@ impl Server {
             metrics: Metrics::default(),
             started,
             patching: tokio::sync::Mutex::new(()),
+            workflows,
         });
         state.engine.hasher.start_trimmer();
         let app = router::app(state.clone(), routes);
@@ -288,6 +294,16 @@ impl Server {
         let state = self.state.clone();
         let purge = tokio::spawn(purge_sessions(state.clone()));
         let watch = tokio::spawn(watch_database(state.clone()));
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        state
+            .workflows
+            .set_callback_url(format!("http://{host}:{}", addr.port()));
+        let workflows = state.workflows.spawn();
         let grace = router::grace(&state);
         let shutdown = async move {
             shutdown.await;
@@ -304,6 +320,9 @@ impl Server {
         .await;
         purge.abort();
         watch.abort();
+        for task in workflows {
+            task.abort();
+        }
         state.store.db.close().await;
         tracing::info!("stopped");
         result

@@ -26,6 +26,8 @@ pub struct Inner {
     pub started: Instant,
     /// Held while a patch is verified or applied: one at a time on this node.
     pub patching: tokio::sync::Mutex<()>,
+    /// The workflow engine: starts instances, runs their executions.
+    pub workflows: crate::workflow::Workflows,
 }
 
 impl Deref for AppState {

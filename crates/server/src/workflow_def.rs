@@ -94,5 +94,23 @@ pub fn check(path: &str, wf_uid: &str, text: &str) -> Vec<String> {
             }
         }
     }
+    match obj.get("schedules") {
+        None => {}
+        Some(Value::Array(list)) => {
+            for (i, s) in list.iter().enumerate() {
+                match s.get("cron").and_then(Value::as_str) {
+                    Some(cron) => {
+                        if let Err(e) = crate::workflow::schedule::Cron::parse(cron) {
+                            problems.push(format!("{path}: `schedules[{i}].cron`: {e}"));
+                        }
+                    }
+                    None => problems.push(format!(
+                        "{path}: `schedules[{i}].cron`: a string is required"
+                    )),
+                }
+            }
+        }
+        Some(_) => problems.push(format!("{path}: `schedules`: an array is required")),
+    }
     problems
 }

@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod migrate;
 pub mod patch;
 pub mod platform;
+pub mod workflow;
 pub mod writer;
 
 /// The built-in app that holds the platform's own tables and datasources.

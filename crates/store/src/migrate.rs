@@ -105,6 +105,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 "io_20261201000000_app_files.sql",
                 include_str!("../migrations/postgres/io_20261201000000_app_files.sql"),
             ),
+            (
+                "io_20261202000000_workflows.sql",
+                include_str!("../migrations/postgres/io_20261202000000_workflows.sql"),
+            ),
         ],
         _ => &[
             (
@@ -122,6 +126,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261201000000_app_files.sql",
                 include_str!("../migrations/sqlite/io_20261201000000_app_files.sql"),
+            ),
+            (
+                "io_20261202000000_workflows.sql",
+                include_str!("../migrations/sqlite/io_20261202000000_workflows.sql"),
             ),
         ],
     };

@@ -10,3 +10,4 @@ mod crash;
 mod patches;
 mod seed_sample;
 mod serve;
+mod workflows;

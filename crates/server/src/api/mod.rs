@@ -6,6 +6,7 @@ pub mod functions;
 pub mod patches;
 pub mod status;
 pub mod stream;
+pub mod wf;
 
 use axum::body::Bytes;
 use serde::de::DeserializeOwned;

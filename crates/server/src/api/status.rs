@@ -38,5 +38,6 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     text.push_str(&crate::metrics::render_scripts(
         &state.engine.scripts.stats(),
     ));
+    text.push_str(&state.workflows.render_metrics().await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 use query::{Datasource, DatasourceDef};
 use store::Store;
 
+use crate::workflow::def::{WfDef, role_grants};
+
 /// What a grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -165,6 +167,12 @@ pub struct Catalog {
     apps_by_name: HashMap<String, Vec<String>>,
     /// (app, role) -> (datasource, action)
     grants: HashMap<(String, String), HashSet<(String, Action)>>,
+    /// (app, wfUid) -> the current definition
+    workflows: HashMap<(String, String), Arc<WfDef>>,
+    /// (app, role) -> (wfUid, `start` | `view`)
+    workflow_grants: HashMap<(String, String), HashSet<(String, String)>>,
+    /// app -> every role of its roles.json
+    app_roles: HashMap<String, Vec<String>>,
 }
 
 /// Which datasource an alias means, or why it means none.
@@ -240,6 +248,27 @@ impl Catalog {
                 }
             }
         }
+        for (app, path, text) in store.wf_app_files().await? {
+            if path == "roles.json" {
+                let (grants, roles) = role_grants(&text);
+                for (role, wf, action) in grants {
+                    c.workflow_grants
+                        .entry((app.clone(), role))
+                        .or_default()
+                        .insert((wf, action));
+                }
+                c.app_roles.insert(app, roles);
+                continue;
+            }
+            match WfDef::parse(&app, &text) {
+                Ok(def) => {
+                    c.workflows.insert((app, def.wf_uid.clone()), Arc::new(def));
+                }
+                Err(e) => {
+                    tracing::error!(app = %app, path = %path, error = %e, "stored workflow is invalid")
+                }
+            }
+        }
         c.hooks = hooks.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         c.modules = modules.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         Ok(c)
@@ -276,6 +305,40 @@ impl Catalog {
                             .any(|(m, f)| m == module && (f == function || f == "*"))
                     })
         })
+    }
+
+    /// The current definition of `app`'s workflow `wf_uid`.
+    pub fn workflow(&self, app: &str, wf_uid: &str) -> Option<Arc<WfDef>> {
+        self.workflows
+            .get(&(app.to_string(), wf_uid.to_string()))
+            .cloned()
+    }
+
+    /// Every workflow of every app.
+    pub fn workflows(&self) -> impl Iterator<Item = &Arc<WfDef>> {
+        self.workflows.values()
+    }
+
+    /// Whether any of `roles` grants `action` (`start`, `view`) on `app`'s workflow `wf_uid`.
+    pub fn allows_workflow(
+        &self,
+        roles: &[(String, String)],
+        app: &str,
+        wf_uid: &str,
+        action: &str,
+    ) -> bool {
+        roles.iter().any(|(a, r)| {
+            a == app
+                && self
+                    .workflow_grants
+                    .get(&(a.clone(), r.clone()))
+                    .is_some_and(|g| g.contains(&(wf_uid.to_string(), action.to_string())))
+        })
+    }
+
+    /// Every role of `app` (from its roles.json).
+    pub fn app_roles(&self, app: &str) -> Vec<String> {
+        self.app_roles.get(app).cloned().unwrap_or_default()
     }
 
     pub fn datasource(&self, app: &str, name: &str) -> Option<Arc<Datasource>> {

@@ -479,7 +479,7 @@ pub(crate) fn session_info(who: &Principal, app: &str) -> script::SessionInfo {
 
 /// Starts an execution and serves its `db` calls until it ends. `running`: the datasource
 /// whose hook this is (its own hooks do not run again for its `db` calls).
-async fn run_script<E: Exec>(
+pub(crate) async fn run_script<E: Exec>(
     exec: &mut E,
     ctx: &mut Ctx<'_>,
     execution: script::Execution,

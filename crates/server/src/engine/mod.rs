@@ -21,6 +21,7 @@ mod error;
 mod exec;
 mod host;
 mod plan;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use store::Store;
 pub use catalog::{Action, Catalog, CatalogCell, Hook, Hooks, Resolve};
 pub(crate) use chain::json_size;
 pub use error::{Error, Result};
+pub use workflow::ScriptTx;
 
 use crate::auth::password::Hasher;
 

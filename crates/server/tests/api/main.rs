@@ -20,3 +20,4 @@ mod query_scope;
 mod query_shape;
 mod rate_limit;
 mod scripts;
+mod workflows;
