@@ -137,3 +137,41 @@ pub fn write_zip(top: &str, files: &BTreeMap<String, String>) -> Result<Vec<u8>,
     }
     Ok(w.finish().map_err(|e| e.to_string())?.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_outside_the_directory_are_unsafe() {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a\\..\\x",
+            "C:/x",
+            "",
+            "a//b",
+            "./a",
+        ] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+        for good in ["app.json", "demo/app.json", "demo/datasources/", "a/b.c/d"] {
+            assert!(is_safe_name(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn a_written_zip_reads_back_with_its_top_folder_stripped() {
+        let files: BTreeMap<String, String> = [
+            ("app.json", "{}"),
+            ("datasources/A.json", "{\"name\": \"A\"}"),
+            ("migrations/postgres/io_20240101000000_a.sql", "SELECT 1;"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let zip = write_zip("demo", &files).unwrap();
+        assert_eq!(read_zip(&zip).unwrap(), files);
+    }
+}

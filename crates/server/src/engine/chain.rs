@@ -89,7 +89,7 @@ pub(crate) async fn run_request(
         results
     } else if hooks {
         // Queries with hooks: a transaction only from a script's first `db` call on.
-        let mut exec = exec::ReadFirst::new(&store.db);
+        let mut exec = exec::Lazy::read_first(&store.db);
         let results = run_plan(&mut exec, &mut ctx, &plan).await?;
         exec.commit().await?;
         results

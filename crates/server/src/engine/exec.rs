@@ -107,84 +107,46 @@ impl Exec for WriteConn<'_> {
     }
 }
 
-/// A write transaction begun at the first statement, for a cloud function: a function that
-/// never touches the database holds no connection, and one that does holds the write turn from
-/// its first call to its end (on SQLite a deferred transaction could not always upgrade to a
-/// write after another writer committed).
+/// Statements whose transaction begins only when it must, so that work which never touches
+/// the database (or whose scripts never call `db`) costs no BEGIN and COMMIT.
+/// - [`Lazy::new`], for a cloud function or a workflow step: a write transaction begun at the
+///   first statement; a function that never touches the database holds no connection, and one
+///   that does holds the write turn from its first call to its end (on SQLite a deferred
+///   transaction could not always upgrade to a write after another writer committed).
+/// - [`Lazy::read_first`], for a query with hooks: its own statements run on a pooled
+///   connection without a transaction; from a script's first `db` call on, everything runs in
+///   one transaction (on SQLite a deferred one, writing only if a script does).
+///
+/// [`Lazy::commit`] commits whatever began.
 pub(crate) struct Lazy<'d> {
     db: &'d store::Db,
+    /// Statements before any transaction run here (read-first only).
+    conn: Option<store::Conn>,
     tx: Option<store::Tx>,
+    read_first: bool,
 }
 
 impl<'d> Lazy<'d> {
     pub fn new(db: &'d store::Db) -> Self {
-        Lazy { db, tx: None }
-    }
-
-    async fn tx(&mut self) -> store::Result<&mut store::Tx> {
-        if self.tx.is_none() {
-            self.tx = Some(self.db.begin_write().await?);
-        }
-        self.tx
-            .as_mut()
-            .ok_or_else(|| store::StoreError::Other("no transaction".into()))
-    }
-
-    pub async fn commit(self) -> store::Result<()> {
-        match self.tx {
-            Some(tx) => tx.commit().await,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Exec for Lazy<'_> {
-    fn dialect(&self) -> Dialect {
-        self.db.dialect()
-    }
-    async fn fetch_all(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        types: &[AttrType],
-    ) -> store::Result<Vec<Vec<Value>>> {
-        self.tx().await?.raw().fetch_all(sql, params, types).await
-    }
-    async fn fetch_named(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> store::Result<(Vec<String>, Vec<Vec<Value>>)> {
-        self.tx().await?.raw().fetch_named(sql, params).await
-    }
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
-        self.tx().await?.raw().execute(sql, params).await
-    }
-    fn runs_scripts(&self) -> bool {
-        true
-    }
-}
-
-/// A query whose hooks may call `db`: its own statements run on a pooled connection without a
-/// transaction (a hook that never calls `db`, the common case, costs no BEGIN and COMMIT);
-/// from a script's first `db` call on, everything runs in one transaction (on SQLite a
-/// deferred one, writing only if a script does), committed by [`ReadFirst::commit`].
-pub(crate) struct ReadFirst<'d> {
-    db: &'d store::Db,
-    conn: Option<store::Conn>,
-    tx: Option<store::Tx>,
-}
-
-impl<'d> ReadFirst<'d> {
-    pub fn new(db: &'d store::Db) -> Self {
-        ReadFirst {
+        Lazy {
             db,
             conn: None,
             tx: None,
+            read_first: false,
+        }
+    }
+
+    pub fn read_first(db: &'d store::Db) -> Self {
+        Lazy {
+            read_first: true,
+            ..Lazy::new(db)
         }
     }
 
     async fn raw(&mut self) -> store::Result<Raw<'_>> {
+        if self.tx.is_none() && !self.read_first {
+            self.tx = Some(self.db.begin_write().await?);
+        }
         if let Some(tx) = &mut self.tx {
             return Ok(tx.raw());
         }
@@ -205,7 +167,7 @@ impl<'d> ReadFirst<'d> {
     }
 }
 
-impl Exec for ReadFirst<'_> {
+impl Exec for Lazy<'_> {
     fn dialect(&self) -> Dialect {
         self.db.dialect()
     }
@@ -231,7 +193,7 @@ impl Exec for ReadFirst<'_> {
         true
     }
     async fn enter_script(&mut self) -> store::Result<()> {
-        if self.tx.is_none() {
+        if self.read_first && self.tx.is_none() {
             // Back to the pool first: on SQLite the pool may have no other connection.
             self.conn = None;
             self.tx = Some(self.db.begin_read().await?);
