@@ -14,7 +14,9 @@ use crate::config::Config;
 /// raises the threshold after such a free, up to 32 MiB on 64-bit systems: from the second hash
 /// on, a 19 MiB Argon2 buffer would come from (and stay in) a per-thread arena, leaving hundreds
 /// of MiB resident after a burst of logins. Reserving more than 32 MiB keeps every buffer on
-/// `mmap`: the untouched tail costs no memory and all of it is returned when it is freed.
+/// `mmap`: the untouched tail costs no memory and all of it is returned when it is freed. (The
+/// `cloudio` binary runs on jemalloc, whose background thread returns such buffers anyway; the
+/// floor keeps a library user on glibc safe too.)
 const MMAP_FLOOR_BLOCKS: usize = 33 * 1024;
 
 /// Spare buffers are freed once no hash has run for this long.
