@@ -59,17 +59,7 @@ pub async fn post_patch_verify(
     authed: Authed,
     body: Bytes,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
-    require_role(&authed)?;
-    let files = patch::read_zip(&body).map_err(refused)?;
-    let outcome = patch::run(
-        &state,
-        authed.org_uid(),
-        &app,
-        files,
-        false,
-        authed.user_name(),
-    )
-    .await?;
+    let outcome = run(&state, &app, &authed, &body, false).await?;
     Ok(axum::Json(outcome.body))
 }
 
@@ -81,17 +71,7 @@ pub async fn post_patch(
     authed: Authed,
     body: Bytes,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
-    require_role(&authed)?;
-    let files = patch::read_zip(&body).map_err(refused)?;
-    let outcome = patch::run(
-        &state,
-        authed.org_uid(),
-        &app,
-        files,
-        true,
-        authed.user_name(),
-    )
-    .await?;
+    let outcome = run(&state, &app, &authed, &body, true).await?;
     if !outcome.applies {
         return Err(ApiError::BadRequest(format!(
             "The patch was not applied; nothing changed. {} problem(s):\n- {}",
@@ -100,6 +80,27 @@ pub async fn post_patch(
         )));
     }
     Ok(axum::Json(outcome.body))
+}
+
+/// Verifies (`commit` false) or applies the zip in `body`, for a `patch_administrator`.
+async fn run(
+    state: &AppState,
+    app: &str,
+    authed: &Authed,
+    body: &[u8],
+    commit: bool,
+) -> ApiResult<patch::Outcome> {
+    require_role(authed)?;
+    let files = patch::read_zip(body).map_err(refused)?;
+    Ok(patch::run(
+        state,
+        authed.org_uid(),
+        app,
+        files,
+        commit,
+        authed.user_name(),
+    )
+    .await?)
 }
 
 fn refused(why: String) -> ApiError {
