@@ -322,7 +322,8 @@ const PRELUDE: &str = r#"(function (host, log) {
   }
   const db = {};
   for (const op of ["find", "findOne", "insertOne", "insertMany", "updateOne", "updateMany",
-    "deleteOne", "deleteMany", "executeQuery", "queryString", "executeUpdate", "fetch"]) {
+    "deleteOne", "deleteMany", "executeQuery", "queryString", "executeUpdate", "fetch",
+    "startWorkflow"]) {
     db[op] = method(op);
   }
   function text(args) {

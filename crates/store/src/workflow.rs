@@ -101,6 +101,18 @@ pub struct NewInstance<'a> {
     pub now: i64,
 }
 
+/// See [`Store::wf_new_instance`]: each a statement and its parameters.
+pub struct NewInstanceStatements {
+    /// The definition's text under its version (kept once).
+    pub definition: (String, Vec<Value>),
+    /// The instance; inserts nothing when its schedule key was taken.
+    pub instance: (String, Vec<Value>),
+    /// The start node's first execution.
+    pub first: (String, Vec<Value>),
+    /// On PostgreSQL, the wake-up every node receives at commit.
+    pub notify: Option<(String, Vec<Value>)>,
+}
+
 /// What [`Store::wf_start`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Started {
@@ -345,6 +357,63 @@ impl Store {
         Ok(())
     }
 
+    /// The statements that create instance `inst` of `n` and queue its start node, run in
+    /// this order in one transaction (by [`Store::wf_start`], or by a script's
+    /// `db.startWorkflow` inside its request's transaction, so that the start takes effect
+    /// only if the request commits). `n`'s idempotency key is not looked at here.
+    pub fn wf_new_instance(&self, n: &NewInstance<'_>, inst: &str) -> NewInstanceStatements {
+        let definition = (
+            self.wf_sql(
+                "INSERT INTO {defs} (APP_UID, WF_UID, VERSION, DEFINITION, CREATED_AT) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            ),
+            vec![
+                text(n.app_uid),
+                text(n.wf_uid),
+                text(n.version),
+                text(n.definition),
+                Value::Int(n.now),
+            ],
+        );
+        let instance = (
+            self.wf_sql(
+                "INSERT INTO {inst} (WF_INST_UID, ORG_UID, APP_UID, WF_UID, VERSION, STATE, \
+                 INPUT, VARS, STEPS, SCHEDULE_KEY, CREATED_BY, CREATION_DATE, LAST_UPDATE_DATE) \
+                 VALUES (?, ?, ?, ?, ?, 'running', ?, '{}', 1, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            ),
+            vec![
+                text(inst),
+                text(n.org_uid),
+                text(n.app_uid),
+                text(n.wf_uid),
+                text(n.version),
+                json_text(n.input),
+                opt_text(n.schedule_key),
+                text(n.user_name),
+                Value::Int(n.now),
+                Value::Int(n.now),
+            ],
+        );
+        let first = Next::Queue {
+            node_uid: n.start_node.to_string(),
+            attempt: 1,
+            tries: 1,
+            reruns: 0,
+            run_at: n.now,
+        };
+        let first = self
+            .wf_queue_statement(inst, &first, n.now)
+            .unwrap_or_default();
+        let notify = (self.dialect() == Dialect::Postgres)
+            .then(|| (format!("SELECT pg_notify('{WF_CHANNEL}', '')"), Vec::new()));
+        NewInstanceStatements {
+            definition,
+            instance,
+            first,
+            notify,
+        }
+    }
+
     /// Creates an instance and queues its start node, or finds the instance an earlier start
     /// with the same idempotency key (within 24 hours) or the same schedule firing made.
     pub async fn wf_start(&self, n: &NewInstance<'_>) -> Result<Started> {
@@ -417,41 +486,9 @@ impl Store {
             }
         }
         let mut raw = tx.raw();
-        raw.execute(
-            &self.wf_sql(
-                "INSERT INTO {defs} (APP_UID, WF_UID, VERSION, DEFINITION, CREATED_AT) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            ),
-            &[
-                text(n.app_uid),
-                text(n.wf_uid),
-                text(n.version),
-                text(n.definition),
-                Value::Int(n.now),
-            ],
-        )
-        .await?;
-        let inserted = raw
-            .execute(
-                &self.wf_sql(
-                    "INSERT INTO {inst} (WF_INST_UID, ORG_UID, APP_UID, WF_UID, VERSION, STATE, \
-                     INPUT, VARS, STEPS, SCHEDULE_KEY, CREATED_BY, CREATION_DATE, LAST_UPDATE_DATE) \
-                     VALUES (?, ?, ?, ?, ?, 'running', ?, '{}', 1, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                ),
-                &[
-                    text(&inst),
-                    text(n.org_uid),
-                    text(n.app_uid),
-                    text(n.wf_uid),
-                    text(n.version),
-                    json_text(n.input),
-                    opt_text(n.schedule_key),
-                    text(n.user_name),
-                    Value::Int(n.now),
-                    Value::Int(n.now),
-                ],
-            )
-            .await?;
+        let st = self.wf_new_instance(n, &inst);
+        raw.execute(&st.definition.0, &st.definition.1).await?;
+        let inserted = raw.execute(&st.instance.0, &st.instance.1).await?;
         if inserted == 0 {
             // Only SCHEDULE_KEY can collide: another node fired this schedule first.
             let rows = raw
@@ -467,16 +504,7 @@ impl Store {
                 version: c.text(),
             });
         }
-        let first = Next::Queue {
-            node_uid: n.start_node.to_string(),
-            attempt: 1,
-            tries: 1,
-            reruns: 0,
-            run_at: n.now,
-        };
-        if let Some((sql, params)) = self.wf_queue_statement(&inst, &first, n.now) {
-            raw.execute(&sql, &params).await?;
-        }
+        raw.execute(&st.first.0, &st.first.1).await?;
         self.wf_notify(&mut raw).await?;
         tx.commit().await?;
         Ok(Started::New { wf_inst_uid: inst })

@@ -86,12 +86,14 @@ pub(crate) async fn run_request(
         let mut tx = store.db.begin_write().await?;
         let results = run_plan(&mut tx.raw(), &mut ctx, &plan).await?;
         tx.commit().await?;
+        ctx.committed();
         results
     } else if hooks {
         // Queries with hooks: a transaction only from a script's first `db` call on.
         let mut exec = exec::Lazy::read_first(&store.db);
         let results = run_plan(&mut exec, &mut ctx, &plan).await?;
         exec.commit().await?;
+        ctx.committed();
         results
     } else {
         let mut conn = store.db.acquire().await?;
@@ -555,5 +557,6 @@ pub(crate) async fn run_function(
     let mut tx = exec::Lazy::new(&engine.store.db);
     let out = run_script(&mut tx, &mut ctx, execution, None).await?;
     tx.commit().await?;
+    ctx.committed();
     Ok(out)
 }

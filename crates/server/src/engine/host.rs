@@ -126,8 +126,75 @@ pub(crate) async fn serve<E: Exec>(
             end(exec, result).await
         }
         "fetch" => fetch(ctx, &arg(0), &arg(1)).await,
+        "startWorkflow" => {
+            let wf_uid = ds_name(&arg(0)).ok_or_else(|| bad("the first argument is a wfUid"))?;
+            let input = match arg(1) {
+                Json::Null => Json::Object(Map::new()),
+                i @ Json::Object(_) => untag(i, None, false),
+                _ => return Err(bad("the second argument (input) is an object")),
+            };
+            let target = app_option(&arg(2)).map_err(|m| bad(&m))?;
+            let app = target.as_deref().unwrap_or(app);
+            start_workflow(exec, ctx, app, &wf_uid, &input).await
+        }
         _ => Err(bad("no such method")),
     }
+}
+
+/// `db.startWorkflow(wfUid, input, {appUid?})`: the instance and its first execution are
+/// written in the request's own transaction, so they exist only if it commits; the runner is
+/// woken after the commit. Needs the `start` grant, as `/v1/wf/start` does.
+async fn start_workflow<E: Exec>(
+    exec: &mut E,
+    ctx: &mut Ctx<'_>,
+    app: &str,
+    wf_uid: &str,
+    input: &Json,
+) -> Result<Json> {
+    let def = ctx
+        .catalog
+        .workflow(app, wf_uid)
+        .filter(|_| {
+            ctx.catalog
+                .allows_workflow(&ctx.who.roles, app, wf_uid, "start")
+        })
+        .ok_or_else(|| {
+            Error::Denied(format!(
+                "db.startWorkflow: Access Denied - workflow `{wf_uid}` of app `{app}` is not available to you."
+            ))
+        })?;
+    let inst = uuid::Uuid::new_v4().to_string();
+    let store = &ctx.engine.store;
+    let st = store.wf_new_instance(
+        &store::workflow::NewInstance {
+            org_uid: &ctx.who.org_uid,
+            app_uid: &def.app_uid,
+            wf_uid: &def.wf_uid,
+            version: &def.version,
+            definition: &def.text,
+            start_node: &def.start,
+            input,
+            user_name: &ctx.who.user_name,
+            idempotency_key: None,
+            schedule_key: None,
+            now: ctx.now.timestamp_micros(),
+        },
+        &inst,
+    );
+    begin(exec).await?;
+    let mut result = Ok(());
+    for (sql, params) in [st.definition, st.instance, st.first]
+        .into_iter()
+        .chain(st.notify)
+    {
+        if let Err(e) = exec.execute(&sql, &params).await {
+            result = Err(e.into());
+            break;
+        }
+    }
+    end(exec, result).await?;
+    ctx.started_workflows += 1;
+    Ok(serde_json::json!({"wfInstUid": inst, "version": def.version}))
 }
 
 fn ds_name(v: &Json) -> Option<String> {

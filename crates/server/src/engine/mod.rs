@@ -104,6 +104,9 @@ pub struct Inner {
     pub settings: Settings,
     http: reqwest::Client,
     users: std::sync::Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+    /// Wakes this process's workflow runner: shared with it, signalled after a request that
+    /// started instances (`db.startWorkflow`) commits.
+    pub workflow_wake: Arc<tokio::sync::Notify>,
 }
 
 /// One of a user's in-flight slots; dropping it gives it back (and forgets the user when
@@ -150,6 +153,7 @@ impl Engine {
             settings,
             http,
             users: Default::default(),
+            workflow_wake: Arc::default(),
         }))
     }
 
@@ -224,9 +228,20 @@ pub(crate) struct Ctx<'a> {
     pub depth: usize,
     /// `(app, datasource)` whose hooks are running: their `db` calls skip those hooks.
     pub running: Vec<(String, String)>,
+    /// Workflow instances `db.startWorkflow` queued in this request's transaction: the
+    /// runner is woken once it commits.
+    pub started_workflows: usize,
 }
 
 impl<'a> Ctx<'a> {
+    /// After the request's transaction committed: wakes the workflow runner if this request
+    /// started instances.
+    pub fn committed(&self) {
+        if self.started_workflows > 0 {
+            self.engine.workflow_wake.notify_one();
+        }
+    }
+
     pub fn new(engine: &'a Engine, who: &'a Principal) -> Ctx<'a> {
         let now = Utc::now();
         Ctx {
@@ -238,6 +253,7 @@ impl<'a> Ctx<'a> {
             touched: Vec::new(),
             depth: 0,
             running: Vec::new(),
+            started_workflows: 0,
         }
     }
 }

@@ -13,15 +13,24 @@ use super::exec::{Exec, Lazy};
 use super::{Ctx, Engine, Principal, Result};
 
 /// The transaction of a workflow script (begun at its first statement, if any).
-pub struct ScriptTx<'d>(Lazy<'d>);
+pub struct ScriptTx<'d> {
+    tx: Lazy<'d>,
+    engine: &'d Engine,
+    /// Instances the script started (`db.startWorkflow`): the runner is woken at commit.
+    started: bool,
+}
 
 impl ScriptTx<'_> {
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
-        Exec::execute(&mut self.0, sql, params).await
+        Exec::execute(&mut self.tx, sql, params).await
     }
 
     pub async fn commit(self) -> store::Result<()> {
-        self.0.commit().await
+        self.tx.commit().await?;
+        if self.started {
+            self.engine.workflow_wake.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +64,14 @@ impl Engine {
         let out = run_script(&mut tx, &mut ctx, execution, None)
             .await
             .map(|mut out| out.get_mut("query").map(Json::take).unwrap_or(Json::Null));
-        (out, ScriptTx(tx))
+        let started = ctx.started_workflows > 0;
+        (
+            out,
+            ScriptTx {
+                tx,
+                engine: self,
+                started,
+            },
+        )
     }
 }

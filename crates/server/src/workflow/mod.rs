@@ -76,7 +76,7 @@ pub struct Inner {
     pub settings: WfSettings,
     pub metrics: WfMetrics,
     /// Wakes this process's runner (an execution was queued here, or a NOTIFY arrived).
-    wake: Notify,
+    wake: Arc<Notify>,
     http: reqwest::Client,
     /// This process's name on the executions it claims.
     owner: String,
@@ -105,12 +105,13 @@ impl Workflows {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
+        let wake = engine.workflow_wake.clone();
         Workflows(Arc::new(Inner {
             store,
             engine,
             settings,
             metrics: WfMetrics::default(),
-            wake: Notify::new(),
+            wake,
             http,
             owner: uuid::Uuid::new_v4().to_string(),
             callback_url: Mutex::new(String::new()),

@@ -485,6 +485,26 @@ fn raw_zip(build: impl FnOnce(&mut zip::ZipWriter<std::io::Cursor<Vec<u8>>>)) ->
     w.finish().unwrap().into_inner()
 }
 
+/// `zip` with the uncompressed size of entry `name` rewritten to `claimed` in its local header
+/// and in the central directory (a zip bomb's lie).
+fn lie_about_size(mut zip: Vec<u8>, name: &str, claimed: u32) -> Vec<u8> {
+    let mut patched = 0;
+    // (signature, offset of the uncompressed size, offset of the name)
+    for (sig, size_at, name_at) in [(b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)] {
+        let mut i = 0;
+        while let Some(p) = zip[i..].windows(4).position(|w| w == sig) {
+            let at = i + p;
+            if zip[at + name_at..].starts_with(name.as_bytes()) {
+                zip[at + size_at..at + size_at + 4].copy_from_slice(&claimed.to_le_bytes());
+                patched += 1;
+            }
+            i = at + 4;
+        }
+    }
+    assert_eq!(patched, 2, "the entry's two headers");
+    zip
+}
+
 fn opts() -> zip::write::SimpleFileOptions {
     zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated)
 }
@@ -555,6 +575,23 @@ on_both!(
                         w.write_all(&chunk).unwrap();
                     }
                 }),
+            ),
+            // Headers that claim 1 KiB for 101 MiB: the reader counts what it inflates.
+            (
+                "inflate",
+                lie_about_size(
+                    raw_zip(|w| {
+                        with_v1(w);
+                        w.start_file("migrations/io_20260109000000_huge.sql", opts())
+                            .unwrap();
+                        let chunk = vec![b' '; 1024 * 1024];
+                        for _ in 0..101 {
+                            w.write_all(&chunk).unwrap();
+                        }
+                    }),
+                    "migrations/io_20260109000000_huge.sql",
+                    1024,
+                ),
             ),
             ("zip", b"PK\x03\x04 not really a zip".to_vec()),
         ];

@@ -288,6 +288,30 @@ fn write_app(dir: &Path, tasks: &str, extra: &[(&str, Value)]) {
         ),
     ];
     workflows.extend(extra.iter().map(|(n, v)| (*n, v.clone())));
+    // Cloud functions that start workflows from inside their transaction.
+    std::fs::create_dir_all(dir.join("functions")).unwrap();
+    std::fs::write(
+        dir.join("functions/starts.js"),
+        r#"
+export async function go(arg) {
+  const started = await db.startWorkflow(arg.wf, arg.input, arg.opts);
+  if (arg.fail) throw new UserError("changed my mind");
+  return started;
+}
+export async function twice() {
+  const a = await db.startWorkflow("loop", {});
+  const b = await db.startWorkflow("loop");
+  return [a.wfInstUid, b.wfInstUid];
+}
+export async function tryDenied(arg) {
+  try { await db.startWorkflow(arg.wf, {}); return "started"; } catch (e) { return e.message; }
+}
+export async function badInput() {
+  try { await db.startWorkflow("loop", [1]); return "started"; } catch (e) { return e.message; }
+}
+"#,
+    )
+    .unwrap();
     for (name, def) in &workflows {
         write(&format!("workflows/{name}.json"), def);
     }
@@ -299,7 +323,7 @@ fn write_app(dir: &Path, tasks: &str, extra: &[(&str, Value)]) {
     write(
         "roles.json",
         &json!({"roles": [
-            {"roleUid": "runner", "workflows": all},
+            {"roleUid": "runner", "workflows": all, "functions": {"starts": ["*"]}},
             {"roleUid": "starter", "workflows": {"branch": ["start"]}},
         ]}),
     );
@@ -1242,6 +1266,76 @@ on_both!(
             "{i}"
         );
         assert_eq!(employees(&fx).await, ["Ann"]);
+        fx.stop().await;
+    }
+);
+
+on_both!(
+    scripts_start_workflows_only_when_they_commit,
+    |kind| async move {
+        let fx = spawn(kind).await;
+        let call = |f: &'static str, arg: Value| {
+            let fx = &fx;
+            async move {
+                fx.post(&fx.admin, &format!("/v1/fn/flows/starts/{f}"), &arg)
+                    .await
+            }
+        };
+        // Started from a function: the instance runs as the function's caller.
+        let (status, b) = call("go", json!({"wf": "branch", "input": {"salary": 10}})).await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(b["data"]["version"], "1", "{b}");
+        let inst = b["data"]["wfInstUid"].as_str().unwrap().to_string();
+        let i = fx.finished(&inst).await;
+        assert_eq!(i["state"], "completed", "{i}");
+        assert_eq!(i["input"], json!({"salary": 10}));
+        assert_eq!(i["createdBy"], "admin");
+        assert_eq!(i["vars"]["user"], "admin", "{i}");
+        // `appUid` names the app explicitly.
+        let (status, b) = call(
+            "go",
+            json!({"wf": "loop", "input": {}, "opts": {"appUid": "flows"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{b}");
+        let looped = b["data"]["wfInstUid"].as_str().unwrap().to_string();
+        assert_eq!(fx.finished(&looped).await["state"], "completed");
+        // Two in one transaction: two instances.
+        let (status, b) = call("twice", json!({})).await;
+        assert_eq!(status, 200, "{b}");
+        let two: Vec<String> = serde_json::from_value(b["data"].clone()).unwrap();
+        assert_ne!(two[0], two[1]);
+        for inst in &two {
+            assert_eq!(fx.finished(inst).await["state"], "completed");
+        }
+        let before = column(&fx.app, "SELECT WF_INST_UID FROM {inst}").await;
+        assert_eq!(before.len(), 4, "{before:?}");
+        // A function that throws after starting one: rolled back, no instance, no execution.
+        let (status, b) = call(
+            "go",
+            json!({"wf": "branch", "input": {"salary": 1}, "fail": true}),
+        )
+        .await;
+        assert_eq!(status, 400, "{b}");
+        assert_eq!(b["message"], "changed my mind", "{b}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            column(&fx.app, "SELECT WF_INST_UID FROM {inst}").await,
+            before
+        );
+        let execs = column(&fx.app, "SELECT WF_INST_UID FROM {exec}").await;
+        assert!(execs.iter().all(|e| before.contains(e)), "{execs:?}");
+        // Grants: a workflow without `start`, and an unknown one, are refused alike.
+        for wf in ["nostart", "nope"] {
+            let (status, b) = call("tryDenied", json!({"wf": wf})).await;
+            assert_eq!(status, 200, "{b}");
+            let msg = b["data"].as_str().unwrap();
+            assert!(msg.contains("is not available to you"), "{msg}");
+            assert!(msg.contains(wf), "{msg}");
+        }
+        let (status, b) = call("badInput", json!({})).await;
+        assert_eq!(status, 200, "{b}");
+        assert!(b["data"].as_str().unwrap().contains("input"), "{b}");
         fx.stop().await;
     }
 );
