@@ -203,6 +203,18 @@ pub struct Completion {
     /// Only if the execution's lease ran out before this time (a re-run after a lost lease:
     /// an owner that renewed meanwhile keeps it).
     pub expired_before: Option<i64>,
+    /// The next execution (a `Next::Queue` due now), claimed at once by the server recording
+    /// this completion: it runs next without a claim of its own or a wake-up.
+    pub claim: Option<ChainClaim>,
+}
+
+/// See [`Completion::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainClaim {
+    pub execution_id: String,
+    pub token: String,
+    pub owner: String,
+    pub lease_until: i64,
 }
 
 /// What a callback's token stands for: the execution it was issued to, while that runs.
@@ -319,6 +331,7 @@ impl Store {
         wf_inst_uid: &str,
         next: &Next,
         now: i64,
+        claim: Option<&ChainClaim>,
     ) -> Option<(String, Vec<Value>)> {
         let Next::Queue {
             node_uid,
@@ -330,22 +343,44 @@ impl Store {
         else {
             return None;
         };
-        Some((
-            self.wf_sql(
-                "INSERT INTO {exec} (EXECUTION_ID, WF_INST_UID, NODE_UID, ATTEMPT, TRIES, RERUNS, \
-                 STATE, RUN_AT, QUEUED_AT) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        let mut params = vec![
+            text(&claim.map_or_else(
+                || uuid::Uuid::new_v4().to_string(),
+                |c| c.execution_id.clone(),
+            )),
+            text(wf_inst_uid),
+            text(node_uid),
+            Value::Int(*attempt),
+            Value::Int(*tries),
+            Value::Int(*reruns),
+            Value::Int(*run_at),
+            Value::Int(now),
+        ];
+        Some(match claim {
+            None => (
+                self.wf_sql(
+                    "INSERT INTO {exec} (EXECUTION_ID, WF_INST_UID, NODE_UID, ATTEMPT, TRIES, \
+                     RERUNS, RUN_AT, QUEUED_AT, STATE) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+                ),
+                params,
             ),
-            vec![
-                text(&uuid::Uuid::new_v4().to_string()),
-                text(wf_inst_uid),
-                text(node_uid),
-                Value::Int(*attempt),
-                Value::Int(*tries),
-                Value::Int(*reruns),
-                Value::Int(*run_at),
-                Value::Int(now),
-            ],
-        ))
+            Some(c) => {
+                params.extend([
+                    text(&c.token),
+                    text(&c.owner),
+                    Value::Int(now),
+                    Value::Int(c.lease_until),
+                ]);
+                (
+                    self.wf_sql(
+                        "INSERT INTO {exec} (EXECUTION_ID, WF_INST_UID, NODE_UID, ATTEMPT, TRIES, \
+                         RERUNS, RUN_AT, QUEUED_AT, STATE, TOKEN, CLAIMED_BY, STARTED_AT, \
+                         LEASE_UNTIL) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    ),
+                    params,
+                )
+            }
+        })
     }
 
     /// On PostgreSQL, wakes every node's engine when the transaction commits.
@@ -402,7 +437,7 @@ impl Store {
             run_at: n.now,
         };
         let first = self
-            .wf_queue_statement(inst, &first, n.now)
+            .wf_queue_statement(inst, &first, n.now, None)
             .unwrap_or_default();
         let notify = (self.dialect() == Dialect::Postgres)
             .then(|| (format!("SELECT pg_notify('{WF_CHANNEL}', '')"), Vec::new()));
@@ -748,7 +783,8 @@ impl Store {
                     params,
                     true,
                 ));
-                if let Some((sql, params)) = self.wf_queue_statement(&c.wf_inst_uid, &c.next, c.now)
+                if let Some((sql, params)) =
+                    self.wf_queue_statement(&c.wf_inst_uid, &c.next, c.now, c.claim.as_ref())
                 {
                     out.push((sql, params, true));
                 }
@@ -771,7 +807,11 @@ impl Store {
                 ));
             }
         }
-        if self.dialect() == Dialect::Postgres && matches!(c.next, Next::Queue { .. }) {
+        // A claimed next execution runs here: nobody else needs waking.
+        if self.dialect() == Dialect::Postgres
+            && matches!(c.next, Next::Queue { .. })
+            && c.claim.is_none()
+        {
             out.push((
                 format!("SELECT pg_notify('{WF_CHANNEL}', '')"),
                 vec![],

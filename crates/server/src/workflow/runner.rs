@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use store::workflow::{Claimed, Completion, InstanceRow, Next};
+use store::workflow::{ChainClaim, Claimed, Completion, InstanceRow, Next};
 use tokio::sync::Semaphore;
 
 use super::def::{DEFAULT_TIMEOUT_MS, Node, NodeKind, WfDef};
@@ -100,6 +100,7 @@ pub(super) async fn sweep(wf: Workflows) {
                         next,
                         now,
                         expired_before: Some(now),
+                        claim: None,
                     };
                     match wf.store.wf_complete(&done).await {
                         Ok(true) => {
@@ -131,8 +132,21 @@ pub(super) async fn sweep(wf: Workflows) {
     }
 }
 
-/// Runs one claimed execution to its end, renewing its lease meanwhile.
-async fn step(wf: &Workflows, c: Claimed) {
+/// Runs one claimed execution to its end, renewing its lease meanwhile; then, while each step
+/// claimed the next one of its instance on completing (a chain of nodes due at once), runs
+/// that one too, in the same slot.
+async fn step(wf: &Workflows, mut c: Claimed) {
+    loop {
+        let mut next = None;
+        step_one(wf, &c, &mut next).await;
+        match next {
+            Some(n) => c = n,
+            None => return,
+        }
+    }
+}
+
+async fn step_one(wf: &Workflows, c: &Claimed, next: &mut Option<Claimed>) {
     let started = Instant::now();
     // Renews the lease while the step runs; ends when the execution no longer runs here
     // (cancelled, or taken over after a lost lease): the step is then dropped, its HTTP call
@@ -150,7 +164,7 @@ async fn step(wf: &Workflows, c: Claimed) {
         }
     };
     let outcome = tokio::select! {
-        outcome = run_step(wf, &c) => outcome,
+        outcome = run_step(wf, c, next) => outcome,
         () = lost => {
             tracing::info!(execution = %c.execution_id, "the execution no longer runs: abandoned");
             Ok(None)
@@ -226,7 +240,12 @@ fn chosen(out: &Json) -> Option<usize> {
 
 /// Runs the step; `Some(true)` completed, `Some(false)` failed, `None` nothing recorded (the
 /// execution no longer ran).
-async fn run_step(wf: &Workflows, c: &Claimed) -> crate::engine::Result<Option<bool>> {
+/// `next`: set to the instance's next execution when this step's completion claimed it.
+async fn run_step(
+    wf: &Workflows,
+    c: &Claimed,
+    next: &mut Option<Claimed>,
+) -> crate::engine::Result<Option<bool>> {
     let Some(inst) = wf.store.wf_instance(&c.wf_inst_uid).await? else {
         return Ok(None);
     };
@@ -244,6 +263,7 @@ async fn run_step(wf: &Workflows, c: &Claimed) -> crate::engine::Result<Option<b
         },
         now: now_micros(),
         expired_before: None,
+        claim: None,
     };
     let def = wf
         .definition(&inst.app_uid, &inst.wf_uid, &inst.version)
@@ -269,16 +289,17 @@ async fn run_step(wf: &Workflows, c: &Claimed) -> crate::engine::Result<Option<b
                 },
                 now: now_micros(),
                 expired_before: None,
+                claim: None,
             };
             Ok(wf.store.wf_complete(&done).await?.then_some(true))
         }
-        NodeKind::Script { program } => run_script_node(wf, c, &inst, node, program).await,
+        NodeKind::Script { program } => run_script_node(wf, c, &inst, node, program, next).await,
         NodeKind::Task { url } => {
             // `def` is Some here: `node` came from it.
             let Some(def) = def.as_deref() else {
                 return Ok(None);
             };
-            run_task_node(wf, c, &inst, def, node, url).await
+            run_task_node(wf, c, &inst, def, node, url, next).await
         }
     }
 }
@@ -289,6 +310,7 @@ async fn run_script_node(
     inst: &InstanceRow,
     node: &Node,
     program: &Arc<str>,
+    next: &mut Option<Claimed>,
 ) -> crate::engine::Result<Option<bool>> {
     let who = wf
         .principal(&inst.org_uid, &inst.created_by, &inst.app_uid)
@@ -317,6 +339,7 @@ async fn run_script_node(
             next: after(inst, node, chosen(&out), now),
             now,
             expired_before: None,
+            claim: None,
         },
         Err(e) => {
             // The script's writes roll back; the failure is recorded on its own.
@@ -330,6 +353,7 @@ async fn run_script_node(
                 next: retry(c, node, &error, now),
                 now,
                 expired_before: None,
+                claim: None,
             };
             wf.store.wf_complete(&done).await?;
             if matches!(done.next, Next::Queue { .. }) {
@@ -338,6 +362,8 @@ async fn run_script_node(
             return Ok(Some(false));
         }
     };
+    let mut done = done;
+    let chained = chain_claim(wf, c, &mut done);
     // The node's own writes, its vars and the next node: one commit (or none at all).
     for (sql, params, exactly_one) in wf.store.wf_completion_statements(&done) {
         let n = tx.execute(&sql, &params).await?;
@@ -346,6 +372,7 @@ async fn run_script_node(
         }
     }
     tx.commit().await?;
+    *next = chained;
     Ok(Some(true))
 }
 
@@ -356,6 +383,7 @@ async fn run_task_node(
     def: &WfDef,
     node: &Node,
     url: &str,
+    next: &mut Option<Claimed>,
 ) -> crate::engine::Result<Option<bool>> {
     let body = json!({
         "wfUid": inst.wf_uid,
@@ -445,6 +473,7 @@ async fn run_task_node(
                                 },
                                 now,
                                 expired_before: None,
+                                claim: None,
                             };
                             wf.store.wf_complete(&done).await?;
                             return Ok(Some(false));
@@ -460,6 +489,7 @@ async fn run_task_node(
                 next: after(inst, node, edge, now),
                 now,
                 expired_before: None,
+                claim: None,
             }
         }
         Err(error) => Completion {
@@ -470,8 +500,50 @@ async fn run_task_node(
             vars: None,
             now,
             expired_before: None,
+            claim: None,
         },
     };
+    let mut done = done;
+    let chained = chain_claim(wf, c, &mut done);
     let ok = done.result.is_ok();
-    Ok(wf.store.wf_complete(&done).await?.then_some(ok))
+    if !wf.store.wf_complete(&done).await? {
+        return Ok(None);
+    }
+    *next = chained;
+    Ok(Some(ok))
+}
+
+/// Claims `done`'s next execution for this server when it is due at once: the step that
+/// follows then runs here without a claim transaction or a wake-up.
+fn chain_claim(wf: &Workflows, c: &Claimed, done: &mut Completion) -> Option<Claimed> {
+    let Next::Queue {
+        node_uid,
+        attempt,
+        tries,
+        reruns,
+        run_at,
+    } = &done.next
+    else {
+        return None;
+    };
+    if *run_at > done.now {
+        return None;
+    }
+    let claim = ChainClaim {
+        execution_id: uuid::Uuid::new_v4().to_string(),
+        token: uuid::Uuid::new_v4().simple().to_string(),
+        owner: wf.owner.clone(),
+        lease_until: done.now + micros(wf.settings.lease),
+    };
+    let claimed = Claimed {
+        execution_id: claim.execution_id.clone(),
+        token: claim.token.clone(),
+        wf_inst_uid: c.wf_inst_uid.clone(),
+        node_uid: node_uid.clone(),
+        attempt: *attempt,
+        tries: *tries,
+        reruns: *reruns,
+    };
+    done.claim = Some(claim);
+    Some(claimed)
 }

@@ -520,6 +520,18 @@ on_both!(no_edge_taken_fails_and_cycles_run, |kind| async move {
     assert_eq!(i["state"], "completed", "{i}");
     assert_eq!(i["vars"], json!({"i": 5}));
     assert_eq!(nodes(&i), ["inc", "inc", "inc", "inc", "inc", "z"]);
+    // The server that completed a step claimed the next one in the same commit (a chain runs
+    // without a claim or wake-up per step): every execution after the first was queued and
+    // started at the same instant, by the same server.
+    let chained = column(
+        &fx.app,
+        &format!(
+            "SELECT CLAIMED_BY FROM {{exec}} WHERE WF_INST_UID = '{inst}' AND STARTED_AT = QUEUED_AT"
+        ),
+    )
+    .await;
+    assert_eq!(chained.len(), 5, "{chained:?}");
+    assert!(chained.iter().all(|o| o == &chained[0]), "{chained:?}");
     fx.stop().await;
 });
 
