@@ -208,6 +208,18 @@ pub struct Completion {
     pub claim: Option<ChainClaim>,
 }
 
+/// A completion that found its execution (or instance) no longer running: undone, not an error.
+enum Gone {
+    Gone,
+    Store(crate::StoreError),
+}
+
+impl From<crate::StoreError> for Gone {
+    fn from(e: crate::StoreError) -> Self {
+        Gone::Store(e)
+    }
+}
+
 /// See [`Completion::claim`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainClaim {
@@ -679,13 +691,22 @@ impl Store {
             Value::Int(now),
         ];
         let rows = match self.dialect() {
-            // Without SKIP LOCKED the writer's turn is the lock.
-            Dialect::Sqlite => {
-                let mut tx = self.db.begin_write().await?;
-                let rows = tx.raw().fetch_all(&sql, &params, &CLAIM_TYPES).await?;
-                tx.commit().await?;
-                rows
-            }
+            // Without SKIP LOCKED the writer is the lock: a job of its batches.
+            Dialect::Sqlite => match self.db.writer() {
+                Some(writer) => {
+                    writer
+                        .run(move |w: &mut crate::WriteConn<'_>| {
+                            w.fetch_all(&sql, &params, &CLAIM_TYPES)
+                        })
+                        .await?
+                }
+                None => {
+                    let mut tx = self.db.begin_write().await?;
+                    let rows = tx.raw().fetch_all(&sql, &params, &CLAIM_TYPES).await?;
+                    tx.commit().await?;
+                    rows
+                }
+            },
             _ => self.db.fetch_all(&sql, &params, &CLAIM_TYPES).await?,
         };
         Ok(rows.into_iter().next().map(|row| {
@@ -824,6 +845,25 @@ impl Store {
     /// Records `c` in a transaction of its own; false (and nothing changed) when the execution
     /// was no longer running or its instance no longer running.
     pub async fn wf_complete(&self, c: &Completion) -> Result<bool> {
+        if let Some(writer) = self.db.writer() {
+            // SQLite: one job of the batching writer, sharing a commit with the others queued.
+            let statements = self.wf_completion_statements(c);
+            let done = writer
+                .run(move |w: &mut crate::WriteConn<'_>| {
+                    for (sql, params, one) in &statements {
+                        if w.execute(sql, params)? != 1 && *one {
+                            return Err(Gone::Gone);
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            return match done {
+                Ok(()) => Ok(true),
+                Err(Gone::Gone) => Ok(false),
+                Err(Gone::Store(e)) => Err(e),
+            };
+        }
         let mut tx = self.db.begin_write().await?;
         if !self.wf_run_completion(&mut tx, c).await? {
             return Ok(false);

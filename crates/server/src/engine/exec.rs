@@ -159,6 +159,11 @@ impl<'d> Lazy<'d> {
         }
     }
 
+    /// Whether any statement ran (a transaction or a connection was taken).
+    pub fn began(&self) -> bool {
+        self.tx.is_some() || self.conn.is_some()
+    }
+
     pub async fn commit(self) -> store::Result<()> {
         match self.tx {
             Some(tx) => tx.commit().await,

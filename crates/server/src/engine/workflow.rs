@@ -25,6 +25,11 @@ impl ScriptTx<'_> {
         Exec::execute(&mut self.tx, sql, params).await
     }
 
+    /// Whether the script ran any statement: if not, there is nothing of its own to commit.
+    pub fn began(&self) -> bool {
+        self.tx.began()
+    }
+
     pub async fn commit(self) -> store::Result<()> {
         self.tx.commit().await?;
         if self.started {

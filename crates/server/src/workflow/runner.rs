@@ -364,6 +364,15 @@ async fn run_script_node(
     };
     let mut done = done;
     let chained = chain_claim(wf, c, &mut done);
+    if !tx.began() {
+        // Nothing of the script's own: the completion alone (on SQLite, batched with others).
+        drop(tx);
+        if !wf.store.wf_complete(&done).await? {
+            return Ok(None);
+        }
+        *next = chained;
+        return Ok(Some(true));
+    }
     // The node's own writes, its vars and the next node: one commit (or none at all).
     for (sql, params, exactly_one) in wf.store.wf_completion_statements(&done) {
         let n = tx.execute(&sql, &params).await?;
