@@ -10,6 +10,10 @@ root="$(cd "$here/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cloudio-target}"
 source "$root/scripts/services.sh"
 ensure_postgres >&2
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "[workflow] installing wrk from Debian" >&2
+    _apt_install wrk
+fi
 echo "[workflow] building the release binary (cargo build --release -p cli)" >&2
 (cd "$root" && cargo build --release -p cli) >&2
 exec python3 "$here/workflow.py" --bin "$CARGO_TARGET_DIR/release/cloudio" \
