@@ -36,6 +36,7 @@ use store::Store;
 pub use catalog::{Action, Catalog, CatalogCell, Hook, Hooks, Resolve};
 pub(crate) use chain::json_size;
 pub use error::{Error, Result};
+pub use exec::Statement;
 pub use workflow::ScriptTx;
 
 use crate::auth::password::Hasher;
@@ -90,6 +91,8 @@ pub struct Answer {
     pub data: Map<String, Json>,
     /// Users whose sessions or roles the request changed (their cached tokens must go).
     pub touched: Vec<(String, String)>,
+    /// Every statement the request ran, in order, when it was traced.
+    pub statements: Option<Vec<Statement>>,
 }
 
 /// The engine; clones share it.
@@ -194,7 +197,12 @@ impl Engine {
     /// A `/v1/api` body: every alias planned (so a bad alias fails before any SQL), then posts in
     /// order and queries after them, in one transaction, hooks included.
     pub async fn api(&self, who: &Principal, body: &Map<String, Json>) -> Result<Answer> {
-        chain::run_request(self, who, body).await
+        chain::run_request(self, who, body, false).await
+    }
+
+    /// [`Engine::api`], recording every statement it runs (the developer's SQL echo).
+    pub async fn api_traced(&self, who: &Principal, body: &Map<String, Json>) -> Result<Answer> {
+        chain::run_request(self, who, body, true).await
     }
 
     /// Calls an app's cloud function with one argument, in a transaction of its own.
@@ -206,7 +214,23 @@ impl Engine {
         function: &str,
         arg: Json,
     ) -> Result<Json> {
-        chain::run_function(self, who, app, module, function, arg).await
+        chain::run_function(self, who, app, module, function, arg, false)
+            .await
+            .map(|(out, _)| out)
+    }
+
+    /// [`Engine::call_function`], also returning every statement its `db` calls ran.
+    pub async fn call_function_traced(
+        &self,
+        who: &Principal,
+        app: &str,
+        module: &str,
+        function: &str,
+        arg: Json,
+    ) -> Result<(Json, Vec<Statement>)> {
+        chain::run_function(self, who, app, module, function, arg, true)
+            .await
+            .map(|(out, log)| (out, log.unwrap_or_default()))
     }
 }
 
