@@ -15,7 +15,8 @@ use crate::state::AppState;
 #[utoipa::path(post, path = "/v1/api", tag = "data",
     summary = "Query and post datasources",
     description = "Aliases map to `{ds, query}` (a query) or `{ds, data: [rows]}` (a post: `_rs` I/U/D). Posts run first, in one transaction; queries after them. `?debug=sql` (role `developer` of app `cloudio`) adds every statement run with its binds.",
-    request_body = crate::api::openapi::ApiRequest,
+    request_body(content = crate::api::openapi::ApiRequest, content_type = "application/json",
+        example = json!({"E": {"ds": "Employees", "query": {"filter": [{"name": {"like": "ab"}}, {"salary": {"gte": 50000}}], "sort": {"name": 1}, "limit": 3, "count": true}}})),
     params(("debug" = Option<String>, Query, description = "`sql`: echo the statements run (developers only)")),
     security(("jwt" = [], "csrf" = [])),
     responses(

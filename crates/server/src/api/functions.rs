@@ -14,7 +14,7 @@ use crate::state::AppState;
     description = "The JSON body is the function's one argument (empty: `null`). `?debug=sql` as for `/v1/api`.",
     request_body(content = Option<Object>, content_type = "application/json"),
     params(
-        ("app" = String, Path, description = "The appUid"),
+        ("app" = String, Path, description = "The appUid", example = "demo"),
         ("path" = String, Path, description = "`<moduleUri>/<functionName>`; the module may contain `/`"),
         ("debug" = Option<String>, Query, description = "`sql`: echo the statements run (developers only)")),
     security(("jwt" = [], "csrf" = [])),

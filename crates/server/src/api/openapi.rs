@@ -420,7 +420,7 @@ pub async fn get_openapi() -> Response {
 #[utoipa::path(get, path = "/v1/apps/{app}/openapi.json", tag = "data",
     summary = "One app's datasources as the caller may use them",
     description = "OpenAPI 3.1: per datasource the caller's roles grant an action on, a row schema (attributes and their types), a filter schema (per attribute, the operators its type's family accepts) and a query schema; `x-cloudio` carries the actions, key and lock attribute. 404 when the caller may use nothing of the app (or it does not exist).",
-    params(("app" = String, Path, description = "The appUid")),
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
     security(("jwt" = [], "csrf" = [])),
     responses(
         (status = 200, description = "The app's document", content_type = "application/json", body = Object),

@@ -31,7 +31,7 @@ fn require_role(authed: &Authed) -> ApiResult<()> {
 /// `GET /v1/apps/<appUid>/patch`: the app directory as a zip.
 #[utoipa::path(get, path = "/v1/apps/{app}/patch", tag = "patches",
     summary = "Export an app as a zip",
-    params(("app" = String, Path, description = "The appUid")),
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
     security(("jwt" = [], "csrf" = [])),
     responses(
         (status = 200, description = "The app directory zipped", content_type = "application/zip", body = crate::api::openapi::Zip),
@@ -64,7 +64,7 @@ pub async fn get_patch(
 #[utoipa::path(post, path = "/v1/apps/{app}/patch/verify", tag = "patches",
     summary = "What a patch would change; changes nothing",
     request_body(content = crate::api::openapi::Zip, content_type = "application/zip"),
-    params(("app" = String, Path, description = "The appUid")),
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
     security(("jwt" = [], "csrf" = [])),
     responses(
         (status = 200, description = "The report", body = crate::api::openapi::PatchReport),
@@ -85,7 +85,7 @@ pub async fn post_patch_verify(
 #[utoipa::path(post, path = "/v1/apps/{app}/patch", tag = "patches",
     summary = "Apply a patch",
     request_body(content = crate::api::openapi::Zip, content_type = "application/zip"),
-    params(("app" = String, Path, description = "The appUid")),
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
     security(("jwt" = [], "csrf" = [])),
     responses(
         (status = 200, description = "The report", body = crate::api::openapi::PatchReport),

@@ -42,10 +42,12 @@ pub async fn get_status(State(state): State<AppState>) -> impl IntoResponse {
     security(()),
     responses((status = 200, description = "The metrics", content_type = "text/plain", body = String)))]
 pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut text = state.metrics.render(
-        state.store.db.pool_stats(),
-        state.started.elapsed().as_secs_f64(),
-    );
+    let mut text = state.metrics.render(&crate::metrics::Figures {
+        pool: state.store.db.pool_stats(),
+        pool_max: state.config.max_connections,
+        writer: state.engine.writer_stats(),
+        uptime: state.started.elapsed().as_secs_f64(),
+    });
     text.push_str(&crate::metrics::render_scripts(
         &state.engine.scripts.stats(),
     ));

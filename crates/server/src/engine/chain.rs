@@ -75,10 +75,10 @@ pub(crate) async fn run_request(
                 Work::Query { .. } => 0,
             })
             .sum();
-        let (engine, who) = (engine.clone(), who.clone());
+        let (job_engine, job_who) = (engine.clone(), who.clone());
         let traced = trace.as_ref().map(|t| t.redact_all);
         let job = move |w: &mut WriteConn<'_>| {
-            let mut ctx = Ctx::new(&engine, &who);
+            let mut ctx = Ctx::new(&job_engine, &job_who);
             // A job may run twice (its batch failed to commit): a fresh trace each time.
             let mut trace = traced.map(|redact_all| Trace {
                 log: Vec::new(),
@@ -87,11 +87,21 @@ pub(crate) async fn run_request(
             let results = exec::finish_now(run_traced(w, &mut ctx, &plan, &mut trace))?;
             Ok::<_, Error>((results, trace))
         };
-        let (results, traced) = if rows <= 1 {
-            writer.run(job).await?
+        let started = Instant::now();
+        let queued = crate::metrics::InFlight::enter(&engine.writer.queued);
+        let answer = if rows <= 1 {
+            writer.run(job).await
         } else {
-            writer.run_alone(job).await?
+            writer.run_alone(job).await
         };
+        drop(queued);
+        let w = &engine.writer;
+        w.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        w.micros.fetch_add(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let (results, traced) = answer?;
         trace = traced;
         results
     } else if writes && !hooks && matches!(plan.as_slice(), [a] if post_rows(a) == 1) {

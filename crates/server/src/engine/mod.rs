@@ -95,6 +95,25 @@ pub struct Answer {
     pub statements: Option<Vec<Statement>>,
 }
 
+/// Counters of SQLite's writer thread as the engine uses it, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    pub queued: std::sync::atomic::AtomicU64,
+    pub jobs: std::sync::atomic::AtomicU64,
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`WriterCounters`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterStats {
+    /// Requests queued on or running in the writer now.
+    pub queued: u64,
+    /// Requests the writer answered.
+    pub jobs: u64,
+    /// Their time from queueing to answer, in microseconds.
+    pub micros: u64,
+}
+
 /// The engine; clones share it.
 #[derive(Clone)]
 pub struct Engine(Arc<Inner>);
@@ -107,6 +126,7 @@ pub struct Inner {
     pub settings: Settings,
     http: reqwest::Client,
     users: std::sync::Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+    pub writer: WriterCounters,
 }
 
 /// One of a user's in-flight slots; dropping it gives it back (and forgets the user when
@@ -153,6 +173,7 @@ impl Engine {
             settings,
             http,
             users: Default::default(),
+            writer: WriterCounters::default(),
         }))
     }
 
@@ -174,6 +195,16 @@ impl Engine {
             engine: self,
             key,
             permit,
+        }
+    }
+
+    /// The writer's figures now.
+    pub fn writer_stats(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriterStats {
+            queued: self.writer.queued.load(Relaxed),
+            jobs: self.writer.jobs.load(Relaxed),
+            micros: self.writer.micros.load(Relaxed),
         }
     }
 
