@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -168,7 +169,8 @@ run = subprocess.run(
      "--generation-with-security-parameters", "false",
      "--generation-deterministic",
      "--no-color"],
-    env=env, capture_output=True, text=True, timeout=300)
+    # Its example cache lands in the working directory: a temporary one.
+    env=env, capture_output=True, text=True, timeout=300, cwd=tempfile.mkdtemp(prefix="cloudio-st-"))
 print(run.stdout[-3000:])
 if run.returncode != 0:
     print(run.stderr[-3000:], file=sys.stderr)
