@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::helpers::*;
+use crate::on_both;
 
 const BROWSER_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
