@@ -6,6 +6,12 @@
 #   127.0.0.1:5432 if one answers, else a temporary cluster (initdb + pg_ctl) in a temp dir on
 #   a free port, stopped when the calling shell exits. Installs PostgreSQL from Debian if absent.
 # ensure_node: installs Node.js from Debian if `node` is missing.
+# ensure_chromium: installs Debian's `chromium` if missing; exports CHROMIUM (its path).
+# ensure_browser_deps: `npm ci` in tests/browser (playwright-core, which drives that chromium;
+#   it downloads no browser of its own) when its node_modules is missing or older than the lock.
+# ensure_pytools: a virtual environment (default ~/.cache/cloudio-venv, or $CLOUDIO_VENV) with
+#   openapi-spec-validator, prometheus_client and schemathesis from PyPI, pinned in
+#   tests/python/requirements.txt; exports CLOUDIO_TEST_PYTHON (its python).
 
 _cloudio_cleanup=()
 _cloudio_on_exit() {
@@ -74,4 +80,38 @@ ensure_node() {
         echo "services: installing Node.js from Debian"
         _apt_install nodejs
     fi
+}
+
+ensure_chromium() {
+    local bin
+    bin=$(command -v chromium || true)
+    if [ -z "$bin" ]; then
+        echo "services: installing Chromium from Debian"
+        _apt_install chromium
+        bin=$(command -v chromium)
+    fi
+    export CHROMIUM="$bin"
+}
+
+ensure_browser_deps() {
+    local dir=tests/browser
+    if [ ! -d "$dir/node_modules/playwright-core" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        echo "services: installing $dir's npm packages"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+}
+
+ensure_pytools() {
+    local venv="${CLOUDIO_VENV:-$HOME/.cache/cloudio-venv}"
+    local req=tests/python/requirements.txt
+    if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        command -v python3 >/dev/null 2>&1 || _apt_install python3
+        python3 -m venv "$venv" 2>/dev/null || { _apt_install python3-venv && python3 -m venv "$venv"; }
+    fi
+    if ! cmp -s "$req" "$venv/.cloudio-requirements"; then
+        echo "services: installing $req into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >/dev/null
+        cp "$req" "$venv/.cloudio-requirements"
+    fi
+    export CLOUDIO_TEST_PYTHON="$venv/bin/python"
 }

@@ -31,7 +31,9 @@ pub mod write;
 pub use compile::{CompileOptions, Compiled, OutputColumn, Statement, compile_select};
 pub use definition::{AttributeDef, DatasourceDef};
 pub use error::QueryError;
-pub use meta::{AttrType, Attribute, Datasource, DefaultFilter, Dialect, KeyGeneration, SortDir};
+pub use meta::{
+    AttrType, Attribute, Datasource, DefaultFilter, Dialect, Family, KeyGeneration, SortDir,
+};
 pub use parse::{AggFn, Aggregate, Filter, Op, Query, parse_query};
 pub use value::Value;
 pub use write::{

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::parse::Op;
+
 /// The SQL dialect a statement is rendered for. A value, passed around; never a `cfg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,7 +67,57 @@ pub enum Family {
     Json,
 }
 
+impl Family {
+    /// The family's name in documents (`string`, `number`, `date`, `boolean`, `json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::String => "string",
+            Family::Number => "number",
+            Family::Date => "date",
+            Family::Boolean => "boolean",
+            Family::Json => "json",
+        }
+    }
+
+    /// The filter operators an attribute of this family accepts, in the order the
+    /// documentation lists them. The compiler's own table (`filter.rs`) is the authority; a
+    /// test compiles every operator against every family and checks the two agree.
+    pub fn operators(self) -> &'static [Op] {
+        use Op::*;
+        match self {
+            Family::String => &[
+                Is, Not, Empty, NotEmpty, Like, Nct, Sw, Ew, In, Nin, HasAll, HasAny, NotAny,
+            ],
+            Family::Number => &[Eq, Ne, Null, NotNull, Gt, Gte, Lt, Lte, In, Nin, Bn],
+            Family::Date => &[
+                On, NotOn, Before, After, OnOrBefore, Bn, Null, NotNull, Today, LastNDays,
+                NextNDays,
+            ],
+            Family::Boolean => &[Eq, Ne, Null, NotNull],
+            Family::Json => &[Null, NotNull],
+        }
+    }
+}
+
 impl AttrType {
+    /// Every type, in the order of the specification's table.
+    pub const ALL: [AttrType; 14] = [
+        AttrType::String,
+        AttrType::Email,
+        AttrType::Phone,
+        AttrType::Url,
+        AttrType::UserId,
+        AttrType::Yn,
+        AttrType::Integer,
+        AttrType::Decimal,
+        AttrType::Double,
+        AttrType::Percent,
+        AttrType::Date,
+        AttrType::DateTime,
+        AttrType::Boolean,
+        AttrType::Json,
+    ];
+
     pub fn family(self) -> Family {
         use AttrType::*;
         match self {

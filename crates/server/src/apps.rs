@@ -195,6 +195,10 @@ impl AppSource {
             ),
             ("roles.json", include_str!("../../../apps/demo/roles.json")),
             (
+                "functions/stats.js",
+                include_str!("../../../apps/demo/functions/stats.js"),
+            ),
+            (
                 "workflows/hire.json",
                 include_str!("../../../apps/demo/workflows/hire.json"),
             ),

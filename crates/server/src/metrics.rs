@@ -17,80 +17,195 @@ const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
+/// Latency and status counts of one route and method.
+#[derive(Default)]
+struct RouteStats {
+    by_status: BTreeMap<u16, u64>,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
+}
+
+/// What `/v1/auth` answered, by status: the login outcomes.
+const LOGIN_OUTCOMES: [(&str, u16); 4] = [
+    ("ok", 200),
+    ("denied", 403),
+    ("throttled", 429),
+    ("invalid", 400),
+];
+
 #[derive(Default)]
 pub struct Metrics {
-    /// (method, route, status) -> count
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// route -> method -> figures. Nested so a request looks its entry up without allocating.
+    routes: Mutex<BTreeMap<String, BTreeMap<String, RouteStats>>>,
+    /// Requests inside the server now (handled, or waiting for an in-flight slot).
+    in_flight: AtomicU64,
     /// The accept loop's counters (open, refused, timed out).
     pub conns: Arc<ConnStats>,
     /// Requests whose body did not arrive within `body_read_timeout_secs`.
     pub body_timeouts: AtomicU64,
 }
 
+/// Figures of the store and engine that `/metrics` reports beside the HTTP ones.
+pub struct Figures {
+    /// `(open, idle)` pool connections.
+    pub pool: (u32, usize),
+    pub pool_max: u32,
+    pub writer: crate::engine::WriterStats,
+    pub uptime: f64,
+}
+
 impl Metrics {
     fn observe(&self, method: &str, route: &str, status: u16, secs: f64) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((method.to_string(), route.to_string(), status))
-                .or_default() += 1;
+        let Ok(mut routes) = self.routes.lock() else {
+            return;
+        };
+        if !routes.contains_key(route) {
+            routes.insert(route.to_string(), BTreeMap::new());
         }
+        let Some(methods) = routes.get_mut(route) else {
+            return;
+        };
+        if !methods.contains_key(method) {
+            methods.insert(method.to_string(), RouteStats::default());
+        }
+        let Some(r) = methods.get_mut(method) else {
+            return;
+        };
+        *r.by_status.entry(status).or_default() += 1;
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+                r.buckets[i] += 1;
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        r.count += 1;
+        r.sum_micros += (secs * 1e6) as u64;
     }
 
-    pub fn render(&self, pool: (u32, usize), uptime: f64) -> String {
+    pub fn render(&self, f: &Figures) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# HELP cloudio_http_requests_total HTTP requests by route and status."
+            "# HELP cloudio_http_requests_total HTTP requests by route template, method and status."
         );
         let _ = writeln!(out, "# TYPE cloudio_http_requests_total counter");
-        if let Ok(m) = self.requests.lock() {
-            for ((method, route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "cloudio_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
-                );
+        let mut logins = [0u64; LOGIN_OUTCOMES.len()];
+        if let Ok(routes) = self.routes.lock() {
+            for (route, methods) in routes.iter() {
+                for (method, r) in methods {
+                    for (status, n) in &r.by_status {
+                        let _ = writeln!(
+                            out,
+                            "cloudio_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+                        );
+                        if route == "/v1/auth" && method == "POST" {
+                            for (i, (_, s)) in LOGIN_OUTCOMES.iter().enumerate() {
+                                if s == status {
+                                    logins[i] += n;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP cloudio_http_request_duration_seconds Request latency by route template and method, from the head read to the answer."
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE cloudio_http_request_duration_seconds histogram"
+            );
+            for (route, methods) in routes.iter() {
+                for (method, r) in methods {
+                    let labels = format!("method=\"{method}\",route=\"{route}\"");
+                    for (i, b) in BUCKETS.iter().enumerate() {
+                        let _ = writeln!(
+                            out,
+                            "cloudio_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
+                            r.buckets[i]
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "cloudio_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                        r.count
+                    );
+                    let _ = writeln!(
+                        out,
+                        "cloudio_http_request_duration_seconds_sum{{{labels}}} {}",
+                        r.sum_micros as f64 / 1e6
+                    );
+                    let _ = writeln!(
+                        out,
+                        "cloudio_http_request_duration_seconds_count{{{labels}}} {}",
+                        r.count
+                    );
+                }
             }
         }
         let _ = writeln!(
             out,
-            "# HELP cloudio_http_request_duration_seconds Request latency."
+            "# HELP cloudio_http_requests_in_flight Requests inside the server now, handled or waiting for a slot."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_http_requests_in_flight gauge");
+        let _ = writeln!(
+            out,
+            "cloudio_http_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# TYPE cloudio_http_request_duration_seconds histogram"
+            "# HELP cloudio_logins_total Logins (POST /v1/auth) by outcome: ok, denied (wrong or unknown credentials), throttled (brute-force limit), invalid (malformed header or body)."
         );
-        for (i, b) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(out, "# TYPE cloudio_logins_total counter");
+        for (i, (outcome, _)) in LOGIN_OUTCOMES.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "cloudio_http_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
-                self.buckets[i].load(Ordering::Relaxed)
+                "cloudio_logins_total{{outcome=\"{outcome}\"}} {}",
+                logins[i]
             );
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let (pool, idle) = f.pool;
         let _ = writeln!(
             out,
-            "cloudio_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "# HELP cloudio_db_pool_connections Database pool connections open (in use and idle)."
         );
-        let _ = writeln!(
-            out,
-            "cloudio_http_request_duration_seconds_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "cloudio_http_request_duration_seconds_count {count}");
         let _ = writeln!(out, "# TYPE cloudio_db_pool_connections gauge");
-        let _ = writeln!(out, "cloudio_db_pool_connections {}", pool.0);
+        let _ = writeln!(out, "cloudio_db_pool_connections {pool}");
         let _ = writeln!(out, "# TYPE cloudio_db_pool_idle_connections gauge");
-        let _ = writeln!(out, "cloudio_db_pool_idle_connections {}", pool.1);
+        let _ = writeln!(out, "cloudio_db_pool_idle_connections {idle}");
+        let _ = writeln!(out, "# TYPE cloudio_db_pool_in_use_connections gauge");
+        let _ = writeln!(
+            out,
+            "cloudio_db_pool_in_use_connections {}",
+            (pool as usize).saturating_sub(idle)
+        );
+        let _ = writeln!(out, "# TYPE cloudio_db_pool_max_connections gauge");
+        let _ = writeln!(out, "cloudio_db_pool_max_connections {}", f.pool_max);
+        let w = &f.writer;
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_sqlite_writer_queue Requests queued on or running in SQLite's writer thread now (0 on PostgreSQL)."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_sqlite_writer_queue gauge");
+        let _ = writeln!(out, "cloudio_sqlite_writer_queue {}", w.queued);
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_sqlite_writer_jobs_total Requests answered by SQLite's writer thread."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_sqlite_writer_jobs_total counter");
+        let _ = writeln!(out, "cloudio_sqlite_writer_jobs_total {}", w.jobs);
+        let _ = writeln!(
+            out,
+            "# HELP cloudio_sqlite_writer_seconds_total Time those requests spent from queueing to their commit."
+        );
+        let _ = writeln!(out, "# TYPE cloudio_sqlite_writer_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "cloudio_sqlite_writer_seconds_total {:.6}",
+            w.micros as f64 / 1e6
+        );
         let c = &self.conns;
         let _ = writeln!(
             out,
@@ -155,7 +270,7 @@ impl Metrics {
             c.accept_errors.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "# TYPE cloudio_uptime_seconds gauge");
-        let _ = writeln!(out, "cloudio_uptime_seconds {uptime:.3}");
+        let _ = writeln!(out, "cloudio_uptime_seconds {:.3}", f.uptime);
         out
     }
 }
@@ -199,7 +314,9 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let in_flight = InFlight::enter(&state.metrics.in_flight);
     let resp = next.run(req).await;
+    drop(in_flight);
     state.metrics.observe(
         &method,
         &route,
@@ -207,4 +324,21 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
         start.elapsed().as_secs_f64(),
     );
     resp
+}
+
+/// One request counted in a gauge while it lasts, also when its future is dropped (the client
+/// hung up).
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    pub fn enter(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

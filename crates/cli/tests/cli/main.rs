@@ -8,6 +8,7 @@ mod admin;
 mod config;
 mod crash;
 mod patches;
+mod playground;
 mod seed_sample;
 mod serve;
 mod workflows;

@@ -20,7 +20,7 @@ use crate::auth::jwt::Claims;
 use crate::error::{ApiError, ApiResult, LOGIN_DENIED};
 use crate::state::AppState;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthRequest {
     org_uid: Option<String>,
@@ -73,6 +73,17 @@ fn failure_keys(org: &str, user: &str, addr: &SocketAddr) -> [String; 2] {
     ]
 }
 
+#[utoipa::path(post, path = "/v1/auth", tag = "auth",
+    summary = "Log in",
+    description = "Header `Authorization: Token <base64(userName:password)>`. Body `{}`, empty, or `{\"orgUid\": ...}`. Every refusal is the same 403; 10 failures per user or address in 5 minutes: 429 with `Retry-After`.",
+    request_body(content = Option<AuthRequest>, content_type = "application/json"),
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "A new session", body = crate::api::openapi::SessionBody),
+        (status = 400, description = "A malformed `Authorization` header or body", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Access Denied - Invalid username and/or password!`", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Too many failed logins", body = crate::api::openapi::ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds")))))]
 pub async fn post_auth(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -198,6 +209,10 @@ async fn log_in(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/logout", tag = "auth",
+    summary = "End the session",
+    security(("jwt" = [], "csrf" = [])),
+    responses((status = 200, description = "The session is over", body = crate::api::openapi::OkBody)))]
 pub async fn post_logout(
     State(state): State<AppState>,
     authed: Authed,
@@ -208,6 +223,10 @@ pub async fn post_logout(
 }
 
 /// Answers from the guard's view of the session: no database round trip on a cached token.
+#[utoipa::path(get, path = "/v1/session", tag = "auth",
+    summary = "The session, with the user's roles",
+    security(("jwt" = [], "csrf" = [])),
+    responses((status = 200, description = "The login answer without `jwt`, with `roles`", body = crate::api::openapi::SessionBody)))]
 pub async fn get_session(authed: Authed) -> ApiResult<Json<AuthResponse>> {
     let mut roles: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (app, role) in authed.roles.iter() {

@@ -29,6 +29,14 @@ fn require_role(authed: &Authed) -> ApiResult<()> {
 }
 
 /// `GET /v1/apps/<appUid>/patch`: the app directory as a zip.
+#[utoipa::path(get, path = "/v1/apps/{app}/patch", tag = "patches",
+    summary = "Export an app as a zip",
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
+    security(("jwt" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "The app directory zipped", content_type = "application/zip", body = crate::api::openapi::Zip),
+        (status = 403, description = "Not a `patch_administrator`", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such app", body = crate::api::openapi::ErrorBody)))]
 pub async fn get_patch(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -53,6 +61,15 @@ pub async fn get_patch(
 
 /// `POST /v1/apps/<appUid>/patch/verify`: what the zip in the body would change; changes
 /// nothing.
+#[utoipa::path(post, path = "/v1/apps/{app}/patch/verify", tag = "patches",
+    summary = "What a patch would change; changes nothing",
+    request_body(content = crate::api::openapi::Zip, content_type = "application/zip"),
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
+    security(("jwt" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "The report", body = crate::api::openapi::PatchReport),
+        (status = 400, description = "Not a usable zip; (apply) the problems, nothing changed", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Not a `patch_administrator`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_patch_verify(
     State(state): State<AppState>,
     Path(app): Path<String>,
@@ -65,6 +82,15 @@ pub async fn post_patch_verify(
 
 /// `POST /v1/apps/<appUid>/patch`: applies the zip in the body, or changes nothing and answers
 /// 400 with every problem.
+#[utoipa::path(post, path = "/v1/apps/{app}/patch", tag = "patches",
+    summary = "Apply a patch",
+    request_body(content = crate::api::openapi::Zip, content_type = "application/zip"),
+    params(("app" = String, Path, description = "The appUid", example = "demo")),
+    security(("jwt" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "The report", body = crate::api::openapi::PatchReport),
+        (status = 400, description = "Not a usable zip; (apply) the problems, nothing changed", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Not a `patch_administrator`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_patch(
     State(state): State<AppState>,
     Path(app): Path<String>,

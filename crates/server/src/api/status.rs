@@ -10,6 +10,12 @@ use serde_json::json;
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/v1/status", tag = "status",
+    summary = "Health",
+    security(()),
+    responses(
+        (status = 200, description = "Up", body = crate::api::openapi::StatusBody),
+        (status = 503, description = "The database is unreachable", body = crate::api::openapi::StatusBody)))]
 pub async fn get_status(State(state): State<AppState>) -> impl IntoResponse {
     let db_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), state.store.db.ping()).await,
@@ -30,11 +36,18 @@ pub async fn get_status(State(state): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    summary = "Prometheus metrics",
+    description = "Text format 0.0.4: requests by route and status, latency histograms per route, database pool, SQLite writer queue, logins, script executions, workflow queue depth.",
+    security(()),
+    responses((status = 200, description = "The metrics", content_type = "text/plain", body = String)))]
 pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut text = state.metrics.render(
-        state.store.db.pool_stats(),
-        state.started.elapsed().as_secs_f64(),
-    );
+    let mut text = state.metrics.render(&crate::metrics::Figures {
+        pool: state.store.db.pool_stats(),
+        pool_max: state.config.max_connections,
+        writer: state.engine.writer_stats(),
+        uptime: state.started.elapsed().as_secs_f64(),
+    });
     text.push_str(&crate::metrics::render_scripts(
         &state.engine.scripts.stats(),
     ));

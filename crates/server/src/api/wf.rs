@@ -17,9 +17,9 @@ use crate::workflow::now_micros;
 /// The largest value a callback may store (spec: 1 MiB).
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct StartBody {
+pub(crate) struct StartBody {
     app_uid: String,
     wf_uid: String,
     #[serde(default)]
@@ -28,9 +28,9 @@ struct StartBody {
     idempotency_key: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct InstanceBody {
+pub(crate) struct InstanceBody {
     wf_inst_uid: String,
 }
 
@@ -41,6 +41,14 @@ fn denied(app: &str, wf: &str) -> ApiError {
 }
 
 /// `POST /v1/wf/start`: `{"appUid", "wfUid", "input", "idempotencyKey"?}`.
+#[utoipa::path(post, path = "/v1/wf/start", tag = "workflows",
+    summary = "Start a workflow instance",
+    request_body = StartBody,
+    security(("jwt" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "`{status, wfInstUid, version}`", body = crate::api::openapi::StartedBody),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "No role grants `start` (or no such workflow)", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_start(
     State(state): State<AppState>,
     authed: Authed,
@@ -101,6 +109,15 @@ fn time(micros: Option<i64>) -> Json {
 }
 
 /// `POST /v1/wf/instance`: `{"wfInstUid"}` -> the instance with its executions.
+#[utoipa::path(post, path = "/v1/wf/instance", tag = "workflows",
+    summary = "An instance and its executions",
+    request_body = InstanceBody,
+    security(("jwt" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::InstanceAnswer),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "No role grants it", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such instance", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_instance(
     State(state): State<AppState>,
     authed: Authed,
@@ -149,6 +166,15 @@ pub async fn post_instance(
 
 /// `POST /v1/wf/cancel`: `{"wfInstUid"}`; a running instance becomes `cancelled` (one that
 /// already ended is left as it is, and the answer is the same).
+#[utoipa::path(post, path = "/v1/wf/cancel", tag = "workflows",
+    summary = "Cancel an instance",
+    request_body = InstanceBody,
+    security(("jwt" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::OkBody),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "No role grants it", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such instance", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_cancel(
     State(state): State<AppState>,
     authed: Authed,
@@ -236,22 +262,69 @@ async fn callback(state: AppState, body: Bytes, scope: Scope, op: Op) -> ApiResu
     })
 }
 
+#[utoipa::path(post, path = "/v1/wf/put", tag = "workflows",
+    summary = "Task callback `put`",
+    description = "Called by a running task with its token (no session).",
+    request_body = crate::api::openapi::CallbackBody,
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::ValueBody),
+        (status = 400, description = "Invalid body (or a non-integer counter)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "A value over 1 MiB", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Invalid token`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
     callback(state, body, Scope::Workflow, Op::Put).await
 }
 
+#[utoipa::path(post, path = "/v1/wf/get", tag = "workflows",
+    summary = "Task callback `get`",
+    description = "Called by a running task with its token (no session).",
+    request_body = crate::api::openapi::CallbackBody,
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::ValueBody),
+        (status = 400, description = "Invalid body (or a non-integer counter)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Invalid token`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_get(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
     callback(state, body, Scope::Workflow, Op::Get).await
 }
 
+#[utoipa::path(post, path = "/v1/wf/instancePut", tag = "workflows",
+    summary = "Task callback `instancePut`",
+    description = "Called by a running task with its token (no session).",
+    request_body = crate::api::openapi::CallbackBody,
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::ValueBody),
+        (status = 400, description = "Invalid body (or a non-integer counter)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "A value over 1 MiB", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Invalid token`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_instance_put(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
     callback(state, body, Scope::Instance, Op::Put).await
 }
 
+#[utoipa::path(post, path = "/v1/wf/instanceGet", tag = "workflows",
+    summary = "Task callback `instanceGet`",
+    description = "Called by a running task with its token (no session).",
+    request_body = crate::api::openapi::CallbackBody,
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::ValueBody),
+        (status = 400, description = "Invalid body (or a non-integer counter)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Invalid token`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_instance_get(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
     callback(state, body, Scope::Instance, Op::Get).await
 }
 
+#[utoipa::path(post, path = "/v1/wf/incrementAndGet", tag = "workflows",
+    summary = "Task callback `incrementAndGet`",
+    description = "Called by a running task with its token (no session).",
+    request_body = crate::api::openapi::CallbackBody,
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::ValueBody),
+        (status = 400, description = "Invalid body (or a non-integer counter)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Invalid token`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_increment_and_get(
     State(state): State<AppState>,
     body: Bytes,
@@ -259,6 +332,15 @@ pub async fn post_increment_and_get(
     callback(state, body, Scope::Workflow, Op::Increment).await
 }
 
+#[utoipa::path(post, path = "/v1/wf/instanceIncrementAndGet", tag = "workflows",
+    summary = "Task callback `instanceIncrementAndGet`",
+    description = "Called by a running task with its token (no session).",
+    request_body = crate::api::openapi::CallbackBody,
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = crate::api::openapi::ValueBody),
+        (status = 400, description = "Invalid body (or a non-integer counter)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "`Invalid token`", body = crate::api::openapi::ErrorBody)))]
 pub async fn post_instance_increment_and_get(
     State(state): State<AppState>,
     body: Bytes,

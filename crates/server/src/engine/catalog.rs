@@ -358,6 +358,47 @@ impl Catalog {
         })
     }
 
+    /// Every datasource some of `roles` grants an action on, with the actions granted, ordered
+    /// by app and name.
+    pub fn usable(&self, roles: &[(String, String)]) -> Vec<(Arc<Datasource>, Vec<Action>)> {
+        let mut out: Vec<(Arc<Datasource>, Vec<Action>)> = self
+            .datasources
+            .iter()
+            .filter_map(|((app, name), ds)| {
+                let actions: Vec<Action> = Action::ALL
+                    .into_iter()
+                    .filter(|a| self.allows(roles, app, name, *a))
+                    .collect();
+                (!actions.is_empty()).then(|| (ds.clone(), actions))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0.app_uid, &a.0.name).cmp(&(&b.0.app_uid, &b.0.name)));
+        out
+    }
+
+    /// Every cloud function some of `roles` may call: `(app, moduleUri, function or "*")`,
+    /// for modules that exist, sorted.
+    pub fn usable_functions(&self, roles: &[(String, String)]) -> Vec<(String, String, String)> {
+        let mut out: Vec<(String, String, String)> = roles
+            .iter()
+            .filter_map(|(app, role)| {
+                let grants = self.functions.get(&(app.clone(), role.clone()))?;
+                let modules = self.modules.get(app)?;
+                Some(
+                    grants
+                        .iter()
+                        .filter(|(m, _)| modules.contains_key(m))
+                        .map(|(m, f)| (app.clone(), m.clone(), f.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .flatten()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Finds datasource `name` for a user holding `roles`: in `app` when given, else in the apps
     /// where the user holds a role.
     pub fn resolve(&self, roles: &[(String, String)], app: Option<&str>, name: &str) -> Resolve {

@@ -19,6 +19,7 @@ pub(crate) async fn run_request(
     engine: &Engine,
     who: &Principal,
     body: &Map<String, Json>,
+    trace: bool,
 ) -> Result<Answer> {
     if body.is_empty() {
         return Err(Error::Invalid(
@@ -49,6 +50,14 @@ pub(crate) async fn run_request(
         )));
     }
     let _turn = engine.user_turn(who).await;
+    // The SQL echo hides every bind of a request that touches write-only attributes.
+    let trace = trace.then(|| Trace {
+        log: Vec::new(),
+        redact_all: plan
+            .iter()
+            .any(|a| a.ds.attributes.iter().any(|x| x.write_only)),
+    });
+    let mut trace = trace;
     let writes = plan.iter().any(AliasPlan::is_post);
     let hooks = plan.iter().any(AliasPlan::has_hooks);
     let store = &engine.store;
@@ -66,38 +75,57 @@ pub(crate) async fn run_request(
                 Work::Query { .. } => 0,
             })
             .sum();
-        let (engine, who) = (engine.clone(), who.clone());
+        let (job_engine, job_who) = (engine.clone(), who.clone());
+        let traced = trace.as_ref().map(|t| t.redact_all);
         let job = move |w: &mut WriteConn<'_>| {
-            let mut ctx = Ctx::new(&engine, &who);
-            exec::finish_now(run_plan(w, &mut ctx, &plan))
+            let mut ctx = Ctx::new(&job_engine, &job_who);
+            // A job may run twice (its batch failed to commit): a fresh trace each time.
+            let mut trace = traced.map(|redact_all| Trace {
+                log: Vec::new(),
+                redact_all,
+            });
+            let results = exec::finish_now(run_traced(w, &mut ctx, &plan, &mut trace))?;
+            Ok::<_, Error>((results, trace))
         };
-        if rows <= 1 {
-            writer.run(job).await?
+        let started = Instant::now();
+        let queued = crate::metrics::InFlight::enter(&engine.writer.queued);
+        let answer = if rows <= 1 {
+            writer.run(job).await
         } else {
-            writer.run_alone(job).await?
-        }
+            writer.run_alone(job).await
+        };
+        drop(queued);
+        let w = &engine.writer;
+        w.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        w.micros.fetch_add(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let (results, traced) = answer?;
+        trace = traced;
+        results
     } else if writes && !hooks && matches!(plan.as_slice(), [a] if post_rows(a) == 1) {
         // One statement is its own transaction: no BEGIN and COMMIT round trips.
         let mut conn = store.db.acquire().await?;
-        run_plan(&mut conn.raw(), &mut ctx, &plan).await?
+        run_traced(&mut conn.raw(), &mut ctx, &plan, &mut trace).await?
     } else if writes {
         // Scripts may write around a post: one transaction for everything, with the write
         // turn taken at once.
         let mut tx = store.db.begin_write().await?;
-        let results = run_plan(&mut tx.raw(), &mut ctx, &plan).await?;
+        let results = run_traced(&mut tx.raw(), &mut ctx, &plan, &mut trace).await?;
         tx.commit().await?;
         ctx.committed();
         results
     } else if hooks {
         // Queries with hooks: a transaction only from a script's first `db` call on.
         let mut exec = exec::Lazy::read_first(&store.db);
-        let results = run_plan(&mut exec, &mut ctx, &plan).await?;
+        let results = run_traced(&mut exec, &mut ctx, &plan, &mut trace).await?;
         exec.commit().await?;
         ctx.committed();
         results
     } else {
         let mut conn = store.db.acquire().await?;
-        run_plan(&mut conn.raw(), &mut ctx, &plan).await?
+        run_traced(&mut conn.raw(), &mut ctx, &plan, &mut trace).await?
     };
     // Answer in the request's alias order.
     let mut results = results;
@@ -111,7 +139,34 @@ pub(crate) async fn run_request(
     Ok(Answer {
         data,
         touched: ctx.touched,
+        statements: trace.map(|t| t.log),
     })
+}
+
+/// The statements of a request, when a developer asked to see them.
+struct Trace {
+    log: Vec<exec::Statement>,
+    redact_all: bool,
+}
+
+/// [`run_plan`], through a [`exec::Traced`] executor when the request is traced.
+async fn run_traced<E: Exec>(
+    exec: &mut E,
+    ctx: &mut Ctx<'_>,
+    plan: &[AliasPlan],
+    trace: &mut Option<Trace>,
+) -> Result<Vec<(String, Json)>> {
+    match trace {
+        Some(t) => {
+            let mut traced = exec::Traced {
+                inner: exec,
+                log: &mut t.log,
+                redact_all: t.redact_all,
+            };
+            run_plan(&mut traced, ctx, plan).await
+        }
+        None => run_plan(exec, ctx, plan).await,
+    }
 }
 
 /// About the size of `v` as JSON text (strings without their escapes), without writing it.
@@ -527,7 +582,8 @@ pub(crate) async fn run_function(
     module: &str,
     function: &str,
     arg: Json,
-) -> Result<Json> {
+    trace: bool,
+) -> Result<(Json, Option<Vec<exec::Statement>>)> {
     let catalog = engine.catalog.get();
     // Grants first: a function the user may not call is a 403 whether or not it exists.
     if !catalog.allows_function(&who.roles, app, module, function) {
@@ -555,8 +611,20 @@ pub(crate) async fn run_function(
         limits: engine.limits(app).1,
     };
     let mut tx = exec::Lazy::new(&engine.store.db);
-    let out = run_script(&mut tx, &mut ctx, execution, None).await?;
+    if !trace {
+        let out = run_script(&mut tx, &mut ctx, execution, None).await?;
+        tx.commit().await?;
+        ctx.committed();
+        return Ok((out, None));
+    }
+    let mut log = Vec::new();
+    let mut traced = exec::Traced {
+        inner: &mut tx,
+        log: &mut log,
+        redact_all: false,
+    };
+    let out = run_script(&mut traced, &mut ctx, execution, None).await?;
     tx.commit().await?;
     ctx.committed();
-    Ok(out)
+    Ok((out, Some(log)))
 }

@@ -7,7 +7,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use query::{
-    AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Statement, Value,
+    AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Value,
     WriteContext, WriteRow, compile_lookup, compile_write, returning_columns,
 };
 use serde_json::{Map, Value as Json};
@@ -104,6 +104,95 @@ impl Exec for WriteConn<'_> {
     }
     fn runs_scripts(&self) -> bool {
         false
+    }
+}
+
+/// One statement as it ran, for a developer's SQL echo (`/v1/api?debug=sql`).
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    /// The bind values in placeholder order, as JSON (secrets replaced, see [`Traced`]).
+    pub binds: Vec<Json>,
+    pub micros: u64,
+    /// Rows returned (queries) or affected (updates); `None` when the statement failed.
+    pub rows: Option<u64>,
+}
+
+/// An executor that records every statement run through it, scripts' `db` calls included, so
+/// the echo shows what really ran (compiled queries, counts, writes, the 404/409 lookup, hook
+/// SQL), not a recompilation of the request.
+pub(crate) struct Traced<'a, E> {
+    pub inner: &'a mut E,
+    pub log: &'a mut Vec<Statement>,
+    /// Every bind hidden: the request touches a datasource with write-only attributes.
+    pub redact_all: bool,
+}
+
+impl<E> Traced<'_, E> {
+    fn record(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        started: std::time::Instant,
+        rows: Option<u64>,
+    ) {
+        let binds = params
+            .iter()
+            .map(|v| match v {
+                _ if self.redact_all => Json::from("<redacted>"),
+                // A password hash (posted to `IoUsers` as a password) is never returned.
+                Value::Text(t) if t.starts_with("$argon2") => Json::from("<redacted>"),
+                v => v.to_json(),
+            })
+            .collect();
+        self.log.push(Statement {
+            sql: sql.to_string(),
+            binds,
+            micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            rows,
+        });
+    }
+}
+
+impl<E: Exec> Exec for Traced<'_, E> {
+    fn dialect(&self) -> Dialect {
+        self.inner.dialect()
+    }
+    async fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> store::Result<Vec<Vec<Value>>> {
+        let started = std::time::Instant::now();
+        let out = self.inner.fetch_all(sql, params, types).await;
+        let rows = out.as_ref().ok().map(|r| r.len() as u64);
+        self.record(sql, params, started, rows);
+        out
+    }
+    async fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> store::Result<(Vec<String>, Vec<Vec<Value>>)> {
+        let started = std::time::Instant::now();
+        let out = self.inner.fetch_named(sql, params).await;
+        let rows = out.as_ref().ok().map(|r| r.1.len() as u64);
+        self.record(sql, params, started, rows);
+        out
+    }
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
+        let started = std::time::Instant::now();
+        let out = self.inner.execute(sql, params).await;
+        let rows = out.as_ref().ok().copied();
+        self.record(sql, params, started, rows);
+        out
+    }
+    fn runs_scripts(&self) -> bool {
+        self.inner.runs_scripts()
+    }
+    async fn enter_script(&mut self) -> store::Result<()> {
+        self.inner.enter_script().await
     }
 }
 
@@ -272,7 +361,7 @@ fn write_statement(
     ds: &Datasource,
     row: &WriteRow,
     ctx: &WriteContext<'_>,
-) -> Result<Statement> {
+) -> Result<query::Statement> {
     if row.op == RowOp::Insert && ds.key_generation == KeyGeneration::Uuid {
         // The server makes the key; the compiler reads no randomness.
         let mut row = row.clone();

@@ -36,6 +36,7 @@ use store::Store;
 pub use catalog::{Action, Catalog, CatalogCell, Hook, Hooks, Resolve};
 pub(crate) use chain::json_size;
 pub use error::{Error, Result};
+pub use exec::Statement;
 pub use workflow::ScriptTx;
 
 use crate::auth::password::Hasher;
@@ -90,6 +91,27 @@ pub struct Answer {
     pub data: Map<String, Json>,
     /// Users whose sessions or roles the request changed (their cached tokens must go).
     pub touched: Vec<(String, String)>,
+    /// Every statement the request ran, in order, when it was traced.
+    pub statements: Option<Vec<Statement>>,
+}
+
+/// Counters of SQLite's writer thread as the engine uses it, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    pub queued: std::sync::atomic::AtomicU64,
+    pub jobs: std::sync::atomic::AtomicU64,
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`WriterCounters`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterStats {
+    /// Requests queued on or running in the writer now.
+    pub queued: u64,
+    /// Requests the writer answered.
+    pub jobs: u64,
+    /// Their time from queueing to answer, in microseconds.
+    pub micros: u64,
 }
 
 /// The engine; clones share it.
@@ -107,6 +129,7 @@ pub struct Inner {
     /// Wakes this process's workflow runner: shared with it, signalled after a request that
     /// started instances (`db.startWorkflow`) commits.
     pub workflow_wake: Arc<tokio::sync::Notify>,
+    pub writer: WriterCounters,
 }
 
 /// One of a user's in-flight slots; dropping it gives it back (and forgets the user when
@@ -154,6 +177,7 @@ impl Engine {
             http,
             users: Default::default(),
             workflow_wake: Arc::default(),
+            writer: WriterCounters::default(),
         }))
     }
 
@@ -178,6 +202,16 @@ impl Engine {
         }
     }
 
+    /// The writer's figures now.
+    pub fn writer_stats(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriterStats {
+            queued: self.writer.queued.load(Relaxed),
+            jobs: self.writer.jobs.load(Relaxed),
+            micros: self.writer.micros.load(Relaxed),
+        }
+    }
+
     /// The limits of `app`'s hooks and functions.
     pub fn limits(&self, app: &str) -> (script::Limits, script::Limits) {
         let s = &self.settings;
@@ -198,7 +232,12 @@ impl Engine {
     /// A `/v1/api` body: every alias planned (so a bad alias fails before any SQL), then posts in
     /// order and queries after them, in one transaction, hooks included.
     pub async fn api(&self, who: &Principal, body: &Map<String, Json>) -> Result<Answer> {
-        chain::run_request(self, who, body).await
+        chain::run_request(self, who, body, false).await
+    }
+
+    /// [`Engine::api`], recording every statement it runs (the developer's SQL echo).
+    pub async fn api_traced(&self, who: &Principal, body: &Map<String, Json>) -> Result<Answer> {
+        chain::run_request(self, who, body, true).await
     }
 
     /// Calls an app's cloud function with one argument, in a transaction of its own.
@@ -210,7 +249,23 @@ impl Engine {
         function: &str,
         arg: Json,
     ) -> Result<Json> {
-        chain::run_function(self, who, app, module, function, arg).await
+        chain::run_function(self, who, app, module, function, arg, false)
+            .await
+            .map(|(out, _)| out)
+    }
+
+    /// [`Engine::call_function`], also returning every statement its `db` calls ran.
+    pub async fn call_function_traced(
+        &self,
+        who: &Principal,
+        app: &str,
+        module: &str,
+        function: &str,
+        arg: Json,
+    ) -> Result<(Json, Vec<Statement>)> {
+        chain::run_function(self, who, app, module, function, arg, true)
+            .await
+            .map(|(out, log)| (out, log.unwrap_or_default()))
     }
 }
 

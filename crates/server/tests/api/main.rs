@@ -13,6 +13,7 @@ mod guard;
 mod health;
 mod lifecycle;
 mod patches;
+mod playground;
 mod post;
 mod query;
 mod query_errors;
