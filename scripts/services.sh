@@ -5,6 +5,10 @@
 #   database per test). Uses $CLOUDIO_TEST_DATABASE_URL if set, else a server on
 #   127.0.0.1:5432 if one answers, else a temporary cluster (initdb + pg_ctl) in a temp dir on
 #   a free port, stopped when the calling shell exits. Installs PostgreSQL from Debian if absent.
+# ensure_redis: exports CLOUDIO_TEST_REDIS_URL. Uses $CLOUDIO_TEST_REDIS_URL if set, else a
+#   server on 127.0.0.1:6379 if one answers, else a private redis-server (installed from Debian
+#   if absent) on a free port, keeping nothing on disk, stopped when the calling shell exits.
+#   Tests use a key prefix of their own, so they never see each other's keys.
 # ensure_node: installs Node.js from Debian if `node` is missing.
 
 _cloudio_cleanup=()
@@ -74,4 +78,40 @@ ensure_node() {
         echo "services: installing Node.js from Debian"
         _apt_install nodejs
     fi
+}
+
+_redis_answers() {
+    python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+s.sendall(b"PING\r\n")
+sys.exit(0 if s.recv(7).startswith(b"+PONG") else 1)
+PY
+}
+
+ensure_redis() {
+    if [ -n "${CLOUDIO_TEST_REDIS_URL:-}" ]; then return 0; fi
+    if [ -z "${CLOUDIO_TEST_PRIVATE_REDIS:-}" ] && _redis_answers 6379; then
+        export CLOUDIO_TEST_REDIS_URL="redis://127.0.0.1:6379"
+        echo "services: using Redis on 127.0.0.1:6379"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "services: installing Redis from Debian"
+        _apt_install redis-server
+    fi
+    local dir port
+    dir=$(mktemp -d /tmp/cloudio-redis.XXXXXX)
+    port=$(_free_port)
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null ||
+        { cat "$dir/redis.log" 2>/dev/null; return 1; }
+    local i
+    for i in $(seq 1 50); do
+        _redis_answers "$port" && break
+        sleep 0.1
+    done
+    _cloudio_cleanup+=("kill \$(cat '$dir/redis.pid') 2>/dev/null; rm -rf '$dir'")
+    export CLOUDIO_TEST_REDIS_URL="redis://127.0.0.1:$port"
+    echo "services: started a private Redis on 127.0.0.1:$port"
 }

@@ -269,7 +269,8 @@ impl Store {
                 .await?;
             }
         }
-        Ok(())
+        // Every node compares this with the version its catalog was loaded at.
+        self.bump_metadata_version(tx).await
     }
 
     /// Whether the stored metadata of the app is exactly `m` (by checksum).

@@ -109,6 +109,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/postgres/io_20261202000000_workflows.sql"),
             ),
+            (
+                "io_20261215000000_cluster.sql",
+                include_str!("../migrations/postgres/io_20261215000000_cluster.sql"),
+            ),
         ],
         _ => &[
             (
@@ -130,6 +134,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/sqlite/io_20261202000000_workflows.sql"),
+            ),
+            (
+                "io_20261215000000_cluster.sql",
+                include_str!("../migrations/sqlite/io_20261215000000_cluster.sql"),
             ),
         ],
     };
@@ -169,12 +177,17 @@ pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Rep
     match db {
         Db::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
-            conn.execute(TRACKING_PG).await?;
+            // The lock first: `CREATE SCHEMA IF NOT EXISTS` is not safe against itself, and
+            // nodes starting at once on an empty database raced on the catalog's unique index
+            // ("pg_namespace_nspname_index").
             sqlx::query("SELECT pg_advisory_lock($1)")
                 .bind(LOCK_KEY)
                 .execute(&mut *conn)
                 .await?;
-            let result = run_pg(&mut conn, app_uid, &schema, migrations).await;
+            let result = match conn.execute(TRACKING_PG).await {
+                Ok(_) => run_pg(&mut conn, app_uid, &schema, migrations).await,
+                Err(e) => Err(e.into()),
+            };
             // Unlock even after a failure; the connection returns to the pool.
             sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(LOCK_KEY)

@@ -88,12 +88,12 @@ pub fn check_user_name(name: &str) -> std::result::Result<(), String> {
 }
 
 /// The answer to [`Store::reserve_login_attempt`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
     /// The attempt is counted; check the password.
     Reserved,
     /// A key holds `max` failures; `newest` is the newest attempt under it (micros).
-    Refused { newest: i64 },
+    Refused { newest: i64, key: String },
     /// Attempts still being checked fill a key's remaining places; try again shortly.
     Busy,
 }
@@ -674,7 +674,10 @@ impl Store {
             let (all, pending, newest) = (next(), next(), next());
             if all - pending >= max {
                 // Dropping the transaction rolls it back.
-                return Ok(Reservation::Refused { newest });
+                return Ok(Reservation::Refused {
+                    newest,
+                    key: key.clone(),
+                });
             }
             busy |= all >= max;
         }
