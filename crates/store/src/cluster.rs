@@ -24,14 +24,24 @@ const START_LOCK: i64 = 0x636c_6f75_6469_6f02;
 
 /// Held while a node starts (bootstrap, app loads); dropping or releasing it lets the next
 /// node start. On SQLite there is nothing to hold: one process writes at a time anyway.
-pub struct StartLock(Option<sqlx::PgConnection>);
+pub enum StartLock {
+    None,
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+}
 
 impl StartLock {
     pub async fn release(self) {
-        if let Some(conn) = self.0 {
-            // Closing the session releases its advisory locks; a failed close drops the socket,
-            // which does the same.
-            let _ = conn.close().await;
+        // Closing the session releases its locks; a failed close drops the socket, which does
+        // the same.
+        match self {
+            StartLock::None => {}
+            StartLock::Postgres(conn) => {
+                let _ = conn.close().await;
+            }
+            StartLock::Mysql(conn) => {
+                let _ = conn.close().await;
+            }
         }
     }
 }
@@ -46,9 +56,23 @@ impl Db {
                     .bind(START_LOCK)
                     .execute(&mut conn)
                     .await?;
-                Ok(StartLock(Some(conn)))
+                Ok(StartLock::Postgres(conn))
             }
-            Db::Sqlite { .. } => Ok(StartLock(None)),
+            Db::Mysql { database, .. } => {
+                let (opts, _) = crate::db::mysql_options_of(self)?;
+                let mut conn = sqlx::MySqlConnection::connect_with(&opts).await?;
+                let got: (Option<i64>,) = sqlx::query_as("SELECT GET_LOCK(?, 600)")
+                    .bind(format!("cloudio.start.{database}"))
+                    .fetch_one(&mut conn)
+                    .await?;
+                if got.0 != Some(1) {
+                    return Err(StoreError::Unavailable(
+                        "another node held the start-up lock for 10 minutes".into(),
+                    ));
+                }
+                Ok(StartLock::Mysql(conn))
+            }
+            Db::Sqlite { .. } => Ok(StartLock::None),
         }
     }
 }

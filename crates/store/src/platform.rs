@@ -198,7 +198,9 @@ impl Store {
     /// (the platform's database is the connection's `main`).
     pub fn t(&self, table: &str) -> String {
         match self.dialect() {
-            Dialect::Postgres | Dialect::Mysql => format!("cloudio.{table}"),
+            Dialect::Postgres | Dialect::Mysql => {
+                format!("{}.{table}", self.db.platform_schema())
+            }
             Dialect::Sqlite => table.to_string(),
         }
     }
@@ -655,6 +657,18 @@ impl Store {
             tx.raw()
                 .execute(
                     &format!("SELECT pg_advisory_xact_lock({LOGIN_ATTEMPT_LOCK})"),
+                    &[],
+                )
+                .await?;
+        }
+        if dialect == Dialect::Mysql {
+            // The same single lock: a row of its own, held to the end of the transaction.
+            tx.raw()
+                .execute(
+                    &format!(
+                        "SELECT VERSION FROM {} WHERE NAME = 'login' FOR UPDATE",
+                        self.t("io_cluster")
+                    ),
                     &[],
                 )
                 .await?;

@@ -1,12 +1,13 @@
 //! Many nodes on one database (spec section 10, "Many nodes"): three `cloudio serve` processes
-//! started at once on one fresh PostgreSQL database, each with a data directory of its own
+//! started at once on one fresh PostgreSQL or MariaDB database, each with a data directory of its own
 //! (so nothing is shared through files), and every observable guarantee checked with a
 //! deadline: sessions valid everywhere; logout, disable and password change effective
 //! everywhere within 1 s; metadata (an `--app-dir` load on a fourth node, a patch through one
 //! node) served everywhere within 1 s; login limits counted across nodes; one signing key.
 //!
-//! Each test runs in each set-up: the database alone, with Redis, and with Redis configured
-//! but unreachable (the guarantees hold from the database; status says `"cache": "ERROR"`).
+//! Each test runs on each database in each set-up: the database alone, with Redis, and with
+//! Redis configured but unreachable (the guarantees hold from the database; status says
+//! `"cache": "ERROR"`). MariaDB has no `NOTIFY`: without Redis the re-check bounds carry it.
 
 use std::future::Future;
 use std::path::Path;
@@ -21,6 +22,7 @@ const BOUND: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
+    /// The database (PostgreSQL or MariaDB) and what else.
     /// PostgreSQL only: `NOTIFY` and the re-check bounds.
     Db,
     /// PostgreSQL and Redis (127.0.0.1:6379, or `CLOUDIO_TEST_REDIS_URL`), a key prefix per test.
@@ -29,22 +31,34 @@ pub enum Setup {
     RedisDown,
 }
 
-/// Runs a test body in each set-up.
+/// Runs a test body on each database in each set-up.
 macro_rules! in_each_setup {
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn db_only() {
-                ($body)(Setup::Db).await
+            async fn postgres() {
+                ($body)(Kind::Postgres, Setup::Db).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn with_redis() {
-                ($body)(Setup::Redis).await
+            async fn postgres_with_redis() {
+                ($body)(Kind::Postgres, Setup::Redis).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis_down() {
-                ($body)(Setup::RedisDown).await
+            async fn postgres_redis_down() {
+                ($body)(Kind::Postgres, Setup::RedisDown).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                ($body)(Kind::Mysql, Setup::Db).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb_with_redis() {
+                ($body)(Kind::Mysql, Setup::Redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb_redis_down() {
+                ($body)(Kind::Mysql, Setup::RedisDown).await
             }
         }
     };
@@ -70,8 +84,8 @@ pub struct Nodes {
 
 impl Nodes {
     /// Starts `n` nodes at once (none waits for another) and waits until all listen.
-    pub async fn start(setup: Setup, n: usize, extra: &[&str]) -> Nodes {
-        let db = TestDb::new(Kind::Postgres).await;
+    pub async fn start(kind: Kind, setup: Setup, n: usize, extra: &[&str]) -> Nodes {
+        let db = TestDb::new(kind).await;
         let mut env = vec![(
             "CLOUDIO_ADMIN_PASSWORD".to_string(),
             ADMIN_PASSWORD.to_string(),
@@ -206,8 +220,8 @@ async fn sessions_become(n: &Nodes, on: &[usize], l: &Login, status: u16, what: 
 
 in_each_setup!(
     three_nodes_start_at_once_and_share_sessions_and_the_signing_key,
-    |setup| async move {
-        let n = Nodes::start(setup, 3, &[]).await;
+    |kind, setup| async move {
+        let n = Nodes::start(kind, setup, 3, &[]).await;
         let cache = match setup {
             Setup::Db => "DISABLED",
             Setup::Redis => "OK",
@@ -265,8 +279,8 @@ in_each_setup!(
 
 in_each_setup!(
     logout_disable_and_password_change_end_sessions_on_every_node,
-    |setup| async move {
-        let n = Nodes::start(setup, 3, &[]).await;
+    |kind, setup| async move {
+        let n = Nodes::start(kind, setup, 3, &[]).await;
         for u in ["alice", "bob", "carol", "dave"] {
             n.create_user(u, &format!("{u}-pw-1")).await;
         }
@@ -359,10 +373,18 @@ fn write_app(dir: &Path, datasources: &[&str]) {
             r#"{"appUid": "shop", "name": "Shop"}"#.to_string(),
         ),
         (
-            "migrations/io_20260101000000_create_items.sql",
+            "migrations/postgres/io_20260101000000_create_items.sql",
             "CREATE TABLE ITEMS (ITEM_ID INTEGER PRIMARY KEY, TITLE TEXT, \
              CREATED_BY TEXT, CREATION_DATE TIMESTAMPTZ, LAST_UPDATED_BY TEXT, \
              LAST_UPDATE_DATE TIMESTAMPTZ);\n\
+             INSERT INTO ITEMS (ITEM_ID, TITLE) VALUES (1, 'apple');\n"
+                .to_string(),
+        ),
+        (
+            "migrations/mysql/io_20260101000000_create_items.sql",
+            "CREATE TABLE ITEMS (ITEM_ID INTEGER PRIMARY KEY, TITLE TEXT, \
+             CREATED_BY TEXT, CREATION_DATE DATETIME(6), LAST_UPDATED_BY TEXT, \
+             LAST_UPDATE_DATE DATETIME(6));\n\
              INSERT INTO ITEMS (ITEM_ID, TITLE) VALUES (1, 'apple');\n"
                 .to_string(),
         ),
@@ -401,12 +423,12 @@ async fn served_everywhere(n: &Nodes, on: &[usize], l: &Login, ds: &str, what: &
 
 in_each_setup!(
     metadata_loaded_or_patched_on_one_node_is_served_by_every_node,
-    |setup| async move {
+    |kind, setup| async move {
         let app = tempfile::tempdir().unwrap();
         write_app(app.path(), &["Items"]);
         let dir = app.path().display().to_string();
         // The same app loaded by three nodes starting at once.
-        let mut n = Nodes::start(setup, 3, &["--app-dir", &dir]).await;
+        let mut n = Nodes::start(kind, setup, 3, &["--app-dir", &dir]).await;
         n.cli(
             &["role", "grant"],
             &["--user", "admin", "--app", "shop", "--role", "clerk"],
@@ -469,8 +491,8 @@ in_each_setup!(
 
 in_each_setup!(
     the_login_limit_counts_failures_on_every_node,
-    |setup| async move {
-        let n = Nodes::start(setup, 3, &[]).await;
+    |kind, setup| async move {
+        let n = Nodes::start(kind, setup, 3, &[]).await;
         n.create_user("erin", "erin-pw-1").await;
         // Ten failures (the default limit), spread over the nodes.
         for k in 0..10 {
