@@ -5,6 +5,14 @@
 #   database per test). Uses $CLOUDIO_TEST_DATABASE_URL if set, else a server on
 #   127.0.0.1:5432 if one answers, else a temporary cluster (initdb + pg_ctl) in a temp dir on
 #   a free port, stopped when the calling shell exits. Installs PostgreSQL from Debian if absent.
+# ensure_redis: exports CLOUDIO_TEST_REDIS_URL. Uses $CLOUDIO_TEST_REDIS_URL if set, else a
+#   server on 127.0.0.1:6379 if one answers, else a private redis-server (installed from Debian
+#   if absent) on a free port, keeping nothing on disk, stopped when the calling shell exits.
+#   Tests use a key prefix of their own, so they never see each other's keys.
+# ensure_mariadb: exports CLOUDIO_TEST_MYSQL_URL (a user that may create databases; tests make
+#   their own, named after themselves). Uses $CLOUDIO_TEST_MYSQL_URL if set, else a server on
+#   127.0.0.1:3306 if one answers, else a private mariadbd (installed from Debian's
+#   mariadb-server if absent) in a temp dir on a free port, stopped when the shell exits.
 # ensure_node: installs Node.js from Debian if `node` is missing.
 # ensure_chromium: installs Debian's `chromium` if missing; exports CHROMIUM (its path).
 # ensure_browser_deps: `npm ci` in tests/browser (playwright-core, which drives that chromium;
@@ -114,4 +122,85 @@ ensure_pytools() {
         cp "$req" "$venv/.cloudio-requirements"
     fi
     export CLOUDIO_TEST_PYTHON="$venv/bin/python"
+}
+
+_redis_answers() {
+    python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+s.sendall(b"PING\r\n")
+sys.exit(0 if s.recv(7).startswith(b"+PONG") else 1)
+PY
+}
+
+ensure_redis() {
+    if [ -n "${CLOUDIO_TEST_REDIS_URL:-}" ]; then return 0; fi
+    if [ -z "${CLOUDIO_TEST_PRIVATE_REDIS:-}" ] && _redis_answers 6379; then
+        export CLOUDIO_TEST_REDIS_URL="redis://127.0.0.1:6379"
+        echo "services: using Redis on 127.0.0.1:6379"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "services: installing Redis from Debian"
+        _apt_install redis-server
+    fi
+    local dir port
+    dir=$(mktemp -d /tmp/cloudio-redis.XXXXXX)
+    port=$(_free_port)
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null ||
+        { cat "$dir/redis.log" 2>/dev/null; return 1; }
+    local i
+    for i in $(seq 1 50); do
+        _redis_answers "$port" && break
+        sleep 0.1
+    done
+    _cloudio_cleanup+=("kill \$(cat '$dir/redis.pid') 2>/dev/null; rm -rf '$dir'")
+    export CLOUDIO_TEST_REDIS_URL="redis://127.0.0.1:$port"
+    echo "services: started a private Redis on 127.0.0.1:$port"
+}
+
+_mysql_answers() {
+    python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+# A MySQL/MariaDB server speaks first: a handshake packet, protocol version 10.
+head = s.recv(5)
+sys.exit(0 if len(head) == 5 and head[4] == 10 else 1)
+PY
+}
+
+ensure_mariadb() {
+    if [ -n "${CLOUDIO_TEST_MYSQL_URL:-}" ]; then return 0; fi
+    if [ -z "${CLOUDIO_TEST_PRIVATE_MYSQL:-}" ] && _mysql_answers 3306; then
+        export CLOUDIO_TEST_MYSQL_URL="mysql://root@127.0.0.1:3306"
+        echo "services: using MariaDB/MySQL on 127.0.0.1:3306"
+        return 0
+    fi
+    if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+        echo "services: installing MariaDB from Debian"
+        _apt_install mariadb-server
+    fi
+    local bin=/usr/sbin/mariadbd dir port user
+    command -v mariadbd >/dev/null 2>&1 && bin=$(command -v mariadbd)
+    dir=$(mktemp -d /tmp/cloudio-mariadb.XXXXXX)
+    port=$(_free_port)
+    user=$(id -un)
+    if [ "$(id -u)" = 0 ]; then user=mysql; chown mysql "$dir"; fi
+    mariadb-install-db --no-defaults --datadir="$dir/data" --user="$user" \
+        --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 ||
+        { cat "$dir/install.log"; return 1; }
+    "$bin" --no-defaults --datadir="$dir/data" --user="$user" --bind-address=127.0.0.1 \
+        --port="$port" --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
+        --innodb-flush-log-at-trx-commit=0 --skip-log-bin --max-connections=500 \
+        >"$dir/server.log" 2>&1 &
+    local i
+    for i in $(seq 1 100); do
+        _mysql_answers "$port" && break
+        sleep 0.2
+    done
+    _mysql_answers "$port" || { cat "$dir/server.log"; return 1; }
+    _cloudio_cleanup+=("kill \$(cat '$dir/mysqld.pid') 2>/dev/null; sleep 1; rm -rf '$dir'")
+    export CLOUDIO_TEST_MYSQL_URL="mysql://root@127.0.0.1:$port"
+    echo "services: started a private MariaDB on 127.0.0.1:$port"
 }

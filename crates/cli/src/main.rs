@@ -45,6 +45,12 @@ struct DbArgs {
     /// The user's org.
     #[arg(long, default_value = "cloudio")]
     org: String,
+    /// Redis for many nodes (optional): redis://HOST:PORT[/DB].
+    #[arg(long, env = "CLOUDIO_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (default `cloudio:`).
+    #[arg(long, env = "CLOUDIO_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +213,12 @@ fn config(db: &DbArgs) -> Result<Config> {
     if let Some(u) = &db.database_url {
         c.database_url = Some(u.clone().into());
     }
+    if let Some(u) = &db.redis_url {
+        c.redis_url = Some(u.clone().into());
+    }
+    if let Some(p) = &db.redis_prefix {
+        c.redis_prefix = p.clone();
+    }
     if let Ok(s) = std::env::var("CLOUDIO_JWT_SECRET") {
         c.jwt_secret = Some(Secret::new(s));
     }
@@ -236,12 +248,15 @@ async fn admin_tools(db: &DbArgs) -> Result<(store::Store, Hasher)> {
     let c = config(db)?;
     let store = server::startup::open_store(&c).await?;
     let hasher = Hasher::new(&c).map_err(anyhow::Error::msg)?;
+    // In turn with servers starting on the same database.
+    let lock = store.db.start_lock().await?;
     let generated = server::startup::bootstrap(
         &store,
         &hasher,
         std::env::var("CLOUDIO_ADMIN_PASSWORD").ok().as_deref(),
     )
     .await?;
+    lock.release().await;
     if let Some(p) = generated {
         // The first command on a new database made `admin`: show its password now, or it is
         // lost (a later `serve` finds `admin` present and prints nothing). On stderr, so that
@@ -348,6 +363,7 @@ async fn main() -> Result<()> {
                 if !store.set_password(&db.org, &user, &hash, "cli").await? {
                     bail!("no user `{user}`");
                 }
+                tell_nodes(&db, &store, &db.org, &user).await;
                 println!("password changed; sessions of `{user}` ended");
             }
             UserCommand::Disable { db, user } => {
@@ -355,6 +371,7 @@ async fn main() -> Result<()> {
                 if !store.set_enabled(&db.org, &user, false, "cli").await? {
                     bail!("no user `{user}`");
                 }
+                tell_nodes(&db, &store, &db.org, &user).await;
                 println!("user `{user}` disabled; sessions ended");
             }
             UserCommand::List { db } => {
@@ -384,6 +401,7 @@ async fn main() -> Result<()> {
                     bail!("no user `{user}` in org `{}`", db.org);
                 }
                 store.grant_role(&db.org, &user, &app, &role, "cli").await?;
+                tell_nodes(&db, &store, &db.org, &user).await;
                 println!("granted `{role}` in `{app}` to `{user}`");
             }
             RoleCommand::Revoke {
@@ -396,6 +414,7 @@ async fn main() -> Result<()> {
                 if !store.revoke_role(&db.org, &user, &app, &role).await? {
                     bail!("`{user}` does not hold `{role}` in `{app}`");
                 }
+                tell_nodes(&db, &store, &db.org, &user).await;
                 println!("revoked `{role}` in `{app}` from `{user}`");
             }
         },
@@ -405,6 +424,29 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tells running servers that a user's sessions or roles changed, so they drop cached tokens
+/// at once (PostgreSQL `NOTIFY`; elsewhere, and if this fails, they re-check within a second).
+async fn tell_nodes(db: &DbArgs, store: &store::Store, org: &str, user: &str) {
+    let event = server::cluster::Event::User {
+        org: org.to_string(),
+        user: user.to_string(),
+    };
+    let payload = event.payload(server::cluster::CLI);
+    if let Err(e) = store.notify_cluster(&payload).await {
+        eprintln!(
+            "warning: running servers were not notified ({e}); they re-check within a second"
+        );
+    }
+    // With Redis, its cached sessions of the user go too (and its subscribers hear of it).
+    if let Some(url) = &db.redis_url {
+        let prefix = db.redis_prefix.as_deref().unwrap_or("cloudio:");
+        match server::cache::Redis::new(url, prefix) {
+            Ok(redis) => redis.invalidate_and_publish(&event, &payload).await,
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
 }
 
 /// `migrate`: the platform's pending migrations, or one app's, each file reported.

@@ -197,7 +197,8 @@ impl FilterCompiler<'_> {
         Ok(())
     }
 
-    /// `col LIKE ? ESCAPE '!'` (`ILIKE` on PostgreSQL), optionally negated.
+    /// `col LIKE ? ESCAPE '!'` (`ILIKE` on PostgreSQL; both sides lower-cased on MySQL, so the
+    /// match ignores case whatever the column's collation), optionally negated.
     fn like(&self, sql: &mut Sql, col: &str, negated: bool, pattern: String) {
         let kw = match (self.dialect(), negated) {
             (Dialect::Postgres, false) => " ILIKE ",
@@ -205,7 +206,16 @@ impl FilterCompiler<'_> {
             (_, false) => " LIKE ",
             (_, true) => " NOT LIKE ",
         };
-        sql.push(col).push(kw).bind(Value::Text(pattern));
+        if self.dialect() == Dialect::Mysql {
+            sql.push("LOWER(")
+                .push(col)
+                .push(")")
+                .push(kw)
+                .push("LOWER(");
+            sql.bind(Value::Text(pattern)).push(")");
+        } else {
+            sql.push(col).push(kw).bind(Value::Text(pattern));
+        }
         sql.push(" ESCAPE '")
             .push(ESC.encode_utf8(&mut [0; 4]))
             .push("'");

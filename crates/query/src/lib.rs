@@ -37,5 +37,6 @@ pub use meta::{
 pub use parse::{AggFn, Aggregate, Filter, Op, Query, parse_query};
 pub use value::Value;
 pub use write::{
-    RowOp, WriteContext, WriteRow, compile_lookup, compile_write, parse_row, returning_columns,
+    RowOp, WriteContext, WriteRow, compile_lookup, compile_reread, compile_write, parse_row,
+    returning_columns,
 };

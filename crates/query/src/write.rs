@@ -326,9 +326,6 @@ pub fn compile_write(
     row: &WriteRow,
     ctx: &WriteContext<'_>,
 ) -> Result<Statement, QueryError> {
-    if ctx.dialect == Dialect::Mysql {
-        bail!("posting is not supported on MySQL yet");
-    }
     let now = Value::DateTime(crate::value::truncate_micros(ctx.now).unwrap_or(ctx.now));
     let user = Value::Text(ctx.user.to_string());
     let table = ds.qualified_table();
@@ -383,8 +380,45 @@ pub fn compile_write(
             push_key_lock(&mut sql, ds, row)?;
         }
     }
-    push_returning(&mut sql, ds);
+    // MySQL has no `RETURNING`: the caller reads the row back ([`compile_reread`]).
+    if ctx.dialect != Dialect::Mysql {
+        push_returning(&mut sql, ds);
+    }
     Ok(sql.finish(ctx.dialect))
+}
+
+/// `SELECT <the columns a write returns> FROM t WHERE <key>` (with `FOR UPDATE` when asked):
+/// on MySQL, which has no `RETURNING`, the row a write made (or is about to delete).
+pub fn compile_reread(
+    ds: &Datasource,
+    key: &[(String, Value)],
+    dialect: Dialect,
+    for_update: bool,
+) -> Result<Statement, QueryError> {
+    let cols: Vec<&str> = ds
+        .attributes
+        .iter()
+        .filter(|a| readable(a))
+        .map(|a| a.column.as_str())
+        .collect();
+    let mut sql = Sql::new();
+    sql.push("SELECT ")
+        .push(&cols.join(", "))
+        .push(" FROM ")
+        .push(&ds.qualified_table())
+        .push(" WHERE ");
+    for (i, (code, v)) in key.iter().enumerate() {
+        if i > 0 {
+            sql.push(" AND ");
+        }
+        sql.push(&column(ds, code)?.column)
+            .push(" = ")
+            .bind(v.clone());
+    }
+    if for_update {
+        sql.push(" FOR UPDATE");
+    }
+    Ok(sql.finish(dialect))
 }
 
 /// `SELECT lastUpdateDate FROM t WHERE <key>`: tells a missing row (404) from a stale one (409).

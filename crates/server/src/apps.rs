@@ -214,6 +214,12 @@ impl AppSource {
                     "../../../apps/demo/migrations/sqlite/io_20261128000100_create_employees.sql"
                 ),
             ),
+            (
+                "migrations/mysql/io_20261128000100_create_employees.sql",
+                include_str!(
+                    "../../../apps/demo/migrations/mysql/io_20261128000100_create_employees.sql"
+                ),
+            ),
         ];
         let files = files
             .into_iter()

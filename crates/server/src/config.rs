@@ -117,6 +117,12 @@ pub struct Config {
     pub user_max_inflight: usize,
     /// The workflow engine (`[workflows]`).
     pub workflows: WorkflowsConfig,
+    /// Redis for many nodes (`--redis-url`), optional: invalidations by pub/sub, the shared
+    /// session cache, login lockouts. Without it the database does all of that.
+    pub redis_url: Option<DatabaseUrl>,
+    /// Prefix of every Redis key and channel, so several clusters (or test runs) can share one
+    /// Redis.
+    pub redis_prefix: String,
 }
 
 /// `[workflows]`: the engine's lease, polling, concurrency and retention.
@@ -231,6 +237,8 @@ impl Default for Config {
             request_max_bytes: 32 << 20,
             user_max_inflight: 0,
             workflows: WorkflowsConfig::default(),
+            redis_url: None,
+            redis_prefix: "cloudio:".into(),
         }
     }
 }

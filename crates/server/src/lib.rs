@@ -10,6 +10,8 @@ pub mod api;
 pub mod apps;
 pub mod appzip;
 pub mod auth;
+pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engine;

@@ -270,6 +270,7 @@ pub async fn run(
     }
     if committed {
         state.engine.catalog.reload(store).await?;
+        crate::cluster::publish(state, crate::cluster::Event::Metadata).await;
         tracing::info!(app = %meta.app_uid, by, "patch applied");
     }
     let applies = problems.is_empty();

@@ -153,14 +153,24 @@ pub fn random_token(n: usize) -> Result<String, StartError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
 }
 
-/// The configured secret, else the one kept in `data_dir/jwt.secret` (mode 0600), made on first
-/// start.
-fn jwt_secret(config: &Config) -> Result<String, StartError> {
+/// The configured secret, else the one made on first start: kept in `data_dir/jwt.secret`
+/// (mode 0600) on the embedded database, in the platform's tables on a server database, so
+/// every node sharing it signs and verifies with the same key.
+async fn jwt_secret(config: &Config, store: &Store) -> Result<String, StartError> {
     if let Some(s) = &config.jwt_secret {
         return Ok(s.expose().to_string());
     }
-    let path = config.data_dir.join("jwt.secret");
-    read_or_create_secret(&path)
+    if store.dialect() == query::Dialect::Sqlite {
+        let path = config.data_dir.join("jwt.secret");
+        return read_or_create_secret(&path);
+    }
+    let secret = store
+        .shared_secret("jwt.secret", &random_token(48)?)
+        .await?;
+    if secret.len() < 32 {
+        return Err(StartError::Io("the stored JWT secret is too short".into()));
+    }
+    Ok(secret)
 }
 
 fn read_or_create_secret(path: &Path) -> Result<String, StartError> {
@@ -224,9 +234,12 @@ impl Server {
         let started = Instant::now();
         let store = open_store(&config).await?;
         let hasher = Hasher::new(&config).map_err(StartError::Io)?;
+        // Nodes starting at once on one database take turns from here to the loaded apps.
+        let start_lock = store.db.start_lock().await?;
         let generated_admin_password =
             bootstrap(&store, &hasher, admin_password.as_deref()).await?;
         let store = load_apps(store, &config).await?;
+        start_lock.release().await;
         let engine = Engine::new(
             store.clone(),
             hasher,
@@ -239,7 +252,7 @@ impl Server {
             engine.clone(),
             config.workflow_settings(),
         );
-        let secret = jwt_secret(&config)?;
+        let secret = jwt_secret(&config, &store).await?;
         let previous: Vec<&[u8]> = config
             .jwt_previous_secrets
             .iter()
@@ -251,6 +264,13 @@ impl Server {
             Duration::from_millis(config.token_recheck_millis),
             config.session_absolute(),
         );
+        let cache = match &config.redis_url {
+            Some(url) => Some(std::sync::Arc::new(
+                crate::cache::Redis::new(url.expose(), &config.redis_prefix)
+                    .map_err(|e| StartError::Config(vec![e]))?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -264,6 +284,8 @@ impl Server {
             started,
             patching: tokio::sync::Mutex::new(()),
             workflows,
+            cluster: crate::cluster::Cluster::new(),
+            cache,
         });
         state.engine.hasher.start_trimmer();
         let app = router::app(state.clone(), routes);
@@ -304,6 +326,11 @@ impl Server {
             .workflows
             .set_callback_url(format!("http://{host}:{}", addr.port()));
         let workflows = state.workflows.spawn();
+        let cluster = crate::cluster::spawn(&state);
+        if !state.config.app_dirs.is_empty() || state.config.demo {
+            // Nodes already running load what this one stored.
+            crate::cluster::publish(&state, crate::cluster::Event::Metadata).await;
+        }
         let grace = router::grace(&state);
         let shutdown = async move {
             shutdown.await;
@@ -320,7 +347,7 @@ impl Server {
         .await;
         purge.abort();
         watch.abort();
-        for task in workflows {
+        for task in workflows.into_iter().chain(cluster) {
             task.abort();
         }
         state.store.db.close().await;

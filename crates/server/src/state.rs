@@ -28,6 +28,10 @@ pub struct Inner {
     pub patching: tokio::sync::Mutex<()>,
     /// The workflow engine: starts instances, runs their executions.
     pub workflows: crate::workflow::Workflows,
+    /// This node among the others sharing its database (`cluster`).
+    pub cluster: crate::cluster::Cluster,
+    /// Redis, when configured (`cache`): pub/sub, the shared session cache, login lockouts.
+    pub cache: Option<Arc<crate::cache::Redis>>,
 }
 
 impl Deref for AppState {
@@ -42,8 +46,8 @@ impl AppState {
         AppState(Arc::new(inner))
     }
 
-    /// Disables or enables a user; disabling ends the user's sessions at once on this node
-    /// (other nodes notice within `token_recheck_millis`).
+    /// Disables or enables a user; disabling ends the user's sessions at once on this node and,
+    /// through the cluster's channels, on the others (within `token_recheck_millis` at worst).
     pub async fn set_user_enabled(
         &self,
         org: &str,
@@ -53,7 +57,7 @@ impl AppState {
     ) -> store::Result<bool> {
         let found = self.store.set_enabled(org, user, enabled, by).await?;
         if !enabled {
-            self.tokens.forget_user(org, user);
+            self.user_changed(org, user).await;
         }
         Ok(found)
     }
@@ -67,7 +71,16 @@ impl AppState {
         by: &str,
     ) -> store::Result<bool> {
         let found = self.store.set_password(org, user, hash, by).await?;
-        self.tokens.forget_user(org, user);
+        self.user_changed(org, user).await;
         Ok(found)
+    }
+
+    /// A user's sessions ended or roles changed: every node forgets its cached tokens.
+    pub async fn user_changed(&self, org: &str, user: &str) {
+        let event = crate::cluster::Event::User {
+            org: org.to_string(),
+            user: user.to_string(),
+        };
+        crate::cluster::publish(self, event).await;
     }
 }

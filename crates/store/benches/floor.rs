@@ -300,6 +300,7 @@ fn pool_max(db: &Db) -> u32 {
     match db {
         Db::Sqlite { pool, .. } => pool.options().get_max_connections(),
         Db::Postgres(pool) => pool.options().get_max_connections(),
+        Db::Mysql { pool, .. } => pool.options().get_max_connections(),
     }
 }
 

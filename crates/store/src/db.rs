@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use query::{AttrType, Dialect, Value};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
@@ -16,7 +17,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{
-    AssertSqlSafe, Column, Connection, Executor, Postgres, Row, Sqlite, TypeInfo, ValueRef,
+    AssertSqlSafe, Column, Connection, Executor, MySql, Postgres, Row, Sqlite, TypeInfo, ValueRef,
 };
 
 use crate::error::{Result, StoreError};
@@ -30,6 +31,8 @@ pub enum DbTarget {
     SqliteDir(PathBuf),
     /// `postgres://...`
     Postgres(String),
+    /// `mysql://...` (MySQL 8 or MariaDB 10.6+).
+    Mysql(String),
 }
 
 impl std::fmt::Debug for DbTarget {
@@ -37,6 +40,7 @@ impl std::fmt::Debug for DbTarget {
         match self {
             DbTarget::SqliteDir(dir) => f.debug_tuple("SqliteDir").field(dir).finish(),
             DbTarget::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+            DbTarget::Mysql(url) => f.debug_tuple("Mysql").field(&redact_url(url)).finish(),
         }
     }
 }
@@ -83,11 +87,11 @@ impl DbTarget {
                     dir
                 })))
             }
-            Some(url) if url.starts_with("mysql://") => Err(StoreError::Invalid(
-                "mysql:// is not supported yet; use sqlite:// or postgres://".into(),
-            )),
+            Some(url) if url.starts_with("mysql://") || url.starts_with("mariadb://") => {
+                Ok(DbTarget::Mysql(url.replacen("mariadb://", "mysql://", 1)))
+            }
             Some(_) => Err(StoreError::Invalid(
-                "--database-url must start with sqlite:// or postgres://".into(),
+                "--database-url must start with sqlite://, postgres:// or mysql://".into(),
             )),
         }
     }
@@ -110,6 +114,12 @@ pub enum Db {
         health: Arc<FileHealth>,
     },
     Postgres(PgPool),
+    /// MySQL/MariaDB. `database` (from the URL, default `cloudio`) holds the platform's tables;
+    /// each app's tables live in the database `<database>_<app>`.
+    Mysql {
+        pool: MySqlPool,
+        database: String,
+    },
 }
 
 impl Db {
@@ -195,6 +205,46 @@ impl Db {
                     .await?;
                 Ok(Db::Postgres(pool))
             }
+            DbTarget::Mysql(url) => {
+                let (opts, database) = mysql_options(url)?;
+                // The platform's database first, on a connection without one.
+                let mut conn = sqlx::MySqlConnection::connect_with(&opts).await?;
+                conn.execute(AssertSqlSafe(format!(
+                    "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"
+                )))
+                .await?;
+                let _ = conn.close().await;
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for < Duration::from_secs(1) {
+                                return Ok(true);
+                            }
+                            Ok(conn.ping().await.is_ok())
+                        })
+                    })
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // Times are UTC, strings are standard SQL (`\` is not an escape,
+                            // `||` is not OR), bad values are errors, not warnings, and a
+                            // division keeps the digits of a double (`AVG` of integers).
+                            conn.execute(
+                                "SET time_zone = '+00:00', sql_mode = 'ANSI_QUOTES,PIPES_AS_CONCAT,\
+                                 NO_BACKSLASH_ESCAPES,STRICT_ALL_TABLES,NO_ZERO_DATE,\
+                                 NO_ENGINE_SUBSTITUTION,ERROR_FOR_DIVISION_BY_ZERO', \
+                                 div_precision_increment = 30",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts.database(&database))
+                    .await?;
+                Ok(Db::Mysql { pool, database })
+            }
         }
     }
 
@@ -221,6 +271,30 @@ impl Db {
         match self {
             Db::Sqlite { .. } => Dialect::Sqlite,
             Db::Postgres(_) => Dialect::Postgres,
+            Db::Mysql { .. } => Dialect::Mysql,
+        }
+    }
+
+    /// The schema holding an app's tables: on PostgreSQL the app uid (`-` as `_`, `cloudio` for
+    /// the platform); on SQLite the attached database of that name (`main` for the platform);
+    /// on MySQL the platform's database, or `<platform database>_<app>`, so that one server
+    /// holds several installations (and tests) side by side.
+    pub fn schema_of(&self, app_uid: &str) -> String {
+        let schema = crate::migrate::app_schema(app_uid);
+        match self {
+            Db::Sqlite { .. } if app_uid == crate::PLATFORM_APP => "main".into(),
+            Db::Mysql { database, .. } if app_uid == crate::PLATFORM_APP => database.clone(),
+            Db::Mysql { database, .. } => format!("{database}_{schema}"),
+            _ => schema,
+        }
+    }
+
+    /// The schema (database) holding the platform's tables: `cloudio`, or on MySQL the
+    /// database named by the URL.
+    pub fn platform_schema(&self) -> &str {
+        match self {
+            Db::Mysql { database, .. } => database,
+            _ => crate::PLATFORM_APP,
         }
     }
 
@@ -229,7 +303,7 @@ impl Db {
     pub fn writer(&self) -> Option<&Writer> {
         match self {
             Db::Sqlite { writer, .. } => Some(writer),
-            Db::Postgres(_) => None,
+            Db::Postgres(_) | Db::Mysql { .. } => None,
         }
     }
 
@@ -237,6 +311,7 @@ impl Db {
         Ok(match self {
             Db::Sqlite { pool, .. } => Conn::Sqlite(pool.acquire().await?),
             Db::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
+            Db::Mysql { pool, .. } => Conn::Mysql(pool.acquire().await?),
         })
     }
 
@@ -246,7 +321,7 @@ impl Db {
     pub async fn write_turn(&self) -> WriteTurn {
         match self {
             Db::Sqlite { write_lock, .. } => WriteTurn(Some(write_lock.clone().lock_owned().await)),
-            Db::Postgres(_) => WriteTurn(None),
+            Db::Postgres(_) | Db::Mysql { .. } => WriteTurn(None),
         }
     }
 
@@ -260,6 +335,7 @@ impl Db {
                 Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
             }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Mysql { pool, .. } => Tx::Mysql(pool.begin().await?),
         })
     }
 
@@ -270,6 +346,7 @@ impl Db {
         Ok(match self {
             Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, WriteTurn(None)),
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Mysql { pool, .. } => Tx::Mysql(pool.begin().await?),
         })
     }
 
@@ -283,7 +360,7 @@ impl Db {
     pub(crate) fn check_files(&self) -> Result<()> {
         match self {
             Db::Sqlite { health, .. } => health.check_identity(),
-            Db::Postgres(_) => Ok(()),
+            Db::Postgres(_) | Db::Mysql { .. } => Ok(()),
         }
     }
 
@@ -314,7 +391,7 @@ impl Db {
     /// A database found deleted, replaced or corrupt stays failed until the server restarts.
     pub async fn ping(&self) -> Result<()> {
         match self {
-            Db::Postgres(_) => self.execute("SELECT 1", &[]).await.map(|_| ()),
+            Db::Postgres(_) | Db::Mysql { .. } => self.execute("SELECT 1", &[]).await.map(|_| ()),
             Db::Sqlite {
                 health, attached, ..
             } => {
@@ -342,7 +419,7 @@ impl Db {
     pub fn failure(&self) -> Option<String> {
         match self {
             Db::Sqlite { health, .. } => health.failure().map(str::to_string),
-            Db::Postgres(_) => None,
+            Db::Postgres(_) | Db::Mysql { .. } => None,
         }
     }
 
@@ -353,6 +430,7 @@ impl Db {
                 pool.close().await
             }
             Db::Postgres(pool) => pool.close().await,
+            Db::Mysql { pool, .. } => pool.close().await,
         }
     }
 
@@ -361,8 +439,43 @@ impl Db {
         match self {
             Db::Sqlite { pool, .. } => (pool.size(), pool.num_idle()),
             Db::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Db::Mysql { pool, .. } => (pool.size(), pool.num_idle()),
         }
     }
+}
+
+/// Connection options from a `mysql://` URL, and the platform's database (the URL's, default
+/// `cloudio`), checked as an identifier since it becomes part of every platform table's name.
+pub(crate) fn mysql_options(url: &str) -> Result<(MySqlConnectOptions, String)> {
+    let bad = |e: String| StoreError::Invalid(format!("bad database URL {}: {e}", redact_url(url)));
+    let opts = MySqlConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+    let database = opts
+        .get_database()
+        .filter(|d| !d.is_empty())
+        .unwrap_or(crate::PLATFORM_APP)
+        .to_string();
+    if !query::meta::is_identifier(&database) {
+        return Err(bad(format!("`{database}` is not a plain database name")));
+    }
+    // No database on the connection itself: the platform's may not exist yet.
+    let opts = MySqlConnectOptions::from_str(url)
+        .map_err(|e| bad(e.to_string()))?
+        .charset("utf8mb4");
+    let opts = clear_database(opts);
+    Ok((opts, database))
+}
+
+/// The options of a MySQL pool's connections, for a connection of its own.
+pub(crate) fn mysql_options_of(db: &Db) -> Result<(MySqlConnectOptions, String)> {
+    match db {
+        Db::Mysql { pool, database } => Ok(((*pool.connect_options()).clone(), database.clone())),
+        _ => Err(StoreError::Invalid("not a MySQL database".into())),
+    }
+}
+
+fn clear_database(opts: MySqlConnectOptions) -> MySqlConnectOptions {
+    // sqlx has no "unset": an empty name means none.
+    opts.database("")
 }
 
 /// The database files must be writable, and so must their directory (SQLite creates `-wal` and
@@ -482,6 +595,9 @@ fn attached_apps(dir: &Path) -> Vec<(String, String)> {
 /// Rewrites `?` placeholders into the dialect's form. Only for the platform's own SQL, which has
 /// no `?` inside literals; compiled client queries are rendered per dialect already.
 pub fn portable(dialect: Dialect, sql: &str) -> Cow<'_, str> {
+    if dialect == Dialect::Mysql {
+        return mysql_upserts(sql);
+    }
     if dialect != Dialect::Postgres || !sql.contains('?') {
         return Cow::Borrowed(sql);
     }
@@ -499,10 +615,54 @@ pub fn portable(dialect: Dialect, sql: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The platform's upserts in MySQL's form. `ON CONFLICT (..) DO UPDATE SET C = excluded.C`
+/// becomes `ON DUPLICATE KEY UPDATE C = VALUES(C)`. `ON CONFLICT DO NOTHING` becomes
+/// `INSERT IGNORE`, whose row count tells an insert from a duplicate (callers rely on it;
+/// sqlx always sets `CLIENT_FOUND_ROWS`, under which a no-op update counts 1 too), except into
+/// the tables whose foreign keys must fail loudly (`INSERT IGNORE` makes warnings of those):
+/// there a no-op update of the first column.
+fn mysql_upserts(sql: &str) -> Cow<'_, str> {
+    const CHECKED: [&str; 3] = [".io_user_roles ", ".io_roles ", ".io_apps "];
+    if let Some(head) = sql.strip_suffix(" ON CONFLICT DO NOTHING")
+        && !CHECKED.iter().any(|t| head.contains(t))
+        && let Some(rest) = head.strip_prefix("INSERT INTO ")
+    {
+        return Cow::Owned(format!("INSERT IGNORE INTO {rest}"));
+    }
+    if let Some(head) = sql.strip_suffix(" ON CONFLICT DO NOTHING") {
+        let first = head
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split([',', ')']).next())
+            .map(str::trim)
+            .unwrap_or_default();
+        return Cow::Owned(format!("{head} ON DUPLICATE KEY UPDATE {first} = {first}"));
+    }
+    let Some(at) = sql.find(" ON CONFLICT (") else {
+        return Cow::Borrowed(sql);
+    };
+    let Some(set) = sql[at..].find(" DO UPDATE SET ").map(|i| at + i) else {
+        return Cow::Borrowed(sql);
+    };
+    let mut out = format!("{} ON DUPLICATE KEY UPDATE ", &sql[..at]);
+    let mut rest = &sql[set + " DO UPDATE SET ".len()..];
+    while let Some(i) = rest.find("excluded.") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + "excluded.".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        out.push_str(&format!("VALUES({})", &rest[..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 /// A pooled connection.
 pub enum Conn {
     Sqlite(PoolConnection<Sqlite>),
     Postgres(PoolConnection<Postgres>),
+    Mysql(PoolConnection<MySql>),
 }
 
 impl Conn {
@@ -510,6 +670,7 @@ impl Conn {
         match self {
             Conn::Sqlite(c) => Raw::Sqlite(c),
             Conn::Postgres(c) => Raw::Postgres(c),
+            Conn::Mysql(c) => Raw::Mysql(c),
         }
     }
 }
@@ -527,6 +688,7 @@ pub enum Tx {
     /// With this process's write turn, when the transaction writes.
     Sqlite(sqlx::Transaction<'static, Sqlite>, WriteTurn),
     Postgres(sqlx::Transaction<'static, Postgres>),
+    Mysql(sqlx::Transaction<'static, MySql>),
 }
 
 impl Tx {
@@ -534,6 +696,7 @@ impl Tx {
         match self {
             Tx::Sqlite(c, _) => Raw::Sqlite(c),
             Tx::Postgres(c) => Raw::Postgres(c),
+            Tx::Mysql(c) => Raw::Mysql(c),
         }
     }
 
@@ -541,6 +704,7 @@ impl Tx {
         match self {
             Tx::Sqlite(..) => Dialect::Sqlite,
             Tx::Postgres(_) => Dialect::Postgres,
+            Tx::Mysql(_) => Dialect::Mysql,
         }
     }
 
@@ -548,6 +712,7 @@ impl Tx {
         match self {
             Tx::Sqlite(t, _turn) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
+            Tx::Mysql(t) => t.commit().await?,
         }
         Ok(())
     }
@@ -557,6 +722,7 @@ impl Tx {
 pub enum Raw<'c> {
     Sqlite(&'c mut sqlx::SqliteConnection),
     Postgres(&'c mut sqlx::PgConnection),
+    Mysql(&'c mut sqlx::MySqlConnection),
 }
 
 impl Raw<'_> {
@@ -564,6 +730,7 @@ impl Raw<'_> {
         match self {
             Raw::Sqlite(_) => Dialect::Sqlite,
             Raw::Postgres(_) => Dialect::Postgres,
+            Raw::Mysql(_) => Dialect::Mysql,
         }
     }
 
@@ -576,6 +743,10 @@ impl Raw<'_> {
             }
             Raw::Postgres(c) => {
                 let q = bind_pg(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                Ok(q.execute(&mut **c).await?.rows_affected())
+            }
+            Raw::Mysql(c) => {
+                let q = bind_mysql(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 Ok(q.execute(&mut **c).await?.rows_affected())
             }
         }
@@ -598,6 +769,11 @@ impl Raw<'_> {
                 let q = bind_pg(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let rows = q.fetch_all(&mut **c).await?;
                 rows.iter().map(|r| decode_pg(r, Some(types))).collect()
+            }
+            Raw::Mysql(c) => {
+                let q = bind_mysql(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                let rows = q.fetch_all(&mut **c).await?;
+                rows.iter().map(|r| decode_mysql(r, Some(types))).collect()
             }
         }
     }
@@ -630,6 +806,16 @@ impl Raw<'_> {
                     .collect::<Result<_>>()?;
                 Ok((names, rows))
             }
+            Raw::Mysql(c) => {
+                let q = bind_mysql(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                let rows = q.fetch_all(&mut **c).await?;
+                let names = column_names(rows.first());
+                let rows = rows
+                    .iter()
+                    .map(|r| decode_mysql(r, None))
+                    .collect::<Result<_>>()?;
+                Ok((names, rows))
+            }
         }
     }
 
@@ -646,6 +832,11 @@ impl Raw<'_> {
                     .execute(&mut **c)
                     .await?;
             }
+            Raw::Mysql(c) => {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                    .execute(&mut **c)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -653,6 +844,7 @@ impl Raw<'_> {
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+type MysqlQuery<'q> = sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>;
 
 /// How a [`Value`] is stored in SQLite: booleans as integers, dates, times and JSON as text.
 /// The one mapping for the pool ([`bind_sqlite`]) and the writer (`writer.rs`).
@@ -699,6 +891,23 @@ fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> PgQuery<'q> {
             Value::Date(d) => q.bind(*d),
             Value::DateTime(t) => q.bind(*t),
             Value::Json(j) => q.bind(sqlx::types::Json(j.clone())),
+        };
+    }
+    q
+}
+
+/// MySQL: times as naive UTC (every session's `time_zone` is `+00:00`), JSON as text.
+fn bind_mysql<'q>(mut q: MysqlQuery<'q>, params: &[Value]) -> MysqlQuery<'q> {
+    for v in params {
+        q = match v {
+            Value::Null => q.bind(None::<String>),
+            Value::Bool(b) => q.bind(*b),
+            Value::Int(i) => q.bind(*i),
+            Value::Float(f) => q.bind(*f),
+            Value::Text(s) => q.bind(s.clone()),
+            Value::Date(d) => q.bind(*d),
+            Value::DateTime(t) => q.bind(t.naive_utc()),
+            Value::Json(j) => q.bind(j.to_string()),
         };
     }
     q
@@ -783,6 +992,52 @@ fn decode_pg(row: &PgRow, types: Option<&[AttrType]>) -> Result<Vec<Value>> {
             "TIMESTAMPTZ" => Value::DateTime(row.try_get::<DateTime<Utc>, _>(i)?),
             "JSON" | "JSONB" => Value::Json(row.try_get::<serde_json::Value, _>(i)?),
             "UUID" => Value::Text(row.try_get::<uuid::Uuid, _>(i)?.to_string()),
+            _ => Value::Text(row.try_get::<String, _>(i)?),
+        };
+        out.push(match types {
+            Some(types) => {
+                let ty = types.get(i).copied().unwrap_or(AttrType::String);
+                coerce(cell, ty).map_err(|e| decode_err(i, e))?
+            }
+            None => cell,
+        });
+    }
+    Ok(out)
+}
+
+fn decode_mysql(row: &MySqlRow, types: Option<&[AttrType]>) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let name = col.type_info().name().to_ascii_uppercase();
+        let unsigned = name.contains("UNSIGNED");
+        let cell = match name.trim_end_matches(" UNSIGNED") {
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" if unsigned => {
+                let v: u64 = row.try_get(i)?;
+                Value::Int(i64::try_from(v).map_err(|e| decode_err(i, e))?)
+            }
+            "TINYINT" => Value::Int(row.try_get::<i8, _>(i)?.into()),
+            "SMALLINT" => Value::Int(row.try_get::<i16, _>(i)?.into()),
+            "MEDIUMINT" | "INT" => Value::Int(row.try_get::<i32, _>(i)?.into()),
+            "BIGINT" => Value::Int(row.try_get::<i64, _>(i)?),
+            "BOOLEAN" => Value::Bool(row.try_get::<bool, _>(i)?),
+            "FLOAT" => Value::Float(row.try_get::<f32, _>(i)?.into()),
+            "DOUBLE" => Value::Float(row.try_get::<f64, _>(i)?),
+            "DECIMAL" => {
+                let d: sqlx::types::BigDecimal = row.try_get(i)?;
+                Value::Float(d.to_string().parse::<f64>().map_err(|e| decode_err(i, e))?)
+            }
+            "DATE" => Value::Date(row.try_get::<NaiveDate, _>(i)?),
+            "DATETIME" => Value::DateTime(row.try_get::<NaiveDateTime, _>(i)?.and_utc()),
+            "TIMESTAMP" => Value::DateTime(row.try_get::<DateTime<Utc>, _>(i)?),
+            "JSON" => Value::Json(row.try_get::<serde_json::Value, _>(i)?),
+            "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
+                Value::Text(String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>(i)?).into())
+            }
             _ => Value::Text(row.try_get::<String, _>(i)?),
         };
         out.push(match types {

@@ -25,6 +25,11 @@ pub enum StoreError {
     /// The database file is not a database or is damaged (SQLite NOTADB, CORRUPT).
     #[error("database file corrupt: {0}")]
     Corrupt(String),
+    /// The database chose this transaction as a deadlock's victim, or a lock wait ran out
+    /// (MySQL/InnoDB, whose gap locks make concurrent upserts of one key deadlock where
+    /// PostgreSQL queues them): running the transaction again succeeds.
+    #[error("transaction aborted by a lock conflict: {0}")]
+    Retry(String),
     /// Invalid configuration or metadata (e.g. an unsupported database URL).
     #[error("{0}")]
     Invalid(String),
@@ -63,6 +68,23 @@ fn pg_code(sqlstate: &str, message: String) -> Option<StoreError> {
     })
 }
 
+/// MySQL/MariaDB error numbers (their SQLSTATE 23000 covers duplicates and foreign keys alike).
+fn mysql_code(number: u16, message: String) -> Option<StoreError> {
+    Some(match number {
+        // ER_DUP_ENTRY, ER_DUP_KEY, ER_DUP_UNIQUE
+        1062 | 1022 | 1169 => StoreError::Duplicate(message),
+        // NOT NULL, foreign keys (both directions), too long, out of range, bad value, check.
+        1048 | 1451 | 1452 | 1216 | 1217 | 1406 | 1264 | 1265 | 1366 | 1292 | 3819 | 4025 => {
+            StoreError::Constraint(message)
+        }
+        // Deadlock, lock wait timeout.
+        1213 | 1205 => StoreError::Retry(message),
+        // Server gone, lost connection, too many connections, shutting down.
+        2002 | 2003 | 2006 | 2013 | 1040 | 1053 => StoreError::Unavailable(message),
+        _ => return None,
+    })
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error as E;
@@ -76,6 +98,8 @@ impl From<sqlx::Error> for StoreError {
                 let message = db.message().to_string();
                 let known = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                     code.parse().ok().and_then(|n| sqlite_code(n, message))
+                } else if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    mysql_code(my.number(), message)
                 } else {
                     pg_code(&code, message)
                 };

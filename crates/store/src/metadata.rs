@@ -129,10 +129,7 @@ fn texts(row: Vec<Value>) -> Vec<String> {
 impl Store {
     /// The schema (PostgreSQL) or attached database (SQLite) holding an app's tables.
     pub fn schema_of(&self, app_uid: &str) -> String {
-        match (self.dialect(), app_uid) {
-            (Dialect::Sqlite, crate::PLATFORM_APP) => "main".into(),
-            _ => app_schema(app_uid),
-        }
+        self.db.schema_of(app_uid)
     }
 
     /// The statement that makes an app's schema the default for unqualified table names for
@@ -140,8 +137,16 @@ impl Store {
     /// attached database is found by name anyway.
     pub fn search_path_statement(&self, app_uid: &str) -> Option<String> {
         let schema = self.schema_of(app_uid);
-        (self.dialect() == Dialect::Postgres && query::meta::is_identifier(&schema))
-            .then(|| format!("SET LOCAL search_path TO {schema}"))
+        if !query::meta::is_identifier(&schema) {
+            return None;
+        }
+        match self.dialect() {
+            Dialect::Postgres => Some(format!("SET LOCAL search_path TO {schema}")),
+            // Not transaction-local: every platform and compiled statement names its schema,
+            // so the next user of the connection is not affected.
+            Dialect::Mysql => Some(format!("USE {schema}")),
+            Dialect::Sqlite => None,
+        }
     }
 
     /// Replaces an app's metadata in one transaction: the app row, its datasources, its roles
@@ -269,7 +274,8 @@ impl Store {
                 .await?;
             }
         }
-        Ok(())
+        // Every node compares this with the version its catalog was loaded at.
+        self.bump_metadata_version(tx).await
     }
 
     /// Whether the stored metadata of the app is exactly `m` (by checksum).
@@ -444,6 +450,16 @@ impl Store {
                          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                          WHERE n.nspname = lower($1) AND c.relname = lower($2) \
                          AND a.attnum > 0 AND NOT a.attisdropped",
+                        &[text(&self.schema_of(app_uid)), text(table)],
+                        &[AttrType::String],
+                    )
+                    .await?
+            }
+            Db::Mysql { .. } => {
+                self.db
+                    .fetch_all(
+                        "SELECT UPPER(COLUMN_NAME) FROM information_schema.COLUMNS \
+                         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                         &[text(&self.schema_of(app_uid)), text(table)],
                         &[AttrType::String],
                     )

@@ -109,8 +109,38 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/postgres/io_20261202000000_workflows.sql"),
             ),
+            (
+                "io_20261215000000_cluster.sql",
+                include_str!("../migrations/postgres/io_20261215000000_cluster.sql"),
+            ),
         ],
-        _ => &[
+        Dialect::Mysql => &[
+            (
+                "io_20261128000000_platform.sql",
+                include_str!("../migrations/mysql/io_20261128000000_platform.sql"),
+            ),
+            (
+                "io_20261129000000_login_attempts.sql",
+                include_str!("../migrations/mysql/io_20261129000000_login_attempts.sql"),
+            ),
+            (
+                "io_20261129000000_scripts.sql",
+                include_str!("../migrations/mysql/io_20261129000000_scripts.sql"),
+            ),
+            (
+                "io_20261201000000_app_files.sql",
+                include_str!("../migrations/mysql/io_20261201000000_app_files.sql"),
+            ),
+            (
+                "io_20261202000000_workflows.sql",
+                include_str!("../migrations/mysql/io_20261202000000_workflows.sql"),
+            ),
+            (
+                "io_20261215000000_cluster.sql",
+                include_str!("../migrations/mysql/io_20261215000000_cluster.sql"),
+            ),
+        ],
+        Dialect::Sqlite => &[
             (
                 "io_20261128000000_platform.sql",
                 include_str!("../migrations/sqlite/io_20261128000000_platform.sql"),
@@ -130,6 +160,10 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/sqlite/io_20261202000000_workflows.sql"),
+            ),
+            (
+                "io_20261215000000_cluster.sql",
+                include_str!("../migrations/sqlite/io_20261215000000_cluster.sql"),
             ),
         ],
     };
@@ -153,6 +187,9 @@ pub(crate) const LOCK_KEY: i64 = 0x0063_6c6f_7564_696f; // "cloudio" in ASCII
 const TRACKING_SQLITE: &str = "CREATE TABLE IF NOT EXISTS io_migrations (APP_UID TEXT NOT NULL, \
      FILE_NAME TEXT NOT NULL, CHECKSUM TEXT NOT NULL, APPLIED_AT TEXT NOT NULL, \
      PRIMARY KEY (APP_UID, FILE_NAME))";
+const TRACKING_MYSQL: &str = "CREATE TABLE IF NOT EXISTS io_migrations (APP_UID VARCHAR(64) NOT NULL, \
+     FILE_NAME VARCHAR(255) NOT NULL, CHECKSUM VARCHAR(64) NOT NULL, APPLIED_AT DATETIME(6) NOT NULL, \
+     PRIMARY KEY (APP_UID, FILE_NAME)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
 const TRACKING_PG: &str = "CREATE SCHEMA IF NOT EXISTS cloudio; \
      CREATE TABLE IF NOT EXISTS cloudio.io_migrations (APP_UID TEXT NOT NULL, \
      FILE_NAME TEXT NOT NULL, CHECKSUM TEXT NOT NULL, APPLIED_AT TIMESTAMPTZ NOT NULL, \
@@ -169,15 +206,38 @@ pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Rep
     match db {
         Db::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
-            conn.execute(TRACKING_PG).await?;
+            // The lock first: `CREATE SCHEMA IF NOT EXISTS` is not safe against itself, and
+            // nodes starting at once on an empty database raced on the catalog's unique index
+            // ("pg_namespace_nspname_index").
             sqlx::query("SELECT pg_advisory_lock($1)")
                 .bind(LOCK_KEY)
                 .execute(&mut *conn)
                 .await?;
-            let result = run_pg(&mut conn, app_uid, &schema, migrations).await;
+            let result = match conn.execute(TRACKING_PG).await {
+                Ok(_) => run_pg(&mut conn, app_uid, &schema, migrations).await,
+                Err(e) => Err(e.into()),
+            };
             // Unlock even after a failure; the connection returns to the pool.
             sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(LOCK_KEY)
+                .execute(&mut *conn)
+                .await?;
+            result
+        }
+        Db::Mysql { pool, database } => {
+            let mut conn = pool.acquire().await?;
+            let result = run_mysql(
+                &mut conn,
+                database,
+                app_uid,
+                &db.schema_of(app_uid),
+                migrations,
+            )
+            .await;
+            // Back to the platform's database, and the lock given back, even after a failure.
+            let _ = conn.execute(AssertSqlSafe(format!("USE {database}"))).await;
+            sqlx::query("SELECT RELEASE_LOCK(?)")
+                .bind(mysql_lock_name(database))
                 .execute(&mut *conn)
                 .await?;
             result
@@ -201,6 +261,7 @@ pub(crate) async fn recorded(
     app_uid: &str,
     name: &str,
 ) -> Result<Option<String>> {
+    // MySQL: the connection's database is the platform's while migrations and patches run.
     let table = match raw.dialect() {
         Dialect::Postgres => "cloudio.io_migrations",
         _ => "io_migrations",
@@ -225,6 +286,7 @@ pub(crate) async fn recorded(
 pub(crate) async fn record(raw: &mut Raw<'_>, app_uid: &str, m: &Migration) -> Result<()> {
     let (table, now) = match raw.dialect() {
         Dialect::Postgres => ("cloudio.io_migrations", Value::DateTime(Utc::now())),
+        Dialect::Mysql => ("io_migrations", Value::DateTime(Utc::now())),
         _ => (
             "io_migrations",
             Value::Text(query::value::format_datetime(&Utc::now())),
@@ -284,6 +346,55 @@ async fn run_pg(
         tx.execute("SET LOCAL search_path TO DEFAULT").await?;
         record(&mut Raw::Postgres(&mut tx), app_uid, m).await?;
         tx.commit().await?;
+        tracing::info!(app = app_uid, file = %m.name, "migration applied");
+        report.applied.push(m.name.clone());
+    }
+    Ok(report)
+}
+
+/// The named lock (`GET_LOCK`) that serialises migrations of one installation on MySQL.
+pub(crate) fn mysql_lock_name(database: &str) -> String {
+    format!("cloudio.migrate.{database}")
+}
+
+/// MySQL: DDL commits by itself, so a file is not one transaction here: a file that fails
+/// part-way leaves its earlier statements applied (and is not recorded). Runs under a named
+/// lock; each file with the app's database as the default (`USE`).
+async fn run_mysql(
+    conn: &mut sqlx::MySqlConnection,
+    platform: &str,
+    app_uid: &str,
+    schema: &str,
+    migrations: &[Migration],
+) -> Result<Report> {
+    let got: (Option<i64>,) = sqlx::query_as("SELECT GET_LOCK(?, 600)")
+        .bind(mysql_lock_name(platform))
+        .fetch_one(&mut *conn)
+        .await?;
+    if got.0 != Some(1) {
+        return Err(StoreError::Unavailable(
+            "another node held the migration lock for 10 minutes".into(),
+        ));
+    }
+    conn.execute(AssertSqlSafe(format!("USE {platform}")))
+        .await?;
+    conn.execute(TRACKING_MYSQL).await?;
+    let mut report = Report::default();
+    for m in migrations {
+        if let Some(old) = recorded(&mut Raw::Mysql(conn), app_uid, &m.name).await? {
+            note_changed(&mut report, app_uid, m, old);
+            continue;
+        }
+        conn.execute(AssertSqlSafe(format!(
+            "CREATE DATABASE IF NOT EXISTS {schema} CHARACTER SET utf8mb4"
+        )))
+        .await?;
+        conn.execute(AssertSqlSafe(format!("USE {schema}"))).await?;
+        let applied = apply_statements(&mut Raw::Mysql(conn), m).await;
+        conn.execute(AssertSqlSafe(format!("USE {platform}")))
+            .await?;
+        applied?;
+        record(&mut Raw::Mysql(conn), app_uid, m).await?;
         tracing::info!(app = app_uid, file = %m.name, "migration applied");
         report.applied.push(m.name.clone());
     }

@@ -51,7 +51,7 @@ impl Db {
     /// at the next start).
     pub fn app_attached(&self, app_uid: &str) -> bool {
         match self {
-            Db::Postgres(_) => true,
+            Db::Postgres(_) | Db::Mysql { .. } => true,
             Db::Sqlite { attached, .. } => {
                 let schema = app_schema(app_uid);
                 attached.iter().any(|(s, _)| *s == schema)
@@ -80,9 +80,14 @@ impl Store {
                 "app uid `{app_uid}` is not a valid schema name"
             )));
         }
+        if let Db::Mysql { .. } = &self.db {
+            return self
+                .run_patch_mysql(meta, migrations, tables, commit, by, check)
+                .await;
+        }
         let mut run = PatchRun::default();
         let mut tracking = match &self.db {
-            Db::Postgres(_) => self.db.begin_write().await?,
+            Db::Postgres(_) | Db::Mysql { .. } => self.db.begin_write().await?,
             // Not `BEGIN IMMEDIATE`: on a connection with the app files attached it would lock
             // them all, and the app's own file is migrated on a connection of its own. The
             // process's write turn, then a write that takes the platform file's lock alone.
@@ -162,6 +167,7 @@ impl Store {
                     run.committed = true;
                 }
             }
+            Db::Mysql { .. } => {}
             Db::Sqlite { dir, .. } => {
                 let file = dir.join(format!("{schema}.db"));
                 // A new app's file would be created here, and not attached to the pool: the
@@ -229,6 +235,74 @@ impl Store {
                 problems = run.problems.len(),
                 "patch not committed"
             );
+        }
+        Ok(run)
+    }
+}
+
+impl Store {
+    /// MySQL commits DDL as it runs, so a patch cannot be one transaction there: applying runs
+    /// the pending migrations first (the migration runner: under its lock, the first failure
+    /// reported and nothing after it run), then checks the tables and stores the metadata in
+    /// one transaction. Verifying runs no migration: it lists them as pending and checks the
+    /// tables only when none is pending (what they would make cannot be seen beforehand).
+    async fn run_patch_mysql(
+        &self,
+        meta: &AppMetadata,
+        migrations: &[Migration],
+        tables: &[String],
+        commit: bool,
+        by: &str,
+        check: impl FnOnce(&Columns) -> Vec<String>,
+    ) -> Result<PatchRun> {
+        let app_uid = meta.app_uid.as_str();
+        let mut run = PatchRun::default();
+        let mut conn = self.db.acquire().await?;
+        for m in migrations {
+            match recorded(&mut conn.raw(), app_uid, &m.name).await? {
+                Some(old) => note_changed(&mut run.report, app_uid, m, old),
+                None => run.pending.push(m.name.clone()),
+            }
+        }
+        drop(conn);
+        if commit && !run.pending.is_empty() {
+            match crate::migrate::run(&self.db, app_uid, migrations).await {
+                Ok(report) => run.report.applied = report.applied,
+                Err(e) => {
+                    let name = run.pending.first().cloned().unwrap_or_default();
+                    run.problems.push(failed(
+                        &Migration {
+                            name,
+                            sql: String::new(),
+                        },
+                        e,
+                    ));
+                    return Ok(run);
+                }
+            }
+        } else if !run.pending.is_empty() {
+            return Ok(run);
+        }
+        let schema = self.schema_of(app_uid);
+        let mut columns = Columns::new();
+        for table in tables {
+            let rows = self
+                .db
+                .fetch_all(
+                    "SELECT UPPER(COLUMN_NAME) FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                    &[Value::Text(schema.clone()), Value::Text(table.clone())],
+                    &[AttrType::String],
+                )
+                .await?;
+            columns.insert(table.clone(), column_names(rows));
+        }
+        run.problems.extend(check(&columns));
+        if run.problems.is_empty() && commit {
+            let mut tx = self.db.begin_write().await?;
+            self.write_app_metadata(&mut tx, meta, by).await?;
+            tx.commit().await?;
+            run.committed = true;
         }
         Ok(run)
     }

@@ -88,12 +88,12 @@ pub fn check_user_name(name: &str) -> std::result::Result<(), String> {
 }
 
 /// The answer to [`Store::reserve_login_attempt`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
     /// The attempt is counted; check the password.
     Reserved,
     /// A key holds `max` failures; `newest` is the newest attempt under it (micros).
-    Refused { newest: i64 },
+    Refused { newest: i64, key: String },
     /// Attempts still being checked fill a key's remaining places; try again shortly.
     Busy,
 }
@@ -198,7 +198,9 @@ impl Store {
     /// (the platform's database is the connection's `main`).
     pub fn t(&self, table: &str) -> String {
         match self.dialect() {
-            Dialect::Postgres | Dialect::Mysql => format!("cloudio.{table}"),
+            Dialect::Postgres | Dialect::Mysql => {
+                format!("{}.{table}", self.db.platform_schema())
+            }
             Dialect::Sqlite => table.to_string(),
         }
     }
@@ -659,6 +661,18 @@ impl Store {
                 )
                 .await?;
         }
+        if dialect == Dialect::Mysql {
+            // The same single lock: a row of its own, held to the end of the transaction.
+            tx.raw()
+                .execute(
+                    &format!(
+                        "SELECT VERSION FROM {} WHERE NAME = 'login' FOR UPDATE",
+                        self.t("io_cluster")
+                    ),
+                    &[],
+                )
+                .await?;
+        }
         let mut busy = false;
         for key in keys {
             let row = tx
@@ -674,7 +688,10 @@ impl Store {
             let (all, pending, newest) = (next(), next(), next());
             if all - pending >= max {
                 // Dropping the transaction rolls it back.
-                return Ok(Reservation::Refused { newest });
+                return Ok(Reservation::Refused {
+                    newest,
+                    key: key.clone(),
+                });
             }
             busy |= all >= max;
         }

@@ -56,6 +56,26 @@ fn take_json(v: Value) -> Json {
         .unwrap_or(Json::Null)
 }
 
+/// Runs a transaction again while the database aborts it for a lock conflict (MySQL), a few
+/// times with a short, growing pause.
+async fn retrying<T, F, Fut>(mut run: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = std::time::Duration::from_millis(2);
+    for _ in 0..20 {
+        match run().await {
+            Err(crate::StoreError::Retry(_)) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+    run().await
+}
+
 /// A row's cells in order, `Null` past its end.
 struct Cells(std::vec::IntoIter<Value>);
 
@@ -464,6 +484,10 @@ impl Store {
     /// Creates an instance and queues its start node, or finds the instance an earlier start
     /// with the same idempotency key (within 24 hours) or the same schedule firing made.
     pub async fn wf_start(&self, n: &NewInstance<'_>) -> Result<Started> {
+        retrying(|| self.wf_start_once(n)).await
+    }
+
+    async fn wf_start_once(&self, n: &NewInstance<'_>) -> Result<Started> {
         let mut tx = self.db.begin_write().await?;
         let inst = uuid::Uuid::new_v4().to_string();
         if let Some(key) = n.idempotency_key {
@@ -673,6 +697,9 @@ impl Store {
         lease_until: i64,
     ) -> Result<Option<Claimed>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
+        if self.dialect() == Dialect::Mysql {
+            return self.wf_claim_mysql(token, owner, now, lease_until).await;
+        }
         let lock = match self.dialect() {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             _ => "",
@@ -721,6 +748,60 @@ impl Store {
                 reruns: c.int(),
             }
         }))
+    }
+
+    /// MySQL has no `UPDATE ... RETURNING`: the row is picked and locked (`SKIP LOCKED`, so
+    /// nodes claiming at once take different rows), then updated, in one transaction.
+    async fn wf_claim_mysql(
+        &self,
+        token: String,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Claimed>> {
+        let mut tx = self.db.begin_write().await?;
+        let rows = tx
+            .raw()
+            .fetch_all(
+                &self.wf_sql(
+                    "SELECT EXECUTION_ID, WF_INST_UID, NODE_UID, ATTEMPT, TRIES, RERUNS FROM {exec} \
+                     WHERE STATE = 'queued' AND RUN_AT <= ? ORDER BY RUN_AT LIMIT 1 \
+                     FOR UPDATE SKIP LOCKED",
+                ),
+                &[Value::Int(now)],
+                &CLAIM_TYPES,
+            )
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut c = Cells::new(row);
+        let claimed = Claimed {
+            execution_id: c.text(),
+            token: token.clone(),
+            wf_inst_uid: c.text(),
+            node_uid: c.text(),
+            attempt: c.int(),
+            tries: c.int(),
+            reruns: c.int(),
+        };
+        tx.raw()
+            .execute(
+                &self.wf_sql(
+                    "UPDATE {exec} SET STATE = 'running', TOKEN = ?, CLAIMED_BY = ?, \
+                     STARTED_AT = ?, LEASE_UNTIL = ? WHERE EXECUTION_ID = ?",
+                ),
+                &[
+                    text(&token),
+                    text(owner),
+                    Value::Int(now),
+                    Value::Int(lease_until),
+                    text(&claimed.execution_id),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some(claimed))
     }
 
     /// When the next queued execution is due (micros), if any is queued.
@@ -981,10 +1062,10 @@ impl Store {
         now: i64,
         lock: bool,
     ) -> Result<Option<TokenOwner>> {
-        let lock = if lock && self.dialect() == Dialect::Postgres {
-            " FOR SHARE OF e"
-        } else {
-            ""
+        let lock = match self.dialect() {
+            Dialect::Postgres if lock => " FOR SHARE OF e",
+            Dialect::Mysql if lock => " LOCK IN SHARE MODE",
+            _ => "",
         };
         let rows = raw
             .fetch_all(
@@ -1026,6 +1107,17 @@ impl Store {
 
     /// `put` / `instancePut`. An instance value is also the instance's `vars`.
     pub async fn wf_put(
+        &self,
+        f: &CallbackFields<'_>,
+        scope: Scope,
+        key: &str,
+        value: &Json,
+        now: i64,
+    ) -> Result<Callback> {
+        retrying(|| self.wf_put_once(f, scope, key, value, now)).await
+    }
+
+    async fn wf_put_once(
         &self,
         f: &CallbackFields<'_>,
         scope: Scope,
@@ -1080,10 +1172,10 @@ impl Store {
         wf_inst_uid: &str,
         change: impl FnOnce(&mut serde_json::Map<String, Json>) -> std::result::Result<T, ()>,
     ) -> Result<std::result::Result<T, ()>> {
-        let lock = if self.dialect() == Dialect::Postgres {
-            " FOR UPDATE"
-        } else {
+        let lock = if self.dialect() == Dialect::Sqlite {
             ""
+        } else {
+            " FOR UPDATE"
         };
         let rows = raw
             .fetch_all(
@@ -1169,6 +1261,16 @@ impl Store {
         key: &str,
         now: i64,
     ) -> Result<Callback> {
+        retrying(|| self.wf_increment_once(f, scope, key, now)).await
+    }
+
+    async fn wf_increment_once(
+        &self,
+        f: &CallbackFields<'_>,
+        scope: Scope,
+        key: &str,
+        now: i64,
+    ) -> Result<Callback> {
         let mut tx = self.db.begin_write().await?;
         let mut raw = tx.raw();
         let Some(owner) = self
@@ -1200,10 +1302,10 @@ impl Store {
                         &params,
                     )
                     .await?;
-                let lock = if self.dialect() == Dialect::Postgres {
-                    " FOR UPDATE"
-                } else {
+                let lock = if self.dialect() == Dialect::Sqlite {
                     ""
+                } else {
+                    " FOR UPDATE"
                 };
                 let rows = raw
                     .fetch_all(

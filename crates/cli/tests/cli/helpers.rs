@@ -24,6 +24,8 @@ pub const START_DEADLINE: Duration = Duration::from_secs(30);
 pub enum Kind {
     Sqlite,
     Postgres,
+    /// MariaDB/MySQL (`CLOUDIO_TEST_MYSQL_URL`, default root on 127.0.0.1:3306).
+    Mysql,
 }
 
 /// Runs a test body against each database.
@@ -56,6 +58,11 @@ pub struct TestDb {
     pub dir: tempfile::TempDir,
     pub url: Option<String>,
     name: Option<String>,
+    kind: Kind,
+}
+
+fn mysql_admin_url() -> String {
+    std::env::var("CLOUDIO_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
 impl TestDb {
@@ -66,7 +73,21 @@ impl TestDb {
                 dir,
                 url: None,
                 name: None,
+                kind,
             },
+            Kind::Mysql => {
+                // The server makes its database (and `<name>_<app>` per app) itself.
+                let name = format!("cloudio_cli_test_{}", uuid::Uuid::new_v4().simple());
+                TestDb {
+                    dir,
+                    url: Some(format!(
+                        "{}/{name}",
+                        mysql_admin_url().trim_end_matches('/')
+                    )),
+                    name: Some(name),
+                    kind,
+                }
+            }
             Kind::Postgres => {
                 let admin = pg_admin_url();
                 let name = format!("cloudio_cli_test_{}", uuid::Uuid::new_v4().simple());
@@ -87,6 +108,7 @@ impl TestDb {
                     dir,
                     url: Some(format!("{base}/{name}")),
                     name: Some(name),
+                    kind,
                 }
             }
         }
@@ -130,6 +152,7 @@ impl Drop for TestDb {
         let Some(name) = self.name.take() else {
             return;
         };
+        let kind = self.kind;
         // Drop runs inside the test's runtime, which cannot block on itself: a thread of its
         // own with a small runtime does the asynchronous work.
         let _ = std::thread::spawn(move || {
@@ -140,6 +163,31 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async {
+                if kind == Kind::Mysql {
+                    let Ok(mut conn) =
+                        <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_admin_url())
+                            .await
+                    else {
+                        return;
+                    };
+                    let names: Vec<(String,)> = sqlx::query_as(
+                        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA \
+                         WHERE SCHEMA_NAME = ? OR SCHEMA_NAME LIKE ?",
+                    )
+                    .bind(&name)
+                    .bind(format!("{name}\\_%"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                    for (db,) in names {
+                        let _ = sqlx::Executor::execute(
+                            &mut conn,
+                            sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`")),
+                        )
+                        .await;
+                    }
+                    return;
+                }
                 if let Ok(mut conn) =
                     <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await
                 {

@@ -122,6 +122,14 @@ async fn log_in(
     // checked per window. While attempts being checked fill the remaining places, a login waits
     // for them (a success gives its place back) rather than being refused.
     let attempt = uuid::Uuid::new_v4().simple().to_string();
+    // A lockout another node already found (Redis): refused without counting again.
+    if let Some(redis) = &state.cache
+        && let Some(left) = redis.lockout(&keys, now.timestamp()).await
+    {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: left.unsigned_abs(),
+        });
+    }
     let waited = Instant::now();
     loop {
         let now_us = Utc::now().timestamp_micros();
@@ -137,8 +145,12 @@ async fn log_in(
             .await?;
         match reservation {
             Reservation::Reserved => break,
-            Reservation::Refused { newest } => {
+            Reservation::Refused { newest, key } => {
                 let retry = (newest + window_us - now_us).max(1_000_000) / 1_000_000;
+                if let Some(redis) = &state.cache {
+                    let now_secs = now_us / 1_000_000;
+                    redis.lock_out(&[key], now_secs, now_secs + retry).await;
+                }
                 return Err(ApiError::TooManyRequests {
                     retry_after_secs: retry.unsigned_abs(),
                 });
@@ -219,6 +231,8 @@ pub async fn post_logout(
 ) -> ApiResult<Json<serde_json::Value>> {
     state.store.delete_session(authed.session_id()).await?;
     state.tokens.forget(&authed.token);
+    let id = authed.session_id().to_string();
+    crate::cluster::publish(&state, crate::cluster::Event::Session { id }).await;
     Ok(Json(serde_json::json!({"status": "OK"})))
 }
 

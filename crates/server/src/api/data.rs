@@ -38,9 +38,10 @@ pub async fn post_api(
     } else {
         state.engine.api(&authed.principal(), &body).await?
     };
-    // The transaction has committed: cached tokens of users whose sessions or roles changed go.
+    // The transaction has committed: cached tokens of users whose sessions or roles changed go,
+    // on every node.
     for (org, user) in &answer.touched {
-        state.tokens.forget_user(org, user);
+        state.user_changed(org, user).await;
     }
     let mut resp = Map::new();
     resp.insert("status".into(), Json::from("OK"));

@@ -21,12 +21,17 @@ pub async fn get_status(State(state): State<AppState>) -> impl IntoResponse {
         tokio::time::timeout(Duration::from_secs(2), state.store.db.ping()).await,
         Ok(Ok(()))
     );
+    let cache = match &state.cache {
+        None => "DISABLED",
+        Some(redis) if redis.ping().await => "OK",
+        Some(_) => "ERROR",
+    };
     let body = json!({
         "status": if db_ok { "OK" } else { "ERROR" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeSeconds": state.started.elapsed().as_secs(),
         "database": if db_ok { "OK" } else { "ERROR" },
-        "cache": "DISABLED",
+        "cache": cache,
     });
     let code = if db_ok {
         StatusCode::OK

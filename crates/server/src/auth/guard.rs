@@ -92,6 +92,19 @@ impl TokenCache {
         self.cache.invalidate(token);
     }
 
+    /// Drops the cached tokens of one session (a logout seen from another node).
+    pub fn forget_session(&self, session_id: &str) {
+        let id = session_id.to_string();
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, e| e.claims.session == id);
+    }
+
+    /// Drops every cached token (a cluster channel reconnected: events may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     pub fn forget_user(&self, org: &str, user: &str) {
         let (org, user) = (org.to_string(), user.to_string());
         // Only fails when closures are unsupported, which the builder enables.
@@ -158,13 +171,9 @@ impl FromRequestParts<AppState> for Authed {
         if !same(&claims.csrf, &csrf) {
             return Err(unauthorized("the csrf token does not match the session"));
         }
-        let live = state
-            .store
-            .live_session(&claims.session, now.date_naive())
-            .await?
-            .ok_or_else(|| unauthorized("the session has ended"))?;
-        let s = &live.session;
         let now_us = now.timestamp_micros();
+        let live = session_view(state, &claims, now).await?;
+        let s = &live.session;
         let idle_us = micros(state.config.session_idle());
         let absolute_us = micros(state.config.session_absolute());
         if !same(&s.csrf, &csrf) || s.user_name != claims.sub || s.org_uid != claims.org_uid {
@@ -181,8 +190,13 @@ impl FromRequestParts<AppState> for Authed {
         // Slide the idle timeout, writing at most once a minute per session.
         if now_us - s.last_seen_at > 60_000_000 {
             state.store.touch_session(&s.session_id, now_us).await?;
+            if let (Some(redis), Some(stamp)) = (&state.cache, live.stamp) {
+                let mut cached = live.cached();
+                cached.last_seen_at = now_us;
+                redis.put_session(&s.session_id, stamp, cached).await;
+            }
         }
-        let roles = Arc::new(state.store.user_roles(&claims.org_uid, &claims.sub).await?);
+        let roles = live.roles.clone();
         let profile = Arc::new(Profile {
             display_name: live.display_name.clone(),
             email_address: live.email_address.clone(),
@@ -201,6 +215,93 @@ impl FromRequestParts<AppState> for Authed {
             profile,
         })
     }
+}
+
+/// A session as the guard checks it, from Redis or the database.
+struct View {
+    session: store::Session,
+    user_may_log_in: bool,
+    display_name: Option<String>,
+    email_address: Option<String>,
+    roles: Arc<Vec<(String, String)>>,
+    /// Where it came from Redis, or may go there.
+    stamp: Option<crate::cache::Stamp>,
+}
+
+impl View {
+    fn cached(&self) -> crate::cache::CachedSession {
+        crate::cache::CachedSession {
+            csrf: self.session.csrf.clone(),
+            org_uid: self.session.org_uid.clone(),
+            user_name: self.session.user_name.clone(),
+            created_at: self.session.created_at,
+            last_seen_at: self.session.last_seen_at,
+            user_may_log_in: self.user_may_log_in,
+            display_name: self.display_name.clone(),
+            email_address: self.email_address.clone(),
+            roles: self.roles.as_ref().clone(),
+        }
+    }
+}
+
+/// The session and its user's state: from Redis when it holds a current entry, else from the
+/// database (and then cached in Redis for every node). Redis down: the database alone.
+async fn session_view(
+    state: &AppState,
+    claims: &Claims,
+    now: chrono::DateTime<Utc>,
+) -> Result<View, ApiError> {
+    use crate::cache::Lookup;
+    let lookup = match &state.cache {
+        Some(redis) => {
+            redis
+                .session(&claims.session, &claims.org_uid, &claims.sub)
+                .await
+        }
+        None => Lookup::Down,
+    };
+    let stamp = match lookup {
+        Lookup::Hit(c, stamp) => {
+            return Ok(View {
+                session: store::Session {
+                    session_id: claims.session.clone(),
+                    csrf: c.csrf,
+                    org_uid: c.org_uid,
+                    user_name: c.user_name,
+                    created_at: c.created_at,
+                    last_seen_at: c.last_seen_at,
+                },
+                user_may_log_in: c.user_may_log_in,
+                display_name: c.display_name,
+                email_address: c.email_address,
+                roles: Arc::new(c.roles),
+                stamp: Some(stamp),
+            });
+        }
+        Lookup::Ended => return Err(unauthorized("the session has ended")),
+        Lookup::Miss(stamp) => Some(stamp),
+        Lookup::Down => None,
+    };
+    let live = state
+        .store
+        .live_session(&claims.session, now.date_naive())
+        .await?
+        .ok_or_else(|| unauthorized("the session has ended"))?;
+    let roles = Arc::new(state.store.user_roles(&claims.org_uid, &claims.sub).await?);
+    let view = View {
+        session: live.session,
+        user_may_log_in: live.user_may_log_in,
+        display_name: live.display_name,
+        email_address: live.email_address,
+        roles,
+        stamp,
+    };
+    if let (Some(redis), Some(stamp)) = (&state.cache, stamp) {
+        redis
+            .put_session(&claims.session, stamp, view.cached())
+            .await;
+    }
+    Ok(view)
 }
 
 fn micros(d: Duration) -> i64 {

@@ -425,20 +425,48 @@ impl Catalog {
     }
 }
 
-/// The current catalog, swapped whole when metadata changes.
+/// The current catalog, swapped whole when metadata changes, with the metadata version it
+/// was loaded at (`store::cluster`): a node finds a change made elsewhere by comparing it.
 #[derive(Default)]
-pub struct CatalogCell(RwLock<Arc<Catalog>>);
+pub struct CatalogCell {
+    current: RwLock<Arc<Catalog>>,
+    /// The stored metadata version read before the current catalog was loaded.
+    version: std::sync::atomic::AtomicI64,
+    /// One load at a time: notifications and the periodic check may ask together.
+    loading: tokio::sync::Mutex<()>,
+}
 
 impl CatalogCell {
     pub fn get(&self) -> Arc<Catalog> {
-        self.0.read().map(|c| c.clone()).unwrap_or_default()
+        self.current.read().map(|c| c.clone()).unwrap_or_default()
     }
 
     pub async fn reload(&self, store: &Store) -> store::Result<()> {
+        let _one = self.loading.lock().await;
+        self.load(store).await
+    }
+
+    /// Reloads if the stored metadata changed since the catalog was loaded; true if it did.
+    pub async fn refresh(&self, store: &Store) -> store::Result<bool> {
+        use std::sync::atomic::Ordering;
+        let _one = self.loading.lock().await;
+        if store.metadata_version().await? == self.version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.load(store).await?;
+        Ok(true)
+    }
+
+    async fn load(&self, store: &Store) -> store::Result<()> {
+        use std::sync::atomic::Ordering;
+        // Read before loading: a change committed during the load bumps it past this, and the
+        // next check loads again.
+        let version = store.metadata_version().await?;
         let fresh = Arc::new(Catalog::load(store).await?);
-        if let Ok(mut c) = self.0.write() {
+        if let Ok(mut c) = self.current.write() {
             *c = fresh;
         }
+        self.version.store(version, Ordering::Release);
         Ok(())
     }
 }

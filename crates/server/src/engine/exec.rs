@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 
 use query::{
     AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Value,
-    WriteContext, WriteRow, compile_lookup, compile_write, returning_columns,
+    WriteContext, WriteRow, compile_lookup, compile_reread, compile_write, returning_columns,
 };
 use serde_json::{Map, Value as Json};
 use store::{Raw, WriteConn};
@@ -355,13 +355,8 @@ fn describe_key(key: &[(String, Value)]) -> String {
         .join(", ")
 }
 
-/// The statement that writes one row; for inserts with server-made keys, with the new key.
-fn write_statement(
-    alias: &str,
-    ds: &Datasource,
-    row: &WriteRow,
-    ctx: &WriteContext<'_>,
-) -> Result<query::Statement> {
+/// The row as written: for inserts with server-made keys, with the new key.
+fn keyed_row<'r>(ds: &Datasource, row: &'r WriteRow) -> std::borrow::Cow<'r, WriteRow> {
     if row.op == RowOp::Insert && ds.key_generation == KeyGeneration::Uuid {
         // The server makes the key; the compiler reads no randomness.
         let mut row = row.clone();
@@ -369,11 +364,10 @@ fn write_statement(
             row.values
                 .push((k.clone(), Value::Text(uuid::Uuid::new_v4().to_string())));
         }
-        compile_write(ds, &row, ctx)
+        std::borrow::Cow::Owned(row)
     } else {
-        compile_write(ds, row, ctx)
+        std::borrow::Cow::Borrowed(row)
     }
-    .map_err(|e| bad(alias, e))
 }
 
 /// A database error while writing row `i`, named by alias and row.
@@ -419,25 +413,128 @@ pub(crate) async fn write_row<E: Exec>(
     i: usize,
     row: &WriteRow,
 ) -> Result<Json> {
-    let st = write_statement(alias, ds, row, wctx)?;
+    let row = keyed_row(ds, row);
+    let row = row.as_ref();
+    let st = compile_write(ds, row, wctx).map_err(|e| bad(alias, e))?;
+    if wctx.dialect == Dialect::Mysql {
+        return write_row_mysql(exec, wctx, alias, ds, ret, i, row, st).await;
+    }
     let returned = exec
         .fetch_all(&st.sql, &st.params, &ret.types)
         .await
         .map_err(|e| row_error(alias, i, e))?;
     let Some(stored) = returned.into_iter().next() else {
-        let lookup = compile_lookup(ds, &row.key, wctx.dialect).map_err(|e| bad(alias, e))?;
-        let exists = !exec
-            .fetch_all(&lookup.sql, &lookup.params, &[AttrType::DateTime])
-            .await?
-            .is_empty();
-        let key = describe_key(&row.key);
-        return Err(if exists {
-            Error::Conflict(format!(
-                "{alias}: row {i} ({key}) was changed by someone else since the given lastUpdateDate; query it again"
-            ))
-        } else {
-            Error::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
-        });
+        return Err(missed(exec, wctx, alias, ds, i, row).await);
     };
     Ok(to_json_row(&ret.columns, stored))
+}
+
+/// A keyed write that matched no row: 404 if the key is gone, else 409 (stale lock).
+async fn missed<E: Exec>(
+    exec: &mut E,
+    wctx: &WriteContext<'_>,
+    alias: &str,
+    ds: &Datasource,
+    i: usize,
+    row: &WriteRow,
+) -> Error {
+    let lookup = match compile_lookup(ds, &row.key, wctx.dialect) {
+        Ok(l) => l,
+        Err(e) => return bad(alias, e),
+    };
+    let exists = match exec
+        .fetch_all(&lookup.sql, &lookup.params, &[AttrType::DateTime])
+        .await
+    {
+        Ok(rows) => !rows.is_empty(),
+        Err(e) => return Error::Store(e),
+    };
+    let key = describe_key(&row.key);
+    if exists {
+        Error::Conflict(format!(
+            "{alias}: row {i} ({key}) was changed by someone else since the given lastUpdateDate; query it again"
+        ))
+    } else {
+        Error::NotFound(format!("{alias}: row {i} ({key}) does not exist"))
+    }
+}
+
+/// MySQL has no `RETURNING`: an insert or update is read back by its key after it ran (an
+/// auto key through `LAST_INSERT_ID()`), a delete reads the row (locked) before it runs.
+#[allow(clippy::too_many_arguments)]
+async fn write_row_mysql<E: Exec>(
+    exec: &mut E,
+    wctx: &WriteContext<'_>,
+    alias: &str,
+    ds: &Datasource,
+    ret: &Returning,
+    i: usize,
+    row: &WriteRow,
+    st: query::Statement,
+) -> Result<Json> {
+    let reread = |key: &[(String, Value)], lock: bool| {
+        compile_reread(ds, key, wctx.dialect, lock).map_err(|e| bad(alias, e))
+    };
+    let read = async |exec: &mut E, st: query::Statement| -> Result<Option<Vec<Value>>> {
+        Ok(exec
+            .fetch_all(&st.sql, &st.params, &ret.types)
+            .await?
+            .into_iter()
+            .next())
+    };
+    match row.op {
+        RowOp::Insert => {
+            exec.execute(&st.sql, &st.params)
+                .await
+                .map_err(|e| row_error(alias, i, e))?;
+            let mut key = Vec::new();
+            for k in &ds.primary_key {
+                let given = row
+                    .values
+                    .iter()
+                    .chain(&row.key)
+                    .find(|(code, _)| code == k)
+                    .map(|(_, v)| v.clone());
+                let v = match given {
+                    Some(v) => v,
+                    None => exec
+                        .fetch_all("SELECT LAST_INSERT_ID()", &[], &[AttrType::Integer])
+                        .await?
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .unwrap_or(Value::Null),
+                };
+                key.push((k.clone(), v));
+            }
+            let stored = read(exec, reread(&key, false)?).await?.ok_or_else(|| {
+                Error::Internal(format!("{alias}: row {i}: inserted row not found"))
+            })?;
+            Ok(to_json_row(&ret.columns, stored))
+        }
+        RowOp::Update => {
+            let n = exec
+                .execute(&st.sql, &st.params)
+                .await
+                .map_err(|e| row_error(alias, i, e))?;
+            if n == 0 {
+                return Err(missed(exec, wctx, alias, ds, i, row).await);
+            }
+            let stored = read(exec, reread(&row.key, false)?).await?.ok_or_else(|| {
+                Error::Internal(format!("{alias}: row {i}: updated row not found"))
+            })?;
+            Ok(to_json_row(&ret.columns, stored))
+        }
+        RowOp::Delete => {
+            let before = read(exec, reread(&row.key, true)?).await?;
+            let n = exec
+                .execute(&st.sql, &st.params)
+                .await
+                .map_err(|e| row_error(alias, i, e))?;
+            match before {
+                Some(stored) if n > 0 => Ok(to_json_row(&ret.columns, stored)),
+                _ => Err(missed(exec, wctx, alias, ds, i, row).await),
+            }
+        }
+    }
 }

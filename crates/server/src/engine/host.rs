@@ -39,9 +39,9 @@ pub(crate) async fn serve<E: Exec>(
                 m.insert("limit".into(), Json::from(1));
             }
             let plan = plan::plan_query(ctx, &ds, &ds, target.as_deref(), Some(&q), true)?;
-            begin(exec).await?;
+            begin(exec, ctx.depth).await?;
             let result = run_query(exec, ctx, &plan).await;
-            let result = end(exec, result).await?;
+            let result = end(exec, ctx.depth, result).await?;
             let rows = result
                 .get("data")
                 .cloned()
@@ -90,9 +90,9 @@ pub(crate) async fn serve<E: Exec>(
                 posted.push(Json::Object(m));
             }
             let plan = plan::plan_post(ctx, &ds, &ds, target.as_deref(), &posted, true)?;
-            begin(exec).await?;
+            begin(exec, ctx.depth).await?;
             let result = run_post(exec, ctx, &plan).await;
-            let result = end(exec, result).await?;
+            let result = end(exec, ctx.depth, result).await?;
             let rows = result
                 .get("data")
                 .cloned()
@@ -121,9 +121,9 @@ pub(crate) async fn serve<E: Exec>(
                 app.to_string()
             };
             let sql = store::portable(exec.dialect(), &sql).into_owned();
-            begin(exec).await?;
+            begin(exec, ctx.depth).await?;
             let result = run_sql(exec, ctx, op, &schema, &sql, &params).await;
-            end(exec, result).await
+            end(exec, ctx.depth, result).await
         }
         "fetch" => fetch(ctx, &arg(0), &arg(1)).await,
         "startWorkflow" => {
@@ -181,7 +181,7 @@ async fn start_workflow<E: Exec>(
         },
         &inst,
     );
-    begin(exec).await?;
+    begin(exec, ctx.depth).await?;
     let mut result = Ok(());
     for (sql, params) in [st.definition, st.instance, st.first]
         .into_iter()
@@ -192,7 +192,7 @@ async fn start_workflow<E: Exec>(
             break;
         }
     }
-    end(exec, result).await?;
+    end(exec, ctx.depth, result).await?;
     ctx.started_workflows += 1;
     Ok(serde_json::json!({"wfInstUid": inst, "version": def.version}))
 }
@@ -263,17 +263,21 @@ fn to_value(v: &Json) -> Value {
 /// Every `db` call runs inside a savepoint: a call that fails leaves nothing behind and the
 /// transaction usable (PostgreSQL aborts a transaction at its first error otherwise), so a
 /// script may catch the error and go on.
-async fn begin<E: Exec>(exec: &mut E) -> Result<()> {
-    exec.execute("SAVEPOINT cloudio_db", &[]).await?;
+/// Named by the hook depth: a hook's `db` call runs inside the call that started the hook, and
+/// MySQL replaces a savepoint of the same name where the others nest them.
+async fn begin<E: Exec>(exec: &mut E, depth: usize) -> Result<()> {
+    exec.execute(&format!("SAVEPOINT cloudio_db_{depth}"), &[])
+        .await?;
     Ok(())
 }
 
-async fn end<E: Exec, T>(exec: &mut E, result: Result<T>) -> Result<T> {
+async fn end<E: Exec, T>(exec: &mut E, depth: usize, result: Result<T>) -> Result<T> {
     if result.is_err() {
-        exec.execute("ROLLBACK TO SAVEPOINT cloudio_db", &[])
+        exec.execute(&format!("ROLLBACK TO SAVEPOINT cloudio_db_{depth}"), &[])
             .await?;
     }
-    exec.execute("RELEASE SAVEPOINT cloudio_db", &[]).await?;
+    exec.execute(&format!("RELEASE SAVEPOINT cloudio_db_{depth}"), &[])
+        .await?;
     result
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use store::migrate::{self, Migration};
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::{on_all, on_both};
 
 fn m(name: &str, sql: &str) -> Migration {
     Migration {
@@ -25,7 +25,7 @@ async fn open(db: &TestDb) -> store::Store {
     server::startup::open_store(&db.config()).await.unwrap()
 }
 
-on_both!(
+on_all!(
     migrations_run_once_in_order_and_changed_files_are_reported,
     |kind| async move {
         let db = TestDb::new(kind).await;
@@ -81,6 +81,8 @@ on_both!(
     }
 );
 
+// SQLite and PostgreSQL only: MySQL commits DDL statement by statement, so a failed file
+// leaves its earlier statements behind there (docs/api.md, "MySQL/MariaDB").
 on_both!(
     a_failing_migration_names_file_and_statement_and_leaves_nothing,
     |kind| async move {
@@ -140,7 +142,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     several_nodes_migrating_at_once_apply_each_file_once,
     |kind| async move {
         let db = TestDb::new(kind).await;
@@ -184,7 +186,7 @@ async fn platform_migrations_are_named_by_the_documented_pattern() {
     }
 }
 
-on_both!(
+on_all!(
     app_validation_reports_every_problem_naming_file_and_field,
     |kind| async move {
         let db = TestDb::new(kind).await;

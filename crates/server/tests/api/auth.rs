@@ -5,7 +5,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 
 const DENIED: &str = "Access Denied - Invalid username and/or password!";
 
@@ -14,7 +14,7 @@ fn claims(jwt: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-on_both!(
+on_all!(
     login_returns_the_documented_body_and_claims,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -57,7 +57,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     both_header_names_and_empty_bodies_are_accepted,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -108,7 +108,7 @@ on_both!(
     }
 );
 
-on_both!(every_refusal_is_the_same_403, |kind| async move {
+on_all!(every_refusal_is_the_same_403, |kind| async move {
     let app = TestApp::spawn(kind).await;
     app.create_user("disabled", "pw").await;
     app.state
@@ -146,7 +146,7 @@ on_both!(every_refusal_is_the_same_403, |kind| async move {
     app.stop().await;
 });
 
-on_both!(malformed_headers_and_bodies_are_400, |kind| async move {
+on_all!(malformed_headers_and_bodies_are_400, |kind| async move {
     let app = TestApp::spawn(kind).await;
     let cases: Vec<(Option<(&str, String)>, &str)> = vec![
         (None, "{}"),
@@ -193,7 +193,7 @@ on_both!(malformed_headers_and_bodies_are_400, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     unknown_user_costs_the_same_work_as_a_wrong_password,
     |kind| async move {
         let app = TestApp::spawn(kind).await;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{Kind, TestApp, TestDb, assert_envelope};
-use crate::on_both;
+use crate::on_all;
 
-on_both!(
+on_all!(
     rows_asked_for_across_aliases_are_bounded,
     |kind| async move {
         let db = TestDb::new(kind).await;
@@ -39,7 +39,7 @@ on_both!(
     }
 );
 
-on_both!(bytes_answered_are_bounded, |kind| async move {
+on_all!(bytes_answered_are_bounded, |kind| async move {
     let db = TestDb::new(kind).await;
     let config = server::Config {
         demo: true,
@@ -68,7 +68,7 @@ on_both!(bytes_answered_are_bounded, |kind| async move {
     assert_eq!(s, 200, "{b}");
 });
 
-on_both!(one_users_burst_does_not_starve_another, |kind| async move {
+on_all!(one_users_burst_does_not_starve_another, |kind| async move {
     let db = TestDb::new(kind).await;
     let config = server::Config {
         app_dirs: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hooks")],
@@ -124,7 +124,7 @@ on_both!(one_users_burst_does_not_starve_another, |kind| async move {
     );
 });
 
-on_both!(a_large_answer_is_streamed_and_whole, |kind| async move {
+on_all!(a_large_answer_is_streamed_and_whole, |kind| async move {
     let db = TestDb::new(kind).await;
     let config = server::Config {
         demo: true,

@@ -1,5 +1,5 @@
-//! SQLite and PostgreSQL return the same rows for the same data: random filter trees with
-//! hostile strings, run against both databases through the API.
+//! SQLite, PostgreSQL and MySQL/MariaDB return the same rows for the same data: random filter
+//! trees with hostile strings, run against the three databases through the API.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -142,14 +142,19 @@ fn ages(b: &Value) -> BTreeSet<String> {
 }
 
 #[test]
-fn sqlite_and_postgres_return_the_same_rows_for_random_filters() {
+fn the_three_databases_return_the_same_rows_for_random_filters() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let ((lite, lite_admin), (pg, pg_admin)) =
-        rt.block_on(async { (spawn(Kind::Sqlite).await, spawn(Kind::Postgres).await) });
+    let ((lite, lite_admin), (pg, pg_admin), (my, my_admin)) = rt.block_on(async {
+        (
+            spawn(Kind::Sqlite).await,
+            spawn(Kind::Postgres).await,
+            spawn(Kind::Mysql).await,
+        )
+    });
     let mut runner = TestRunner::new(PropConfig {
         cases: 300,
         ..PropConfig::default()
@@ -159,16 +164,22 @@ fn sqlite_and_postgres_return_the_same_rows_for_random_filters() {
         .run(&prop::collection::vec(tree(), 1..3), |filter| {
             let body = json!({"q": {"ds": "Contacts", "query": {"filter": filter, "limit": 1000,
                 "projection": {"name": 1, "age": 1}}}});
-            let ((s1, b1), (s2, b2)) = rt.block_on(async {
-                tokio::join!(lite.api(&lite_admin, &body), pg.api(&pg_admin, &body))
+            let ((s1, b1), (s2, b2), (s3, b3)) = rt.block_on(async {
+                tokio::join!(
+                    lite.api(&lite_admin, &body),
+                    pg.api(&pg_admin, &body),
+                    my.api(&my_admin, &body)
+                )
             });
             prop_assert_eq!(s1, 200, "{}", b1);
             prop_assert_eq!(s2, 200, "{}", b2);
-            let (a, b) = (ages(&b1), ages(&b2));
+            prop_assert_eq!(s3, 200, "{}", b3);
+            let (a, b, c) = (ages(&b1), ages(&b2), ages(&b3));
             if !a.is_empty() {
                 nonempty.set(nonempty.get() + 1);
             }
-            prop_assert_eq!(a, b, "filter {}", body);
+            prop_assert_eq!(&a, &b, "SQLite and PostgreSQL, filter {}", body);
+            prop_assert_eq!(&a, &c, "SQLite and MySQL, filter {}", body);
             Ok(())
         })
         .unwrap();
@@ -180,5 +191,6 @@ fn sqlite_and_postgres_return_the_same_rows_for_random_filters() {
     rt.block_on(async {
         lite.stop().await;
         pg.stop().await;
+        my.stop().await;
     });
 }

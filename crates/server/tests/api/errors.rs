@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 
 async fn call(app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Value, Option<String>) {
     let _ = app;
@@ -16,7 +16,7 @@ async fn call(app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Value, Optio
     (status, r.json().await.unwrap(), id)
 }
 
-on_both!(framework_errors_use_the_envelope, |kind| async move {
+on_all!(framework_errors_use_the_envelope, |kind| async move {
     let app = TestApp::spawn(kind).await;
     let (s, b, id) = call(&app, app.client.get(app.url("/v1/nope"))).await;
     assert_envelope(s, &b, 404);
@@ -40,7 +40,7 @@ on_both!(framework_errors_use_the_envelope, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     a_panic_is_a_500_that_quotes_the_request_id_and_nothing_else,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -60,7 +60,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     request_ids_are_echoed_when_sane_and_made_otherwise,
     |kind| async move {
         let app = TestApp::spawn(kind).await;

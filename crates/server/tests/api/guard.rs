@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 
 fn claims_of(jwt: &str) -> Value {
     serde_json::from_slice(&B64.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
@@ -24,7 +24,7 @@ async fn expect_401(app: &TestApp, jwt: &str, csrf: &str, why: &str) {
     assert_eq!(body["title"], "Unauthorized", "{why}: {body}");
 }
 
-on_both!(session_returns_the_login_and_roles, |kind| async move {
+on_all!(session_returns_the_login_and_roles, |kind| async move {
     let app = TestApp::spawn(kind).await;
     let login = app.admin().await;
     let (status, body) = app.session(&login.jwt, &login.csrf).await;
@@ -65,7 +65,7 @@ on_both!(session_returns_the_login_and_roles, |kind| async move {
     app.stop().await;
 });
 
-on_both!(jwt_negative_suite, |kind| async move {
+on_all!(jwt_negative_suite, |kind| async move {
     let app = TestApp::spawn(kind).await;
     let login = app.admin().await;
     let other = app.admin().await;
@@ -202,7 +202,7 @@ on_both!(jwt_negative_suite, |kind| async move {
     app.stop().await;
 });
 
-on_both!(logout_ends_the_session_at_once, |kind| async move {
+on_all!(logout_ends_the_session_at_once, |kind| async move {
     let app = TestApp::spawn(kind).await;
     let login = app.admin().await;
     assert_eq!(app.session(&login.jwt, &login.csrf).await.0, 200); // now cached
@@ -219,7 +219,7 @@ on_both!(logout_ends_the_session_at_once, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     disabling_or_changing_a_password_ends_sessions_at_once,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -250,7 +250,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     a_change_made_elsewhere_is_seen_within_a_second,
     |kind| async move {
         // A second node (or the CLI) disables the user directly in the database; this node's
@@ -280,7 +280,7 @@ on_both!(
     }
 );
 
-on_both!(idle_sessions_expire, |kind| async move {
+on_all!(idle_sessions_expire, |kind| async move {
     let db = TestDb::new(kind).await;
     let config = server::Config {
         token_recheck_millis: 0,
@@ -296,7 +296,7 @@ on_both!(idle_sessions_expire, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     a_rotated_secret_still_verifies_old_tokens,
     |kind| async move {
         let db = TestDb::new(kind).await;

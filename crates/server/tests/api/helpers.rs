@@ -1,6 +1,7 @@
-//! `TestApp`: a real server on port 0 over a fresh database (a temporary SQLite directory, or a
-//! new PostgreSQL database on the server named by `CLOUDIO_TEST_DATABASE_URL`), with typed
-//! request helpers and personas.
+//! `TestApp`: a real server on port 0 over a fresh database (a temporary SQLite directory, a
+//! new PostgreSQL database on the server named by `CLOUDIO_TEST_DATABASE_URL`, or new MariaDB/
+//! MySQL databases named for the test on the server named by `CLOUDIO_TEST_MYSQL_URL`), with
+//! typed request helpers and personas.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,33 @@ pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0001";
 pub enum Kind {
     Sqlite,
     Postgres,
+    Mysql,
 }
 
-/// Runs a test body against each database.
+/// Runs a test body against each of the three databases.
+#[macro_export]
+macro_rules! on_all {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(Kind::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                ($body)(Kind::Mysql).await
+            }
+        }
+    };
+}
+
+/// Runs a test body on SQLite and PostgreSQL only: what MySQL does not serve yet (see
+/// docs/api.md, "MySQL/MariaDB").
 #[macro_export]
 macro_rules! on_both {
     ($name:ident, $body:expr) => {
@@ -44,6 +69,11 @@ pub struct TestDb {
     pub dir: tempfile::TempDir,
     pub url: Option<String>,
     name: Option<String>,
+    kind: Kind,
+}
+
+fn mysql_admin_url() -> String {
+    std::env::var("CLOUDIO_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
 fn pg_admin_url() -> String {
@@ -59,7 +89,21 @@ impl TestDb {
                 dir,
                 url: None,
                 name: None,
+                kind,
             },
+            Kind::Mysql => {
+                // The server makes the platform's database and one per app, all named after it.
+                let name = format!("cloudio_test_{}", uuid::Uuid::new_v4().simple());
+                TestDb {
+                    dir,
+                    url: Some(format!(
+                        "{}/{name}",
+                        mysql_admin_url().trim_end_matches('/')
+                    )),
+                    name: Some(name),
+                    kind,
+                }
+            }
             Kind::Postgres => {
                 let admin = pg_admin_url();
                 let name = format!("cloudio_test_{}", uuid::Uuid::new_v4().simple());
@@ -80,6 +124,7 @@ impl TestDb {
                     dir,
                     url: Some(format!("{base}/{name}")),
                     name: Some(name),
+                    kind,
                 }
             }
         }
@@ -108,6 +153,7 @@ impl Drop for TestDb {
         let Some(name) = self.name.take() else {
             return;
         };
+        let kind = self.kind;
         // Drop runs inside the test's runtime, which cannot block on itself: a thread with a
         // small runtime of its own drops the database, and this waits for it.
         let _ = std::thread::spawn(move || {
@@ -118,6 +164,10 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async {
+                if kind == Kind::Mysql {
+                    drop_mysql(&name).await;
+                    return;
+                }
                 if let Ok(mut conn) =
                     <sqlx::PgConnection as sqlx::Connection>::connect(&pg_admin_url()).await
                 {
@@ -130,6 +180,30 @@ impl Drop for TestDb {
             });
         })
         .join();
+    }
+}
+
+/// Drops a MySQL test's databases: the platform's and each app's (`<name>_<app>`).
+async fn drop_mysql(name: &str) {
+    let Ok(mut conn) =
+        <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_admin_url()).await
+    else {
+        return;
+    };
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ? OR SCHEMA_NAME LIKE ?",
+    )
+    .bind(name)
+    .bind(format!("{name}\\_%"))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    for (db,) in names {
+        let _ = sqlx::Executor::execute(
+            &mut conn,
+            sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`")),
+        )
+        .await;
     }
 }
 
@@ -396,6 +470,29 @@ impl TestApp {
         let db = self.db.as_ref().expect("a TestApp with its own TestDb");
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match &db.url {
+            Some(url) if db.kind == Kind::Mysql => {
+                let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(url)
+                    .await
+                    .expect("connect to the test database");
+                let name = db.name.as_deref().expect("a MySQL test database");
+                sqlx::Executor::execute(
+                    &mut conn,
+                    "SET time_zone = '+00:00', sql_mode = 'ANSI_QUOTES,PIPES_AS_CONCAT,\
+                     NO_BACKSLASH_ESCAPES,STRICT_ALL_TABLES'",
+                )
+                .await
+                .expect("set the session");
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("USE {name}_{}", app_uid.replace('-', "_"))),
+                )
+                .await
+                .expect("use the app's database");
+                sqlx::raw_sql(sql)
+                    .execute(&mut conn)
+                    .await
+                    .expect("app sql");
+            }
             Some(url) => {
                 let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
                     .await

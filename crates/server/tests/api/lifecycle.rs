@@ -5,9 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 
-on_both!(status_and_metrics, |kind| async move {
+on_all!(status_and_metrics, |kind| async move {
     let app = TestApp::spawn(kind).await;
     let r = app.client.get(app.url("/v1/status")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -27,7 +27,7 @@ on_both!(status_and_metrics, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     a_database_that_goes_away_is_a_503_not_a_panic,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -51,7 +51,7 @@ on_both!(
     }
 );
 
-on_both!(shutdown_lets_in_flight_requests_finish, |kind| async move {
+on_all!(shutdown_lets_in_flight_requests_finish, |kind| async move {
     let mut app = TestApp::spawn(kind).await;
     let client = app.client.clone();
     let url = app.url("/test/slow");
@@ -78,7 +78,7 @@ on_both!(shutdown_lets_in_flight_requests_finish, |kind| async move {
     assert!(reqwest::get(status_url).await.is_err(), "listener closed");
 });
 
-on_both!(
+on_all!(
     requests_beyond_the_inflight_limit_wait_their_turn,
     |kind| async move {
         let db = TestDb::new(kind).await;
@@ -144,7 +144,7 @@ async fn postgresql_connections_dropped_behind_the_pool_cost_no_request() {
     app.stop().await;
 }
 
-on_both!(
+on_all!(
     a_slow_body_holds_its_connection_not_an_inflight_slot,
     |kind| async move {
         use tokio::io::AsyncWriteExt;

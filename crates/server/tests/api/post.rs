@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/posts")
@@ -82,7 +82,7 @@ fn is_micros_utc(v: &Value) -> bool {
     s.len() == 27 && s.ends_with('Z') && s.as_bytes()[19] == b'.'
 }
 
-on_both!(
+on_all!(
     the_documented_insert_returns_the_key_and_who_columns,
     |kind| async move {
         let app = spawn(kind).await;
@@ -122,7 +122,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     updates_keep_creation_who_and_ignore_read_only_values,
     |kind| async move {
         let app = spawn(kind).await;
@@ -159,7 +159,7 @@ on_both!(
     }
 );
 
-on_both!(key_generation_uuid_and_none, |kind| async move {
+on_all!(key_generation_uuid_and_none, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     let b = ok(&app, &admin, json!({"c": {"ds": "Contacts", "data": [{"_rs": "I", "name": "A", "contactId": "client-made"}]}})).await;
@@ -201,7 +201,7 @@ on_both!(key_generation_uuid_and_none, |kind| async move {
     app.stop().await;
 });
 
-on_both!(every_type_is_checked_and_named, |kind| async move {
+on_all!(every_type_is_checked_and_named, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     let good = json!({"_rs": "I", "name": "Typed", "age": 42, "score": 1.5, "vip": "Y", "email": "a@b.io",
@@ -271,7 +271,7 @@ on_both!(every_type_is_checked_and_named, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     a_failing_row_rolls_back_the_whole_request,
     |kind| async move {
         let app = spawn(kind).await;
@@ -309,7 +309,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     mixed_rows_across_datasources_then_queries_that_see_them,
     |kind| async move {
         let app = spawn(kind).await;
@@ -348,7 +348,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     optimistic_locking_404_409_and_required_lock_fields,
     |kind| async move {
         let app = spawn(kind).await;
@@ -390,7 +390,7 @@ on_both!(
     }
 );
 
-on_both!(each_action_needs_its_grant, |kind| async move {
+on_all!(each_action_needs_its_grant, |kind| async move {
     let app = spawn(kind).await;
     app.create_user("reader", "pw").await;
     app.state
@@ -443,7 +443,7 @@ on_both!(each_action_needs_its_grant, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     administration_through_io_users_and_io_user_roles,
     |kind| async move {
         let app = spawn(kind).await;
@@ -506,7 +506,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     concurrent_updates_of_one_row_never_lose_an_update,
     |kind| async move {
         let app = spawn(kind).await;
@@ -548,7 +548,7 @@ on_both!(
     }
 );
 
-on_both!(malformed_post_bodies_are_400, |kind| async move {
+on_all!(malformed_post_bodies_are_400, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     for body in [
@@ -567,7 +567,7 @@ on_both!(malformed_post_bodies_are_400, |kind| async move {
     app.stop().await;
 });
 
-on_both!(
+on_all!(
     concurrent_single_row_posts_are_each_answered_with_their_own_row,
     |kind| async move {
         // On SQLite these are jobs of one batching writer: a duplicate in the middle of a batch
@@ -617,7 +617,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     concurrent_multi_row_posts_fail_or_succeed_whole,
     |kind| async move {
         // Each request writes five rows and queries them back; every third breaks at its last

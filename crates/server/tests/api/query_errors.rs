@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 use crate::query::{ALL, Qa};
 
 /// Asserts a 403 `Access Denied` and returns its message.
@@ -17,7 +17,7 @@ fn denied(status: u16, resp: &Value) -> String {
     resp["message"].as_str().unwrap().to_string()
 }
 
-on_both!(
+on_all!(
     datasources_the_user_may_not_query_are_403,
     |kind| async move {
         let qa = Qa::spawn(kind).await;
@@ -87,7 +87,7 @@ on_both!(
     }
 );
 
-on_both!(malformed_queries_are_400, |kind| async move {
+on_all!(malformed_queries_are_400, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let f = |item: Value| json!({"filter": [item]});
     // Unknown attributes, wherever they are used.
@@ -429,7 +429,7 @@ on_both!(malformed_queries_are_400, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(
+on_all!(
     malformed_bodies_are_400_and_csrf_is_required,
     |kind| async move {
         let qa = Qa::spawn(kind).await;
@@ -539,7 +539,7 @@ on_both!(
     }
 );
 
-on_both!(hostile_values_and_names, |kind| async move {
+on_all!(hostile_values_and_names, |kind| async move {
     let qa = Qa::spawn(kind).await;
     // Values are bound: each string means only itself. (value, rows whose name contains it)
     let hostile: [(&str, &[i64]); 18] = [
@@ -679,7 +679,7 @@ on_both!(hostile_values_and_names, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(
+on_all!(
     a_query_too_big_for_the_database_is_not_a_500,
     |kind| async move {
         // Every part of this query is within the documented limits (lists of at most 1,000 values,
@@ -713,7 +713,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     long_like_patterns_are_400_naming_the_limit,
     |kind| async move {
         let qa = Qa::spawn(kind).await;

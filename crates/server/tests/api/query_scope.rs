@@ -6,10 +6,10 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 use crate::query::{Qa, READER, ids_of, qa_dir};
 
-on_both!(default_filters_and_params, |kind| async move {
+on_all!(default_filters_and_params, |kind| async move {
     let qa = Qa::spawn(kind).await;
     // `ScopedNotes` is `Notes` with the default filter
     // [{"secret": {"notEmpty": ""}}, {"thingId": {"in": ":things"}}]: it may use the
@@ -114,7 +114,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-on_both!(a_name_in_two_apps_needs_app_uid, |kind| async move {
+on_all!(a_name_in_two_apps_needs_app_uid, |kind| async move {
     // A second app, `qa_copy`: the fixture under another appUid (its own schema and rows).
     let copy = tempfile::tempdir().unwrap();
     copy_dir(&qa_dir(), copy.path());

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 use crate::query::{ALL, Qa, ids_of};
 
 /// JSON equality where numbers compare as numbers (`4` equals `4.0`; 1e-9 relative tolerance,
@@ -72,7 +72,7 @@ const THINGS_KEYS: [&str; 16] = [
     "thingId",
 ];
 
-on_both!(response_shape_and_values, |kind| async move {
+on_all!(response_shape_and_values, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let body = json!({"Things": {"ds": "Things", "query": {
         "filter": [{"thingId": {"in": [1, 5, 6, 7, 9, 12, 13, 14, 15, 17, 21]}}],
@@ -143,7 +143,7 @@ on_both!(response_shape_and_values, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(projection_and_select_list, |kind| async move {
+on_all!(projection_and_select_list, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let one = json!([{"thingId": {"eq": 1}}]);
     // In key order, only those keys plus `_rs`.
@@ -196,7 +196,7 @@ on_both!(projection_and_select_list, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(only_readable_attributes_are_returned, |kind| async move {
+on_all!(only_readable_attributes_are_returned, |kind| async move {
     let qa = Qa::spawn(kind).await;
     // `Notes.secret` is not queryable: never returned, and unknown wherever it is named.
     let result = qa.query("Notes", json!({})).await;
@@ -301,7 +301,7 @@ on_both!(only_readable_attributes_are_returned, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(sorting, |kind| async move {
+on_all!(sorting, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let cases: Vec<(Value, Vec<i64>)> = vec![
         // NULLs first ascending, last descending; equal keys broken by the primary key.
@@ -418,7 +418,7 @@ on_both!(sorting, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(paging_returns_every_row_exactly_once, |kind| async move {
+on_all!(paging_returns_every_row_exactly_once, |kind| async move {
     let qa = Qa::spawn(kind).await;
     for sort in [
         json!(null),
@@ -471,7 +471,7 @@ on_both!(paging_returns_every_row_exactly_once, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(limits, |kind| async move {
+on_all!(limits, |kind| async move {
     let qa = Qa::spawn(kind).await;
     // The default maximum is 10,000: accepted at the maximum, refused (not capped) above it.
     let result = qa.query("Things", json!({"limit": 10000})).await;
@@ -517,7 +517,7 @@ on_both!(limits, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(fetch_distinct, |kind| async move {
+on_all!(fetch_distinct, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let result = qa
         .query(
@@ -638,7 +638,7 @@ on_both!(fetch_distinct, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(group_by_and_aggregates, |kind| async move {
+on_all!(group_by_and_aggregates, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let aggregates = json!([
         {"fn": "count", "alias": "n"},
@@ -961,7 +961,7 @@ on_both!(group_by_and_aggregates, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(several_aliases_and_app_uid, |kind| async move {
+on_all!(several_aliases_and_app_uid, |kind| async move {
     let qa = Qa::spawn(kind).await;
     let body = json!({
         "Fruit": {"ds": "Things", "query": {"filter": [{"category": {"is": "fruit"}}],
@@ -1020,7 +1020,7 @@ on_both!(several_aliases_and_app_uid, |kind| async move {
     qa.stop().await;
 });
 
-on_both!(demo_employees_for_the_admin, |kind| async move {
+on_all!(demo_employees_for_the_admin, |kind| async move {
     // `serve --demo`: the admin can query the demo's Employees at once, with no grant made by
     // the test.
     let db = TestDb::new(kind).await;

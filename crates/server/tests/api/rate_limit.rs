@@ -4,9 +4,9 @@
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::on_both;
+use crate::on_all;
 
-on_both!(
+on_all!(
     ten_failures_lock_the_user_even_with_the_right_password,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -37,7 +37,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     the_limit_holds_across_nodes_and_per_address,
     |kind| async move {
         let db = TestDb::new(kind).await;
@@ -91,7 +91,7 @@ async fn concurrent_logins(app: &TestApp, logins: Vec<(&'static str, &'static st
     tasks.join_all().await
 }
 
-on_both!(
+on_all!(
     a_concurrent_burst_checks_exactly_the_limit,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -106,7 +106,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     a_right_password_inside_a_burst_past_the_limit_is_refused,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -123,7 +123,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     a_successful_login_takes_back_its_attempt_under_the_address,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -139,7 +139,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     more_right_logins_at_once_than_the_limit_all_get_in,
     |kind| async move {
         let app = TestApp::spawn(kind).await;
@@ -151,7 +151,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     logins_the_client_gave_up_on_hold_no_place,
     |kind| async move {
         let app = TestApp::spawn(kind).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{Kind, Login, TestApp, TestDb, assert_envelope};
-use crate::on_both;
+use crate::on_all;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hooks")
@@ -99,7 +99,7 @@ fn assert_script_error(status: u16, body: &Value, starts: &str) {
     assert!(m.starts_with(starts), "{m}");
 }
 
-on_both!(query_hooks_change_query_and_rows, |kind| async move {
+on_all!(query_hooks_change_query_and_rows, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     let (s, b) = insert(
@@ -147,7 +147,7 @@ on_both!(query_hooks_change_query_and_rows, |kind| async move {
     assert_eq!(b["data"]["q"]["data"][0]["name"], "b");
 });
 
-on_both!(post_hooks_run_grouped_and_in_order, |kind| async move {
+on_all!(post_hooks_run_grouped_and_in_order, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     let (s, b) = insert(&app, &admin, json!([{"_rs": "I", "name": "x", "qty": 1}])).await;
@@ -193,7 +193,7 @@ on_both!(post_hooks_run_grouped_and_in_order, |kind| async move {
     );
 });
 
-on_both!(a_throw_rolls_back_everything, |kind| async move {
+on_all!(a_throw_rolls_back_everything, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     // UserError: 400 Invalid Request with the message exactly.
@@ -229,7 +229,7 @@ on_both!(a_throw_rolls_back_everything, |kind| async move {
     assert_eq!(s, 200);
 });
 
-on_both!(skip_dml_writes_nothing_but_answers, |kind| async move {
+on_all!(skip_dml_writes_nothing_but_answers, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     let (s, b) = insert(
@@ -246,7 +246,7 @@ on_both!(skip_dml_writes_nothing_but_answers, |kind| async move {
     assert!(items(&app, &admin).await.is_empty());
 });
 
-on_both!(db_calls_keep_grants_and_limits, |kind| async move {
+on_all!(db_calls_keep_grants_and_limits, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     // A datasource the user may not use is an error inside the script.
@@ -275,7 +275,7 @@ on_both!(db_calls_keep_grants_and_limits, |kind| async move {
     assert_eq!(b["data"]["q"]["rowsFetched"], 0);
 });
 
-on_both!(no_recursion_into_the_same_datasource, |kind| async move {
+on_all!(no_recursion_into_the_same_datasource, |kind| async move {
     let app = spawn(kind).await;
     let admin = app.admin().await;
     let (s, b) = insert(
@@ -298,7 +298,7 @@ on_both!(no_recursion_into_the_same_datasource, |kind| async move {
     );
 });
 
-on_both!(
+on_all!(
     an_endless_loop_is_stopped_and_others_are_served,
     |kind| async move {
         // The app's own limit (`[scripts.apps.hooks]`) wins over the global one.
@@ -351,7 +351,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     memory_and_stack_limits_fail_the_request_not_the_server,
     |kind| async move {
         let app = spawn_with(kind, |c| c.scripts.memory_limit_mib = 16).await;
@@ -380,7 +380,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     functions_run_with_grants_and_their_own_transaction,
     |kind| async move {
         let app = spawn(kind).await;
@@ -429,7 +429,7 @@ on_both!(
     }
 );
 
-on_both!(the_sample_scripts_run_as_written, |kind| async move {
+on_all!(the_sample_scripts_run_as_written, |kind| async move {
     // A local "external" REST service for db.fetch.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -518,7 +518,7 @@ on_both!(the_sample_scripts_run_as_written, |kind| async move {
     assert_eq!(b["data"]["items"], 3);
 });
 
-on_both!(
+on_all!(
     a_script_that_does_not_compile_fails_the_load,
     |kind| async move {
         let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
 use crate::helpers::{Kind, Login, TestApp, TestDb, assert_envelope};
-use crate::on_both;
+use crate::on_all;
 
 /// What the task server saw: each request's `Idempotency-Key` and body.
 #[derive(Default)]
@@ -472,7 +472,7 @@ fn nodes(inst: &Value) -> Vec<String> {
         .collect()
 }
 
-on_both!(script_nodes_edges_and_end_nodes, |kind| async move {
+on_all!(script_nodes_edges_and_end_nodes, |kind| async move {
     let fx = spawn(kind).await;
     let inst = fx.start("branch", json!({"salary": 10})).await;
     let i = fx.finished(&inst).await;
@@ -501,7 +501,7 @@ on_both!(script_nodes_edges_and_end_nodes, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(no_edge_taken_fails_and_cycles_run, |kind| async move {
+on_all!(no_edge_taken_fails_and_cycles_run, |kind| async move {
     let fx = spawn(kind).await;
     let inst = fx.start("stuck", json!({})).await;
     let i = fx.finished(&inst).await;
@@ -535,7 +535,7 @@ on_both!(no_edge_taken_fails_and_cycles_run, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(a_throwing_script_is_retried_then_fails, |kind| async move {
+on_all!(a_throwing_script_is_retried_then_fails, |kind| async move {
     let fx = spawn(kind).await;
     let inst = fx.start("throws", json!({})).await;
     let i = fx.finished(&inst).await;
@@ -554,7 +554,7 @@ on_both!(a_throwing_script_is_retried_then_fails, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(task_protocol, |kind| async move {
+on_all!(task_protocol, |kind| async move {
     let fx = spawn(kind).await;
     let inst = fx.start("task", json!({"n": 42})).await;
     let i = fx.finished(&inst).await;
@@ -587,7 +587,7 @@ on_both!(task_protocol, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(
+on_all!(
     retries_get_new_execution_ids_and_tokens,
     |kind| async move {
         let fx = spawn(kind).await;
@@ -652,7 +652,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     a_task_that_times_out_fails_and_its_token_dies,
     |kind| async move {
         let fx = spawn(kind).await;
@@ -680,7 +680,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     cancel_stops_the_token_and_ignores_the_late_answer,
     |kind| async move {
         let mut fx = spawn(kind).await;
@@ -712,7 +712,7 @@ on_both!(
     }
 );
 
-on_both!(idempotent_start, |kind| async move {
+on_all!(idempotent_start, |kind| async move {
     let fx = spawn(kind).await;
     let start = |key: &'static str| {
         let fx = &fx;
@@ -744,7 +744,7 @@ on_both!(idempotent_start, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(
+on_all!(
     grants_decide_who_starts_views_and_cancels,
     |kind| async move {
         let fx = spawn(kind).await;
@@ -815,7 +815,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     callbacks_with_every_scope_and_json_type,
     |kind| async move {
         let mut fx = spawn(kind).await;
@@ -906,7 +906,7 @@ on_both!(
     }
 );
 
-on_both!(token_rules_and_body_checks, |kind| async move {
+on_all!(token_rules_and_body_checks, |kind| async move {
     let mut fx = spawn(kind).await;
     let inst = fx.start("hold", json!({})).await;
     let held = fx.tasks.next_held().await;
@@ -970,7 +970,7 @@ on_both!(token_rules_and_body_checks, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(
+on_all!(
     fifty_concurrent_increments_get_fifty_numbers,
     |kind| async move {
         let mut fx = spawn(kind).await;
@@ -1002,7 +1002,7 @@ on_both!(
     }
 );
 
-on_both!(schedules_fire_once_per_tick, |kind| async move {
+on_all!(schedules_fire_once_per_tick, |kind| async move {
     let every = json!({"wfUid": "tick", "version": "1", "start": "a",
         "nodes": [{"nodeUid": "a", "type": "script", "code": "return session.userName();"},
                   {"nodeUid": "z", "type": "end"}],
@@ -1011,7 +1011,7 @@ on_both!(schedules_fire_once_per_tick, |kind| async move {
     let fx = spawn_with(kind, &[("tick", every)], |_| {}).await;
     // On PostgreSQL a second server on the same database fires the same schedule.
     let second = match kind {
-        Kind::Postgres => {
+        Kind::Postgres | Kind::Mysql => {
             let mut config = fx.app.db.as_ref().unwrap().config();
             config.app_dirs = vec![fx.dir.path().to_path_buf()];
             Some(TestApp::spawn_with(config).await)
@@ -1057,7 +1057,7 @@ on_both!(schedules_fire_once_per_tick, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(
+on_all!(
     a_changed_definition_needs_a_new_version,
     |kind| async move {
         let fx = spawn(kind).await;
@@ -1090,7 +1090,7 @@ on_both!(
     }
 );
 
-on_both!(metrics_show_workflow_figures, |kind| async move {
+on_all!(metrics_show_workflow_figures, |kind| async move {
     let fx = spawn(kind).await;
     let inst = fx.start("branch", json!({"salary": 1})).await;
     fx.finished(&inst).await;
@@ -1110,7 +1110,7 @@ on_both!(metrics_show_workflow_figures, |kind| async move {
     fx.stop().await;
 });
 
-on_both!(
+on_all!(
     an_execution_whose_server_died_runs_again_after_restart,
     |kind| async move {
         let lease = |c: &mut server::Config| {
@@ -1187,7 +1187,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     finished_instances_are_purged_after_their_retention,
     |kind| async move {
         let mut fx = spawn_with(kind, &[], |c| {
@@ -1235,7 +1235,7 @@ async fn employees(fx: &Fx) -> Vec<String> {
         .collect()
 }
 
-on_both!(
+on_all!(
     script_node_writes_commit_with_their_step_or_not_at_all,
     |kind| async move {
         let rollback = json!({"wfUid": "rollback", "version": "1", "start": "w",
@@ -1282,7 +1282,7 @@ on_both!(
     }
 );
 
-on_both!(
+on_all!(
     scripts_start_workflows_only_when_they_commit,
     |kind| async move {
         let fx = spawn(kind).await;
@@ -1371,13 +1371,13 @@ async fn column(app: &TestApp, sql: &str) -> Vec<String> {
         .collect()
 }
 
-on_both!(
+on_all!(
     two_hundred_instances_complete_once_with_exact_counters,
     |kind| async move {
         let fx = spawn_with(kind, &[], |c| c.workflows.concurrency = 2).await;
         // On PostgreSQL a second server on the same database runs executions too.
         let second = match kind {
-            Kind::Postgres => {
+            Kind::Postgres | Kind::Mysql => {
                 let mut config = fx.app.db.as_ref().unwrap().config();
                 config.app_dirs = vec![fx.dir.path().to_path_buf()];
                 Some(TestApp::spawn_with(config).await)
@@ -1468,7 +1468,7 @@ async fn notify_wakes_the_other_servers_at_once() {
     fx.stop().await;
 }
 
-on_both!(
+on_all!(
     instances_keep_the_version_they_started_on,
     |kind| async move {
         let mut fx = spawn(kind).await;

@@ -1,0 +1,102 @@
+-- The demo app's employees: 1,000 deterministic rows (20 first names x 50 last names).
+CREATE TABLE EMPLOYEES (
+    EMP_ID BIGINT AUTO_INCREMENT PRIMARY KEY,
+    NAME VARCHAR(200) NOT NULL,
+    SALARY DECIMAL(12, 2),
+    ACTIVE VARCHAR(1),
+    GENDER VARCHAR(1),
+    JOIN_DATE DATE,
+    EMAIL_ADDRESS VARCHAR(320),
+    BADGE VARCHAR(64),
+    CREATED_BY VARCHAR(256),
+    CREATION_DATE DATETIME(6),
+    LAST_UPDATED_BY VARCHAR(256),
+    LAST_UPDATE_DATE DATETIME(6)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+CREATE INDEX EMPLOYEES_NAME ON EMPLOYEES (NAME);
+CREATE INDEX EMPLOYEES_SALARY ON EMPLOYEES (SALARY);
+INSERT INTO EMPLOYEES (EMP_ID, NAME, SALARY, ACTIVE, GENDER, JOIN_DATE, EMAIL_ADDRESS, BADGE,
+                       CREATED_BY, CREATION_DATE, LAST_UPDATED_BY, LAST_UPDATE_DATE)
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999),
+  f(k, v) AS (
+    SELECT 0, 'Abigail'
+    UNION ALL SELECT 1, 'Bruno'
+    UNION ALL SELECT 2, 'Chen'
+    UNION ALL SELECT 3, 'Dana'
+    UNION ALL SELECT 4, 'Elif'
+    UNION ALL SELECT 5, 'Farah'
+    UNION ALL SELECT 6, 'Goran'
+    UNION ALL SELECT 7, 'Hana'
+    UNION ALL SELECT 8, 'Ivan'
+    UNION ALL SELECT 9, 'Jonas'
+    UNION ALL SELECT 10, 'Kemal'
+    UNION ALL SELECT 11, 'Lucia'
+    UNION ALL SELECT 12, 'Mateo'
+    UNION ALL SELECT 13, 'Nadia'
+    UNION ALL SELECT 14, 'Oskar'
+    UNION ALL SELECT 15, 'Priya'
+    UNION ALL SELECT 16, 'Quentin'
+    UNION ALL SELECT 17, 'Rosa'
+    UNION ALL SELECT 18, 'Stefan'
+    UNION ALL SELECT 19, 'Yuki'),
+  l(k, v) AS (
+    SELECT 0, 'Abbott'
+    UNION ALL SELECT 1, 'Baker'
+    UNION ALL SELECT 2, 'Castro'
+    UNION ALL SELECT 3, 'Dalton'
+    UNION ALL SELECT 4, 'Evans'
+    UNION ALL SELECT 5, 'Fischer'
+    UNION ALL SELECT 6, 'Garcia'
+    UNION ALL SELECT 7, 'Hughes'
+    UNION ALL SELECT 8, 'Ito'
+    UNION ALL SELECT 9, 'Jensen'
+    UNION ALL SELECT 10, 'Kowalski'
+    UNION ALL SELECT 11, 'Larsen'
+    UNION ALL SELECT 12, 'Moreau'
+    UNION ALL SELECT 13, 'Novak'
+    UNION ALL SELECT 14, 'Okafor'
+    UNION ALL SELECT 15, 'Petrov'
+    UNION ALL SELECT 16, 'Quinn'
+    UNION ALL SELECT 17, 'Rossi'
+    UNION ALL SELECT 18, 'Silva'
+    UNION ALL SELECT 19, 'Tanaka'
+    UNION ALL SELECT 20, 'Ueda'
+    UNION ALL SELECT 21, 'Vargas'
+    UNION ALL SELECT 22, 'Weber'
+    UNION ALL SELECT 23, 'Xu'
+    UNION ALL SELECT 24, 'Young'
+    UNION ALL SELECT 25, 'Zimmer'
+    UNION ALL SELECT 26, 'Andersen'
+    UNION ALL SELECT 27, 'Bianchi'
+    UNION ALL SELECT 28, 'Costa'
+    UNION ALL SELECT 29, 'Duval'
+    UNION ALL SELECT 30, 'Eriksen'
+    UNION ALL SELECT 31, 'Ferrari'
+    UNION ALL SELECT 32, 'Gomez'
+    UNION ALL SELECT 33, 'Horvat'
+    UNION ALL SELECT 34, 'Ibrahim'
+    UNION ALL SELECT 35, 'Jovanovic'
+    UNION ALL SELECT 36, 'Kim'
+    UNION ALL SELECT 37, 'Lindqvist'
+    UNION ALL SELECT 38, 'Mendes'
+    UNION ALL SELECT 39, 'Nielsen'
+    UNION ALL SELECT 40, 'Olsen'
+    UNION ALL SELECT 41, 'Park'
+    UNION ALL SELECT 42, 'Ricci'
+    UNION ALL SELECT 43, 'Santos'
+    UNION ALL SELECT 44, 'Torres'
+    UNION ALL SELECT 45, 'Ulrich'
+    UNION ALL SELECT 46, 'Volkov'
+    UNION ALL SELECT 47, 'Wagner'
+    UNION ALL SELECT 48, 'Yilmaz'
+    UNION ALL SELECT 49, 'Zhang')
+SELECT n.i + 1,
+       CONCAT(f.v, ' ', l.v),
+       30000 + MOD(n.i * 7919, 90000),
+       CASE WHEN MOD(n.i, 7) = 0 THEN 'N' ELSE 'Y' END,
+       CASE WHEN MOD(n.i, 2) = 0 THEN 'F' ELSE 'M' END,
+       DATE_ADD(DATE '2015-01-01', INTERVAL MOD(n.i * 37, 3650) DAY),
+       CONCAT(LOWER(CONCAT(f.v, '.', l.v)), n.i, '@example.com'),
+       CONCAT('B', LPAD(n.i, 4, '0')),
+       'system', TIMESTAMP '2026-01-01 00:00:00', 'system', TIMESTAMP '2026-01-01 00:00:00'
+FROM n JOIN f ON f.k = MOD(n.i, 20) JOIN l ON l.k = n.i DIV 20;

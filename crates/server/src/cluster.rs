@@ -1,0 +1,202 @@
+//! Many nodes on one database: what one node changes, every node sees within a second.
+//!
+//! The caches that must stay coherent are this node's token cache (`auth::guard`) and its
+//! metadata catalog (`engine::catalog`). A change is an [`Event`]; [`publish`] applies it here at
+//! once and sends it to the other nodes, which [`apply`] it on receipt:
+//! - PostgreSQL: `NOTIFY` on the database (always, so the CLI's changes travel the same way);
+//! - Redis, when configured: pub/sub (`cache::Redis`), which also holds the shared session cache
+//!   and drops its entries for the event.
+//!
+//! Neither channel is trusted alone. A node whose listener (re)connects drops every cached token
+//! and compares its catalog's metadata version with the database's, since anything sent while
+//! it was not listening is lost. And the bounds hold without any channel: a cached token is
+//! re-checked after `token_recheck_millis` (1 s), and every node compares the metadata version
+//! every [`METADATA_CHECK`]. The channels make the common case immediate.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::state::AppState;
+
+/// How often a node compares its catalog's metadata version with the database's: the bound on
+/// how long a missed notification leaves a node serving old metadata.
+pub const METADATA_CHECK: Duration = Duration::from_millis(250);
+
+/// The sender name of events from the CLI (`Event::payload`).
+pub const CLI: &str = "cli";
+
+/// A change other nodes must see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Event {
+    /// A session ended (logout).
+    Session { id: String },
+    /// A user's sessions ended or roles changed (disabled, password changed, roles edited).
+    User { org: String, user: String },
+    /// Some app's metadata changed (a patch, an app loaded at start).
+    Metadata,
+}
+
+/// An event on the wire, with the node that sent it (which has applied it already).
+#[derive(Debug, Serialize, Deserialize)]
+struct Message {
+    from: String,
+    event: Event,
+}
+
+impl Event {
+    /// The event as sent on a channel by `from` (a node id, or `cli`).
+    pub fn payload(&self, from: &str) -> String {
+        serde_json::to_string(&Message {
+            from: from.to_string(),
+            event: self.clone(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// This node's identity on the channels.
+pub struct Cluster {
+    pub node: String,
+    /// Received payloads, applied in order by one task.
+    inbox: mpsc::UnboundedSender<Inbound>,
+    inbox_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
+}
+
+/// What a channel delivered.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A payload sent by some node.
+    Payload(String),
+    /// The channel (re)connected: anything sent meanwhile may be lost.
+    Resync,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Cluster {
+            node: uuid::Uuid::new_v4().simple().to_string(),
+            inbox: tx,
+            inbox_rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Where channels hand what they receive.
+    pub fn inbox(&self) -> mpsc::UnboundedSender<Inbound> {
+        self.inbox.clone()
+    }
+}
+
+/// Applies `event` on this node, then sends it to the others. A failure to send is logged: the
+/// other nodes still see the change within their re-check bounds.
+pub async fn publish(state: &AppState, event: Event) {
+    apply(state, &event).await;
+    let payload = event.payload(&state.cluster.node);
+    if state.store.has_notifications()
+        && let Err(e) = state.store.notify_cluster(&payload).await
+    {
+        tracing::warn!(error = %e, ?event, "cluster notification failed; other nodes re-check within their bounds");
+    }
+    if let Some(redis) = &state.cache {
+        redis.invalidate_and_publish(&event, &payload).await;
+    }
+}
+
+/// Applies an event to this node's caches.
+pub async fn apply(state: &AppState, event: &Event) {
+    match event {
+        Event::Session { id } => state.tokens.forget_session(id),
+        Event::User { org, user } => state.tokens.forget_user(org, user),
+        Event::Metadata => refresh_catalog(state).await,
+    }
+}
+
+async fn refresh_catalog(state: &AppState) {
+    match state.engine.catalog.refresh(&state.store).await {
+        Ok(true) => tracing::info!("metadata changed on another node: catalog reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "catalog refresh failed"),
+    }
+}
+
+/// Starts this node's listener on the database, the task that applies what arrives, and the
+/// periodic metadata check; they stop when the handles are aborted.
+pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(mut rx) = state
+        .cluster
+        .inbox_rx
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take())
+    {
+        let s = state.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Inbound::Payload(p) => match serde_json::from_str::<Message>(&p) {
+                        Ok(m) if m.from == s.cluster.node => {}
+                        Ok(m) => {
+                            // A process outside the cluster (the CLI) may not reach Redis:
+                            // the shared cache must not keep what it revoked.
+                            if m.from == CLI
+                                && let Some(redis) = &s.cache
+                            {
+                                redis.invalidate(&m.event).await;
+                            }
+                            apply(&s, &m.event).await
+                        }
+                        Err(e) => tracing::warn!(error = %e, "unreadable cluster message"),
+                    },
+                    Inbound::Resync => {
+                        s.tokens.forget_all();
+                        refresh_catalog(&s).await;
+                    }
+                }
+            }
+        }));
+    }
+    if state.store.has_notifications() {
+        let s = state.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let inbox = s.cluster.inbox();
+                let result = s
+                    .store
+                    .listen_cluster(move |p| {
+                        let _ = inbox.send(match p {
+                            Some(p) => Inbound::Payload(p),
+                            None => Inbound::Resync,
+                        });
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "cluster LISTEN failed; listening again");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    if let Some(redis) = &state.cache {
+        tasks.extend(redis.spawn(state.cluster.inbox()));
+    }
+    let s = state.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METADATA_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            refresh_catalog(&s).await;
+        }
+    }));
+    tasks
+}

@@ -1,0 +1,10 @@
+-- What the nodes sharing this database share besides data: secrets made at first start (the
+-- JWT signing key) and counters every node watches (the metadata version, bumped by every
+-- change of an app's metadata, so a node that missed a notification still reloads).
+CREATE TABLE io_cluster (
+    NAME VARCHAR(64) PRIMARY KEY,
+    TEXT_VALUE TEXT,
+    VERSION BIGINT NOT NULL DEFAULT 0
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+INSERT INTO io_cluster (NAME, VERSION) VALUES ('metadata', 0);
+INSERT INTO io_cluster (NAME, VERSION) VALUES ('login', 0);
