@@ -441,7 +441,8 @@ pub async fn get_app_openapi(
             "No datasource of app `{app}` is available to you."
         )));
     }
-    Ok(axum::Json(app_document(&app, &usable)))
+    let max_limit = state.engine.settings.max_limit;
+    Ok(axum::Json(app_document(&app, &usable, max_limit)))
 }
 
 /// The JSON Schema of one attribute's values.
@@ -452,7 +453,8 @@ fn value_schema(ty: query::AttrType, nullable: bool) -> Json {
         T::Email => json!({"type": "string", "format": "email"}),
         T::Url => json!({"type": "string", "format": "uri"}),
         T::Yn => json!({"type": "string", "enum": ["Y", "N"]}),
-        T::Integer => json!({"type": "integer", "format": "int64"}),
+        T::Integer => json!({"type": "integer", "format": "int64",
+            "minimum": i64::MIN, "maximum": i64::MAX}),
         T::Decimal | T::Double | T::Percent => json!({"type": "number"}),
         T::Date => json!({"type": "string", "format": "date"}),
         T::DateTime => json!({"type": "string", "format": "date-time"}),
@@ -489,6 +491,7 @@ fn app_document(
         std::sync::Arc<query::Datasource>,
         Vec<crate::engine::Action>,
     )],
+    max_limit: u64,
 ) -> Json {
     let mut schemas = Map::new();
     let mut names = Vec::new();
@@ -572,12 +575,69 @@ fn app_document(
                     "sort": {"type": "object", "properties": sort_props, "additionalProperties": false},
                     "projection": {"type": "object", "additionalProperties": {"enum": [1]}},
                     "offset": {"type": "integer", "minimum": 0},
-                    "limit": {"type": "integer", "minimum": 0},
+                    "limit": {"type": "integer", "minimum": 0, "maximum": max_limit},
                     "count": {"type": "boolean"},
                 },
             }),
         );
     }
+    // `POST /v1/api` for this app's datasources: each alias one of them, queried or posted.
+    let aliases: Vec<Json> = usable
+        .iter()
+        .flat_map(|(ds, actions)| {
+            let n = &ds.name;
+            let base = |extra: (&str, Json)| {
+                json!({
+                    "type": "object",
+                    "properties": {"ds": {"const": n}, "appUid": {"const": app}, extra.0: extra.1},
+                    "required": ["ds", extra.0],
+                    "additionalProperties": false,
+                })
+            };
+            let mut out = Vec::new();
+            if actions.contains(&crate::engine::Action::Query) {
+                out.push(base((
+                    "query",
+                    json!({"$ref": format!("#/components/schemas/{n}Query")}),
+                )));
+            }
+            let ops: Vec<&str> = [
+                (crate::engine::Action::Insert, "I"),
+                (crate::engine::Action::Update, "U"),
+                (crate::engine::Action::Delete, "D"),
+            ]
+            .iter()
+            .filter(|(a, _)| actions.contains(a))
+            .map(|(_, code)| *code)
+            .collect();
+            if !ops.is_empty() {
+                let row = json!({"allOf": [
+                    {"$ref": format!("#/components/schemas/{n}Row")},
+                    {"type": "object", "properties": {"_rs": {"enum": ops}}, "required": ["_rs"]},
+                ]});
+                out.push(base(("data", json!({"type": "array", "items": row}))));
+            }
+            out
+        })
+        .collect();
+    let api = json!({"post": {
+        "summary": format!("Query and post the datasources of `{app}`"),
+        "description": "The server-wide description of this endpoint, its answers and errors is in `/v1/openapi.json`.",
+        "operationId": "api",
+        "security": [{"jwt": [], "csrf": []}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "object",
+            "additionalProperties": {"oneOf": aliases},
+            "minProperties": 1,
+        }}}},
+        "responses": {
+            "200": {"description": "Each alias's rows (see `/v1/openapi.json`)",
+                    "content": {"application/json": {"schema": {"type": "object", "required": ["status", "data"]}}}},
+            "default": {"description": "An error, in the envelope",
+                        "content": {"application/json": {"schema": {"type": "object",
+                            "required": ["code", "status", "title", "message"]}}}},
+        },
+    }});
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -585,8 +645,14 @@ fn app_document(
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The datasources of this app the caller may use, queried and posted through `POST /v1/api` (see `/v1/openapi.json`).",
         },
-        "paths": {},
-        "components": {"schemas": schemas},
+        "paths": {"/v1/api": api},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "jwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "csrf": {"type": "apiKey", "in": "query", "name": "csrf"},
+            },
+        },
         "x-cloudio-datasources": names,
     })
 }

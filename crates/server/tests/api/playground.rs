@@ -448,3 +448,331 @@ on_both!(metrics_move_with_known_traffic, |kind| async move {
     );
     app.stop().await;
 });
+
+/// The requests of [`every_documented_status_is_reached`]: each records the operation (as the
+/// document names it) and the status it got.
+struct Reach<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    reached: std::collections::BTreeSet<(String, String, u16)>,
+}
+
+impl Reach<'_> {
+    async fn send(
+        &mut self,
+        method: &str,
+        doc_path: &str,
+        path: &str,
+        login: Option<&Login>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Vec<u8>) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), self.app.url(path));
+        if let Some(l) = login {
+            req = req
+                .header("Authorization", format!("Bearer {}", l.jwt))
+                .header("X-CSRF-Token", &l.csrf);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap().to_vec();
+        self.reached
+            .insert((method.to_lowercase(), doc_path.to_string(), status));
+        (status, bytes)
+    }
+
+    async fn json(
+        &mut self,
+        method: &str,
+        doc_path: &str,
+        path: &str,
+        login: Option<&Login>,
+        body: Value,
+    ) -> (u16, Value) {
+        let (status, bytes) = self
+            .send(
+                method,
+                doc_path,
+                path,
+                login,
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn auth(&mut self, header: &str) -> u16 {
+        let r = self
+            .client
+            .post(self.app.url("/v1/auth"))
+            .header("Authorization", header)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        self.reached
+            .insert(("post".into(), "/v1/auth".into(), status));
+        status
+    }
+}
+
+/// The callbacks' 200 needs a task's live token: `workflows::callbacks_with_every_scope_and_json_type`
+/// reaches it for all six.
+const REACHED_ELSEWHERE: [&str; 6] = [
+    "/v1/wf/put",
+    "/v1/wf/get",
+    "/v1/wf/instancePut",
+    "/v1/wf/instanceGet",
+    "/v1/wf/incrementAndGet",
+    "/v1/wf/instanceIncrementAndGet",
+];
+
+on_both!(every_documented_status_is_reached, |kind| async move {
+    let (app, admin, vic) = spawn(kind).await;
+    let (_, _, text) = get(&app, None, "/v1/openapi.json").await;
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut r = Reach {
+        app: &app,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        reached: Default::default(),
+    };
+    let bad = Some(b"{not json".to_vec());
+
+    // Public endpoints.
+    for (m, p) in [
+        ("GET", "/"),
+        ("GET", "/playground"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/status"),
+    ] {
+        r.send(m, p, p, None, None).await;
+    }
+
+    // Every guarded operation without a session: 401.
+    for (m, doc_path) in [
+        ("POST", "/v1/logout"),
+        ("GET", "/v1/session"),
+        ("GET", "/v1/catalog"),
+        ("POST", "/v1/api"),
+        ("POST", "/v1/fn/{app}/{path}"),
+        ("GET", "/v1/apps/{app}/patch"),
+        ("POST", "/v1/apps/{app}/patch"),
+        ("POST", "/v1/apps/{app}/patch/verify"),
+        ("GET", "/v1/apps/{app}/openapi.json"),
+        ("POST", "/v1/wf/start"),
+        ("POST", "/v1/wf/instance"),
+        ("POST", "/v1/wf/cancel"),
+    ] {
+        let path = doc_path
+            .replace("{app}", "demo")
+            .replace("{path}", "stats/salaryStats");
+        let (status, _) = r.send(m, doc_path, &path, None, Some(b"{}".to_vec())).await;
+        assert_eq!(status, 401, "{m} {doc_path}");
+    }
+
+    // The session.
+    let spare = app.admin().await;
+    r.send("GET", "/v1/session", "/v1/session", Some(&admin), None)
+        .await;
+    r.send("GET", "/v1/catalog", "/v1/catalog", Some(&admin), None)
+        .await;
+    r.send("POST", "/v1/logout", "/v1/logout", Some(&spare), None)
+        .await;
+
+    // `/v1/api`.
+    let api = "/v1/api";
+    let q = json!({"E": {"ds": "Employees", "query": {"limit": 1}}});
+    let (_, rows) = r.json("POST", api, api, Some(&admin), q).await;
+    let row = rows["data"]["E"]["data"][0].clone();
+    r.send("POST", api, api, Some(&admin), bad.clone()).await;
+    r.json(
+        "POST",
+        api,
+        api,
+        Some(&admin),
+        json!({"E": {"ds": "NoSuch", "query": {}}}),
+    )
+    .await;
+    let update = |key: &Value| {
+        json!({"E": {"ds": "Employees", "data": [{"_rs": "U", "empId": key, "salary": 3,
+            "lastUpdateDate": row["lastUpdateDate"]}]}})
+    };
+    r.json("POST", api, api, Some(&admin), update(&json!(999_999)))
+        .await;
+    r.json("POST", api, api, Some(&admin), update(&row["empId"]))
+        .await;
+    r.json("POST", api, api, Some(&admin), update(&row["empId"]))
+        .await;
+
+    // Cloud functions.
+    let f = "/v1/fn/{app}/{path}";
+    r.json(
+        "POST",
+        f,
+        "/v1/fn/demo/stats/salaryStats",
+        Some(&admin),
+        json!({}),
+    )
+    .await;
+    r.json(
+        "POST",
+        f,
+        "/v1/fn/hooks/payroll/calc/write",
+        Some(&admin),
+        json!({"name": "n", "fail": true}),
+    )
+    .await;
+    r.json(
+        "POST",
+        f,
+        "/v1/fn/hooks/nomodule/f",
+        Some(&admin),
+        json!({}),
+    )
+    .await;
+    r.json(
+        "POST",
+        f,
+        "/v1/fn/hooks/payroll/calc/nothing",
+        Some(&admin),
+        json!({}),
+    )
+    .await;
+
+    // Patches: export, verify and apply the demo as it is; garbage; a non-administrator.
+    let (p, v) = ("/v1/apps/{app}/patch", "/v1/apps/{app}/patch/verify");
+    let (status, zip) = r
+        .send("GET", p, "/v1/apps/demo/patch", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200);
+    r.send("GET", p, "/v1/apps/nosuchapp/patch", Some(&admin), None)
+        .await;
+    r.send("GET", p, "/v1/apps/demo/patch", Some(&vic), None)
+        .await;
+    for (doc_path, path) in [
+        (v, "/v1/apps/demo/patch/verify"),
+        (p, "/v1/apps/demo/patch"),
+    ] {
+        let (status, body) = r
+            .send("POST", doc_path, path, Some(&admin), Some(zip.clone()))
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        r.send(
+            "POST",
+            doc_path,
+            path,
+            Some(&admin),
+            Some(b"not a zip".to_vec()),
+        )
+        .await;
+        r.send("POST", doc_path, path, Some(&vic), Some(zip.clone()))
+            .await;
+    }
+
+    // Per-app documents.
+    let o = "/v1/apps/{app}/openapi.json";
+    r.send("GET", o, "/v1/apps/demo/openapi.json", Some(&admin), None)
+        .await;
+    r.send("GET", o, "/v1/apps/demo/openapi.json", Some(&vic), None)
+        .await;
+
+    // Workflows.
+    let (s, i, c) = ("/v1/wf/start", "/v1/wf/instance", "/v1/wf/cancel");
+    let (_, started) = r
+        .json(
+            "POST",
+            s,
+            s,
+            Some(&admin),
+            json!({"appUid": "demo", "wfUid": "hire", "input": {"name": "x", "salary": 1}}),
+        )
+        .await;
+    r.send("POST", s, s, Some(&admin), bad.clone()).await;
+    r.json(
+        "POST",
+        s,
+        s,
+        Some(&vic),
+        json!({"appUid": "demo", "wfUid": "hire"}),
+    )
+    .await;
+    let inst = json!({"wfInstUid": started["wfInstUid"]});
+    let unknown = json!({"wfInstUid": uuid::Uuid::new_v4().to_string()});
+    for p in [i, c] {
+        r.json("POST", p, p, Some(&admin), inst.clone()).await;
+        r.send("POST", p, p, Some(&admin), bad.clone()).await;
+        r.json("POST", p, p, Some(&vic), inst.clone()).await;
+        r.json("POST", p, p, Some(&admin), unknown.clone()).await;
+    }
+    // Callbacks: a body without the fields, a token that is no execution's, a value too large.
+    let fields = json!({"wfUid": "hire", "wfInstUid": started["wfInstUid"], "version": "1",
+        "token": "no-such-token", "nodeUid": "check", "executionId": "e", "key": "k", "value": 1});
+    for p in REACHED_ELSEWHERE {
+        r.json("POST", p, p, None, json!({})).await;
+        r.json("POST", p, p, None, fields.clone()).await;
+        if p.ends_with("ut") {
+            let mut big = fields.clone();
+            big["value"] = json!("x".repeat(100 * 1024));
+            r.json("POST", p, p, None, big).await;
+        }
+    }
+
+    // Logins: right, malformed, wrong, then past the limit (last: it locks this address out).
+    r.auth(&token_header("admin", ADMIN_PASSWORD)).await;
+    r.auth("Basic nonsense").await;
+    let mut last = 0;
+    for _ in 0..12 {
+        last = r.auth(&token_header("nobody", "wrong")).await;
+    }
+    assert_eq!(last, 429);
+
+    // The database gone: status is a 503.
+    app.state.store.db.close().await;
+    r.send("GET", "/v1/status", "/v1/status", None, None).await;
+
+    // Every documented status was reached (the callbacks' 200 elsewhere), and every status below
+    // 400 that was reached is documented.
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for code in op["responses"].as_object().unwrap().keys() {
+                let Ok(code) = code.parse::<u16>() else {
+                    continue;
+                };
+                if code == 200 && REACHED_ELSEWHERE.contains(&path.as_str()) {
+                    continue;
+                }
+                if !r.reached.contains(&(method.clone(), path.clone(), code)) {
+                    missing.push(format!("{method} {path} {code}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "documented but not reached: {missing:#?}"
+    );
+    for (method, path, code) in &r.reached {
+        if *code < 400 {
+            assert!(
+                doc["paths"][path][method]["responses"]
+                    .get(code.to_string())
+                    .is_some(),
+                "{method} {path} answered {code}, which is not documented"
+            );
+        }
+    }
+    app.stop().await;
+});
