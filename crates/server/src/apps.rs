@@ -241,6 +241,14 @@ impl AppSource {
                     "IoDatasources",
                     include_str!("../platform-app/datasources/IoDatasources.json"),
                 ),
+                ds(
+                    "IoUserRolesEdit",
+                    include_str!("../platform-app/datasources/IoUserRolesEdit.json"),
+                ),
+                ds(
+                    "IoApiKeys",
+                    include_str!("../platform-app/datasources/IoApiKeys.json"),
+                ),
             ],
             roles_json: Some(include_str!("../platform-app/roles.json").into()),
             migrations: Vec::new(),

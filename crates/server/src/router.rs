@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::api::{auth, data, functions, patches, status, wf};
+use crate::api::{auth, data, functions, patches, sso, status, wf};
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;
@@ -24,6 +24,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/auth", post(auth::post_auth))
         .route("/v1/logout", post(auth::post_logout))
         .route("/v1/session", get(auth::get_session))
+        .route("/v1/sso/exchange", post(sso::post_exchange))
+        .route("/v1/sso/oidc/{provider}/login", get(sso::get_oidc_login))
+        .route(
+            "/v1/sso/oidc/{provider}/callback",
+            get(sso::get_oidc_callback),
+        )
         .route("/v1/api", post(data::post_api))
         .route("/v1/fn/{app}/{*path}", post(functions::post_function))
         .route(

@@ -254,7 +254,9 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+        let sso = crate::sso::Sso::new(&config.sso).map_err(|e| StartError::Config(vec![e]))?;
         let state = AppState::new(Inner {
+            sso,
             store,
             config,
             keys,

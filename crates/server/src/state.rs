@@ -28,6 +28,8 @@ pub struct Inner {
     pub patching: tokio::sync::Mutex<()>,
     /// The workflow engine: starts instances, runs their executions.
     pub workflows: crate::workflow::Workflows,
+    /// The configured single sign-on providers.
+    pub sso: crate::sso::Sso,
 }
 
 impl Deref for AppState {

@@ -109,6 +109,14 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/postgres/io_20261202000000_workflows.sql"),
             ),
+            (
+                "io_20261210000000_api_keys.sql",
+                include_str!("../migrations/postgres/io_20261210000000_api_keys.sql"),
+            ),
+            (
+                "io_20261210000100_sso.sql",
+                include_str!("../migrations/postgres/io_20261210000100_sso.sql"),
+            ),
         ],
         _ => &[
             (
@@ -130,6 +138,14 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/sqlite/io_20261202000000_workflows.sql"),
+            ),
+            (
+                "io_20261210000000_api_keys.sql",
+                include_str!("../migrations/sqlite/io_20261210000000_api_keys.sql"),
+            ),
+            (
+                "io_20261210000100_sso.sql",
+                include_str!("../migrations/sqlite/io_20261210000100_sso.sql"),
             ),
         ],
     };

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod data;
 pub mod functions;
 pub mod patches;
+pub mod sso;
 pub mod status;
 pub mod stream;
 pub mod wf;

@@ -208,6 +208,20 @@ impl Engine {
     ) -> Result<Json> {
         chain::run_function(self, who, app, module, function, arg).await
     }
+
+    /// Calls a cloud function on the platform's own behalf (SSO's `create-user`): no role
+    /// grant is checked, since no client chose to call it. A missing module or function is
+    /// [`Error::NotFound`].
+    pub async fn call_platform_function(
+        &self,
+        who: &Principal,
+        app: &str,
+        module: &str,
+        function: &str,
+        arg: Json,
+    ) -> Result<Json> {
+        chain::run_function_ungranted(self, who, app, module, function, arg).await
+    }
 }
 
 /// The state of one request as it goes through the chain.
@@ -220,6 +234,8 @@ pub(crate) struct Ctx<'a> {
     pub opts: CompileOptions,
     pub now: DateTime<Utc>,
     pub touched: Vec<(String, String)>,
+    /// `(hash, secret)` of API keys this request inserted: the secret goes in the answer only.
+    pub api_secrets: Vec<(String, String)>,
     /// How many hooks are running, one inside another's `db` call.
     pub depth: usize,
     /// `(app, datasource)` whose hooks are running: their `db` calls skip those hooks.
@@ -236,6 +252,7 @@ impl<'a> Ctx<'a> {
             opts: engine.compile_options(now.date_naive()),
             now,
             touched: Vec::new(),
+            api_secrets: Vec::new(),
             depth: 0,
             running: Vec::new(),
         }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod apikeys;
 mod apps;
 mod auth;
 mod budget;
