@@ -28,7 +28,7 @@ use crate::error::{ApiError, ApiResult};
 /// How long a discovery document is trusted before it is fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// The JWKS is fetched again for an unknown `kid`, but not more often than this.
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(5);
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(1);
 /// Provider answers larger than this are refused.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
@@ -424,10 +424,10 @@ fn pending_key(name: &str) -> String {
     format!("oidc:{name}")
 }
 
-/// The provider could not be used: a 503 that says so (never a session).
+/// The provider could not be used: a 502 that says so (never a session).
 fn unavailable(name: &str, why: String) -> ApiError {
     tracing::warn!(provider = ?name, reason = ?why, "OIDC provider unavailable");
-    ApiError::Unavailable(format!(
+    ApiError::BadGateway(format!(
         "the identity provider `{name}` is unavailable: {why}"
     ))
 }

@@ -21,4 +21,5 @@ mod query_scope;
 mod query_shape;
 mod rate_limit;
 mod scripts;
+mod sso;
 mod workflows;
