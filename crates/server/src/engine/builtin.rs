@@ -39,11 +39,11 @@ impl Builtin {
     }
 
     /// Before the writes: clear-text `password` values become Argon2id hashes; new API keys
-    /// get their secrets.
+    /// get their secrets; inserts that name no org are in the caller's.
     pub(crate) async fn before(self, ctx: &mut Ctx<'_>, rows: &mut [WriteRow]) -> Result<()> {
         match self {
-            Builtin::IoUsers => {}
-            Builtin::IoUserRoles => return Ok(()),
+            Builtin::IoUsers => users_before(ctx, rows).await,
+            Builtin::IoUserRoles => Ok(()),
             Builtin::IoUserRolesEdit => {
                 for row in rows.iter_mut() {
                     match row.op {
@@ -53,42 +53,10 @@ impl Builtin {
                             .push(("orgUid".into(), Value::Text(ctx.who.org_uid.clone()))),
                     }
                 }
-                return Ok(());
+                Ok(())
             }
-            Builtin::IoApiKeys => return api_keys_before(ctx, rows),
+            Builtin::IoApiKeys => api_keys_before(ctx, rows),
         }
-        for row in rows.iter_mut() {
-            if row.op == RowOp::Insert {
-                fill_org(ctx, row);
-            }
-            for (code, v) in row.values.iter() {
-                // A name the `Token` header cannot carry would make a user who can never log in.
-                if code == "userName"
-                    && let Value::Text(name) = v
-                    && let Err(reason) = store::check_user_name(name)
-                {
-                    return Err(super::Error::Invalid(format!(
-                        "IoUsers: `userName`: {reason}"
-                    )));
-                }
-            }
-            for (code, v) in row.values.iter_mut() {
-                if code == "password"
-                    && let Value::Text(clear) = v
-                {
-                    let hash = ctx
-                        .engine
-                        .hasher
-                        .hash(std::mem::take(clear))
-                        .await
-                        .map_err(|e| {
-                            super::Error::Store(store::StoreError::Other(e.to_string()))
-                        })?;
-                    *v = Value::Text(hash);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// After one row was written (`stored` as it now stands, and as the answer will show it),
@@ -152,6 +120,41 @@ impl Builtin {
         }
         Ok(())
     }
+}
+
+/// `IoUsers` rows before they are written: a usable `userName`, the caller's org when the
+/// insert names none, and passwords hashed.
+async fn users_before(ctx: &Ctx<'_>, rows: &mut [WriteRow]) -> Result<()> {
+    for row in rows.iter_mut() {
+        if row.op == RowOp::Insert {
+            fill_org(ctx, row);
+        }
+        for (code, v) in row.values.iter() {
+            // A name the `Token` header cannot carry would make a user who can never log in.
+            if code == "userName"
+                && let Value::Text(name) = v
+                && let Err(reason) = store::check_user_name(name)
+            {
+                return Err(super::Error::Invalid(format!(
+                    "IoUsers: `userName`: {reason}"
+                )));
+            }
+        }
+        for (code, v) in row.values.iter_mut() {
+            if code == "password"
+                && let Value::Text(clear) = v
+            {
+                let hash = ctx
+                    .engine
+                    .hasher
+                    .hash(std::mem::take(clear))
+                    .await
+                    .map_err(|e| super::Error::Store(store::StoreError::Other(e.to_string())))?;
+                *v = Value::Text(hash);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `IoApiKeys` rows before they are written: an insert gets a new secret (its hash written,

@@ -883,3 +883,85 @@ on_both!(a_disabled_user_cannot_sign_in, |kind| async move {
     app.stop().await;
     idp.stop();
 });
+
+on_both!(
+    create_user_arrives_by_patch_and_survives_a_restart,
+    |kind| async move {
+        let idp = Idp::start().await;
+        let db = TestDb::new(kind).await;
+        let mut config = db.config();
+        config.sso.oidc.push(oidc_config(&idp.base));
+        let app = TestApp::spawn_on(db, config.clone()).await;
+        let admin = app.admin().await;
+        // As the product's documentation says: the sample function is uploaded by a patch.
+        let files: std::collections::BTreeMap<String, String> = [
+            (
+                "app.json".to_string(),
+                r#"{"appUid": "cloudio", "name": "CloudIO Platform"}"#.to_string(),
+            ),
+            (
+                "functions/create-user.ts".to_string(),
+                CREATE_USER_TS.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let zip = server::patch::write_zip("cloudio", &files).unwrap();
+        let r = app
+            .client
+            .post(app.url(&format!("/v1/apps/cloudio/patch?csrf={}", admin.csrf)))
+            .header("Authorization", format!("Bearer {}", admin.jwt))
+            .header("content-type", "application/zip")
+            .body(zip)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["applies"], true, "{body}");
+        assert_eq!(
+            body["changes"]["datasources"]["removed"],
+            json!([]),
+            "{body}"
+        );
+
+        // A patch may not replace a built-in datasource.
+        let mut bad = files.clone();
+        bad.insert(
+            "datasources/IoUsers.json".into(),
+            r#"{"name": "IoUsers", "table": "io_users", "primaryKey": ["userId"],
+            "keyGeneration": "uuid", "attributes": [{"code": "userId", "type": "String"}]}"#
+                .into(),
+        );
+        let r = app
+            .client
+            .post(app.url(&format!("/v1/apps/cloudio/patch?csrf={}", admin.csrf)))
+            .header("Authorization", format!("Bearer {}", admin.jwt))
+            .header("content-type", "application/zip")
+            .body(server::patch::write_zip("cloudio", &bad).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains("cannot be replaced"), "{body}");
+
+        // Another node on the same database (a restart) still has the built-ins and the function.
+        let second = TestApp::spawn_with(config).await;
+        let (status, body) = second
+            .api(
+                &second.admin().await,
+                &json!({"u": {"ds": "IoUsers", "query": {}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        idp.set(|m| m.email = "patched@example-domain.com".into());
+        let body = sign_in_and_exchange(&second).await;
+        assert_eq!(body["userName"], "patched@example-domain.com");
+        second.stop().await;
+        app.stop().await;
+        idp.stop();
+    }
+);
