@@ -349,6 +349,12 @@ async fn callback(app: &TestApp, code: &str, state: &str) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
+/// A GET without following redirects: `(status, JSON body)`.
+async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
+    let r = browser().get(app.url(path)).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// A whole sign-in: the hand-off URL, or the refusal.
 async fn sign_in(app: &TestApp) -> (u16, Value) {
     let (code, state) = authorize_at_idp(app).await;
@@ -567,7 +573,6 @@ on_both!(every_bad_id_token_is_refused, |kind| async move {
     for (what, set, check) in cases {
         idp.set(|m| set(m));
         let got = sign_in(&app).await;
-        eprintln!("{what}: {got:?}");
         assert_refused(&app, got, check).await;
     }
     // After all that, a good token still works.
@@ -587,17 +592,8 @@ on_both!(
         // State mismatch: made up, or missing.
         let (code, _) = authorize_at_idp(&app).await;
         assert_refused(&app, callback(&app, &code, "forged-state").await, "state").await;
-        let r = browser()
-            .get(app.url(&format!("/v1/sso/oidc/test/callback?code={code}")))
-            .send()
-            .await
-            .unwrap();
-        assert_refused(
-            &app,
-            (r.status().as_u16(), r.json().await.unwrap()),
-            "state",
-        )
-        .await;
+        let got = get_json(&app, &format!("/v1/sso/oidc/test/callback?code={code}")).await;
+        assert_refused(&app, got, "state").await;
 
         // A state is used once: the same callback again is refused.
         let (code, state) = authorize_at_idp(&app).await;
@@ -619,24 +615,14 @@ on_both!(
         assert_refused(&app, callback(&app, &code_a, &state_b).await, "PKCE").await;
 
         // The provider's own refusal is passed on as a refusal.
-        let r = browser()
-            .get(app.url("/v1/sso/oidc/test/callback?error=access_denied&state=x"))
-            .send()
-            .await
-            .unwrap();
-        assert_refused(
+        let got = get_json(
             &app,
-            (r.status().as_u16(), r.json().await.unwrap()),
-            "access_denied",
+            "/v1/sso/oidc/test/callback?error=access_denied&state=x",
         )
         .await;
+        assert_refused(&app, got, "access_denied").await;
         // An unknown provider is a 404.
-        let r = browser()
-            .get(app.url("/v1/sso/oidc/nope/login"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
+        assert_eq!(get_json(&app, "/v1/sso/oidc/nope/login").await.0, 404);
         app.stop().await;
         idp.stop();
     }
@@ -676,13 +662,7 @@ on_both!(
         );
         // Down before the login: no redirect, the same clear error.
         let app2 = spawn(kind, &idp, vec![]).await;
-        let r = browser()
-            .get(app2.url("/v1/sso/oidc/test/login"))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = get_json(&app2, "/v1/sso/oidc/test/login").await;
         assert_envelope(status, &body, 502);
         assert!(
             body["message"]
@@ -907,17 +887,7 @@ on_both!(
         .into_iter()
         .collect();
         let zip = server::patch::write_zip("cloudio", &files).unwrap();
-        let r = app
-            .client
-            .post(app.url(&format!("/v1/apps/cloudio/patch?csrf={}", admin.csrf)))
-            .header("Authorization", format!("Bearer {}", admin.jwt))
-            .header("content-type", "application/zip")
-            .body(zip)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = app.send_patch(&admin, "cloudio", false, zip).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["applies"], true, "{body}");
         assert_eq!(
@@ -934,17 +904,8 @@ on_both!(
             "keyGeneration": "uuid", "attributes": [{"code": "userId", "type": "String"}]}"#
                 .into(),
         );
-        let r = app
-            .client
-            .post(app.url(&format!("/v1/apps/cloudio/patch?csrf={}", admin.csrf)))
-            .header("Authorization", format!("Bearer {}", admin.jwt))
-            .header("content-type", "application/zip")
-            .body(server::patch::write_zip("cloudio", &bad).unwrap())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
+        let zip = server::patch::write_zip("cloudio", &bad).unwrap();
+        let (status, body) = app.send_patch(&admin, "cloudio", false, zip).await;
         assert_eq!(status, 400, "{body}");
         assert!(body.to_string().contains("cannot be replaced"), "{body}");
 
