@@ -127,6 +127,11 @@ enum Command {
         #[command(subcommand)]
         command: RoleCommand,
     },
+    /// Issue, list and revoke API keys (key + secret pairs for `/v1/auth`).
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Ask a running server for its status.
     Status {
         /// Server address.
@@ -194,6 +199,34 @@ enum RoleCommand {
         app: String,
         #[arg(long)]
         role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Issue a key for a user; prints `{"apiKey": "...", "secret": "..."}` once (the secret is
+    /// stored only as a hash).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the org's keys (never their secrets), one JSON object a line.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a key; the sessions made with it end.
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        key: String,
     },
 }
 
@@ -418,6 +451,7 @@ async fn main() -> Result<()> {
                 println!("revoked `{role}` in `{app}` from `{user}`");
             }
         },
+        Command::Apikey { command } => apikey(command).await?,
         Command::Status { server } => {
             let body = http_get(&server, "/v1/status").await?;
             println!("{body}");
@@ -447,6 +481,69 @@ async fn tell_nodes(db: &DbArgs, store: &store::Store, org: &str, user: &str) {
             Err(e) => eprintln!("warning: {e}"),
         }
     }
+}
+
+/// `apikey create|list|revoke`, directly on the database.
+async fn apikey(command: ApikeyCommand) -> Result<()> {
+    match command {
+        ApikeyCommand::Create {
+            db,
+            user,
+            description,
+        } => {
+            let (store, _) = admin_tools(&db).await?;
+            if store.find_user(&db.org, &user).await?.is_none() {
+                bail!("no user `{user}` in org `{}`", db.org);
+            }
+            let key = server::auth::apikey::new_key();
+            let (secret, hash) = server::auth::apikey::new_secret().map_err(anyhow::Error::msg)?;
+            store
+                .create_api_key(&store::NewApiKey {
+                    org_uid: &db.org,
+                    api_key: &key,
+                    user_name: &user,
+                    description: description.as_deref(),
+                    secret_hash: &hash,
+                    created_by: "cli",
+                })
+                .await?;
+            println!("{}", serde_json::json!({"apiKey": key, "secret": secret}));
+        }
+        ApikeyCommand::List { db, user } => {
+            let (store, _) = admin_tools(&db).await?;
+            for k in store.list_api_keys(&db.org, user.as_deref()).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "apiKey": k.api_key,
+                        "userName": k.user_name,
+                        "description": k.description,
+                        "revoked": k.revoked,
+                        "createdBy": k.created_by,
+                        "creationDate": k.creation_date,
+                    })
+                );
+            }
+        }
+        ApikeyCommand::Revoke { db, key } => {
+            let (store, _) = admin_tools(&db).await?;
+            let user = store
+                .list_api_keys(&db.org, None)
+                .await?
+                .into_iter()
+                .find(|k| k.api_key == key)
+                .map(|k| k.user_name);
+            if !store.revoke_api_key(&db.org, &key, "cli").await? {
+                bail!("no API key `{key}` in org `{}`", db.org);
+            }
+            // Running servers drop the key's cached sessions at once.
+            if let Some(user) = user {
+                tell_nodes(&db, &store, &db.org, &user).await;
+            }
+            println!("API key `{key}` revoked; its sessions ended");
+        }
+    }
+    Ok(())
 }
 
 /// `migrate`: the platform's pending migrations, or one app's, each file reported.

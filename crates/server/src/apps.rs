@@ -185,6 +185,66 @@ impl AppSource {
         }
     }
 
+    /// The app this source declares (`appUid` of its `app.json`), if it parses.
+    pub fn app_uid(&self) -> Option<String> {
+        serde_json::from_str::<serde_json::Value>(&self.app_json)
+            .ok()?
+            .get("appUid")?
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The platform's built-in app with an extension (an app directory or stored files whose
+    /// `app.json` says `cloudio`): the extension adds datasources, roles, scripts, functions,
+    /// workflows and migrations, but may not replace a built-in datasource or role (spec
+    /// section 8). Any other app is returned as it is.
+    pub fn with_platform(self) -> Result<AppSource, Vec<String>> {
+        if self.app_uid().as_deref() != Some(store::PLATFORM_APP) {
+            return Ok(self);
+        }
+        let base = AppSource::platform();
+        let mut problems = Vec::new();
+        let mut datasources = base.datasources;
+        for (file, text) in self.datasources {
+            if datasources.iter().any(|(f, _)| *f == file) {
+                problems.push(format!(
+                    "{file}: a built-in datasource of the cloudio app cannot be replaced"
+                ));
+            } else {
+                datasources.push((file, text));
+            }
+        }
+        let roles = |text: Option<&String>| -> Vec<serde_json::Value> {
+            text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .and_then(|v| v.get("roles").and_then(|r| r.as_array()).cloned())
+                .unwrap_or_default()
+        };
+        let mut merged = roles(base.roles_json.as_ref());
+        let built_in: Vec<serde_json::Value> =
+            merged.iter().map(|r| r["roleUid"].clone()).collect();
+        for role in roles(self.roles_json.as_ref()) {
+            if built_in.contains(&role["roleUid"]) {
+                problems.push(format!(
+                    "roles.json: the built-in role {} of the cloudio app cannot be replaced",
+                    role["roleUid"]
+                ));
+            } else {
+                merged.push(role);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(AppSource {
+            app_json: base.app_json,
+            datasources,
+            roles_json: Some(serde_json::json!({ "roles": merged }).to_string()),
+            migrations: self.migrations,
+            scripts: self.scripts,
+            files: self.files,
+        })
+    }
+
     /// The built-in demo app.
     pub fn demo(dialect: Dialect) -> AppSource {
         let files = [
@@ -250,6 +310,14 @@ impl AppSource {
                 ds(
                     "IoDatasources",
                     include_str!("../platform-app/datasources/IoDatasources.json"),
+                ),
+                ds(
+                    "IoUserRolesEdit",
+                    include_str!("../platform-app/datasources/IoUserRolesEdit.json"),
+                ),
+                ds(
+                    "IoApiKeys",
+                    include_str!("../platform-app/datasources/IoApiKeys.json"),
                 ),
             ],
             roles_json: Some(include_str!("../platform-app/roles.json").into()),

@@ -32,6 +32,10 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 502: a service the server relies on for this request (an identity provider) failed;
+    /// the message says which and how (no secrets in it).
+    #[error("{0}")]
+    BadGateway(String),
     /// 400 with the title `Script Error`: a script failed (its name and error in the message).
     #[error("{0}")]
     Script(String),
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Script(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,6 +83,7 @@ impl ApiError {
             ApiError::RequestTimeout => "Request Timeout",
             ApiError::TooManyRequests { .. } => "Too Many Requests",
             ApiError::Unavailable(_) | ApiError::Busy(_) => "Service Unavailable",
+            ApiError::BadGateway(_) => "Bad Gateway",
             ApiError::Script(_) => "Script Error",
             ApiError::Internal(_) => "Internal Error",
         }

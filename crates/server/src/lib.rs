@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod patch;
 pub mod request_id;
 pub mod router;
+pub mod sso;
 pub mod startup;
 pub mod state;
 pub mod workflow;

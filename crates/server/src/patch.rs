@@ -181,7 +181,10 @@ pub async fn run(
     // One patch at a time on this node; the database serialises nodes.
     let _turn = state.patching.lock().await;
     let store = &state.store;
-    let src = match AppSource::from_files(files, store.dialect()) {
+    // A patch of `cloudio` extends the built-in app (e.g. with SSO's `create-user`), never
+    // replacing its datasources or roles.
+    let src = match AppSource::from_files(files, store.dialect()).and_then(AppSource::with_platform)
+    {
         Ok(src) => src,
         Err(problems) => return Ok(refused(problems)),
     };
@@ -205,15 +208,19 @@ pub async fn run(
         );
         runnable = false;
     }
-    if meta.app_uid == store::PLATFORM_APP {
+    let platform = meta.app_uid == store::PLATFORM_APP;
+    if platform && !src.migrations.is_empty() {
         problems.insert(
             0,
-            "app.json: the platform's own app `cloudio` is not patched this way yet".into(),
+            "migrations/: a patch of the platform's app `cloudio` cannot carry migrations yet \
+             (load it with `cloudio serve --app-dir`)"
+                .into(),
         );
         runnable = false;
     }
     let stored = store.stored_app(&meta.app_uid).await?;
-    if runnable && !store.db.app_attached(&meta.app_uid) {
+    // The platform's tables are the database itself (SQLite's main file), never attached.
+    if runnable && !platform && !store.db.app_attached(&meta.app_uid) {
         problems.insert(
             0,
             format!(

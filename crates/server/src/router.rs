@@ -15,7 +15,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{auth, catalog, data, functions, openapi, patches, playground, status, wf};
+use crate::api::{auth, catalog, data, functions, openapi, patches, playground, sso, status, wf};
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;
@@ -29,6 +29,9 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::post_auth))
         .routes(routes!(auth::post_logout))
         .routes(routes!(auth::get_session))
+        .routes(routes!(sso::post_exchange))
+        .routes(routes!(sso::get_oidc_login))
+        .routes(routes!(sso::get_oidc_callback))
         .routes(routes!(catalog::get_catalog))
         .routes(routes!(data::post_api))
         .routes(routes!(functions::post_function))

@@ -73,7 +73,17 @@ pub async fn bootstrap(
     for (uid, name) in PLATFORM_ROLES {
         store.ensure_role(PLATFORM_APP, uid, name).await?;
     }
-    load_app(store, PLATFORM_ORG, &AppSource::platform())
+    // The built-in app, with the extension stored by an earlier `--app-dir` (if any) kept.
+    let platform = match store.stored_app(PLATFORM_APP).await? {
+        Some(stored) if !stored.files.is_empty() || !stored.scripts.is_empty() => {
+            let files = stored.files.into_iter().chain(stored.scripts).collect();
+            AppSource::from_files(files, store.dialect())
+                .and_then(AppSource::with_platform)
+                .map_err(StartError::Apps)?
+        }
+        _ => AppSource::platform(),
+    };
+    load_app(store, PLATFORM_ORG, &platform)
         .await
         .map_err(StartError::Apps)?;
     if store.count_users().await? > 0 {
@@ -131,7 +141,10 @@ async fn load_apps(store: Store, config: &Config) -> Result<Store, StartError> {
     }
     for dir in &config.app_dirs {
         let loaded = match AppSource::read_dir(dir, dialect) {
-            Ok(src) => load_app(&store, PLATFORM_ORG, &src).await,
+            Ok(src) => match src.with_platform() {
+                Ok(src) => load_app(&store, PLATFORM_ORG, &src).await,
+                Err(p) => Err(p),
+            },
             Err(p) => Err(p),
         };
         match loaded {
@@ -274,7 +287,9 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+        let sso = crate::sso::Sso::new(&config.sso).map_err(|e| StartError::Config(vec![e]))?;
         let state = AppState::new(Inner {
+            sso,
             store,
             config,
             keys,

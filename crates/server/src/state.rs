@@ -32,6 +32,8 @@ pub struct Inner {
     pub cluster: crate::cluster::Cluster,
     /// Redis, when configured (`cache`): pub/sub, the shared session cache, login lockouts.
     pub cache: Option<Arc<crate::cache::Redis>>,
+    /// The configured single sign-on providers.
+    pub sso: crate::sso::Sso,
 }
 
 impl Deref for AppState {

@@ -6,6 +6,7 @@
 //!   value is bound;
 //! - driver errors are translated into [`StoreError`] in one place (`error.rs`).
 
+pub mod apikeys;
 pub mod cluster;
 pub mod db;
 pub mod error;
@@ -14,12 +15,14 @@ pub mod metadata;
 pub mod migrate;
 pub mod patch;
 pub mod platform;
+pub mod sso;
 pub mod workflow;
 pub mod writer;
 
 /// The built-in app that holds the platform's own tables and datasources.
 pub const PLATFORM_APP: &str = "cloudio";
 
+pub use apikeys::{ApiKey, NewApiKey};
 pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable, redact_url};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredApp, StoredMetadata};

@@ -110,6 +110,14 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 include_str!("../migrations/postgres/io_20261202000000_workflows.sql"),
             ),
             (
+                "io_20261210000000_api_keys.sql",
+                include_str!("../migrations/postgres/io_20261210000000_api_keys.sql"),
+            ),
+            (
+                "io_20261210000100_sso.sql",
+                include_str!("../migrations/postgres/io_20261210000100_sso.sql"),
+            ),
+            (
                 "io_20261215000000_cluster.sql",
                 include_str!("../migrations/postgres/io_20261215000000_cluster.sql"),
             ),
@@ -136,6 +144,14 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
                 include_str!("../migrations/mysql/io_20261202000000_workflows.sql"),
             ),
             (
+                "io_20261210000000_api_keys.sql",
+                include_str!("../migrations/mysql/io_20261210000000_api_keys.sql"),
+            ),
+            (
+                "io_20261210000100_sso.sql",
+                include_str!("../migrations/mysql/io_20261210000100_sso.sql"),
+            ),
+            (
                 "io_20261215000000_cluster.sql",
                 include_str!("../migrations/mysql/io_20261215000000_cluster.sql"),
             ),
@@ -160,6 +176,14 @@ pub fn platform_migrations(dialect: Dialect) -> Vec<Migration> {
             (
                 "io_20261202000000_workflows.sql",
                 include_str!("../migrations/sqlite/io_20261202000000_workflows.sql"),
+            ),
+            (
+                "io_20261210000000_api_keys.sql",
+                include_str!("../migrations/sqlite/io_20261210000000_api_keys.sql"),
+            ),
+            (
+                "io_20261210000100_sso.sql",
+                include_str!("../migrations/sqlite/io_20261210000100_sso.sql"),
             ),
             (
                 "io_20261215000000_cluster.sql",

@@ -60,6 +60,22 @@ impl Db {
     }
 }
 
+/// The columns of `tables` (SQLite), as a patch's check sees them.
+async fn sqlite_columns(raw: &mut Raw<'_>, tables: &[String]) -> Result<Columns> {
+    let mut columns = Columns::new();
+    for table in tables {
+        let rows = raw
+            .fetch_all(
+                "SELECT upper(name) FROM pragma_table_info(?)",
+                &[Value::Text(table.clone())],
+                &[AttrType::String],
+            )
+            .await?;
+        columns.insert(table.clone(), column_names(rows));
+    }
+    Ok(columns)
+}
+
 impl Store {
     /// Runs `migrations` of `meta.app_uid` not recorded yet, then asks `check` about the columns
     /// of `tables` as the migrations left them; if neither a file nor `check` found a problem
@@ -168,6 +184,23 @@ impl Store {
                 }
             }
             Db::Mysql { .. } => {}
+            Db::Sqlite { .. } if app_uid == crate::PLATFORM_APP => {
+                // The platform's tables are in the file `tracking` writes already: a second
+                // connection would wait for its lock. Its patches carry no migrations (the
+                // caller refuses them), so only the columns are checked, here.
+                if !migrations.is_empty() {
+                    return Err(StoreError::Invalid(
+                        "a patch of the platform's app cannot carry migrations".into(),
+                    ));
+                }
+                let columns = sqlite_columns(&mut tracking.raw(), tables).await?;
+                run.problems.extend(check(&columns));
+                if run.problems.is_empty() && commit {
+                    self.write_app_metadata(&mut tracking, meta, by).await?;
+                    tracking.commit().await?;
+                    run.committed = true;
+                }
+            }
             Db::Sqlite { dir, .. } => {
                 let file = dir.join(format!("{schema}.db"));
                 // A new app's file would be created here, and not attached to the pool: the
@@ -206,17 +239,7 @@ impl Store {
                         }
                     }
                 }
-                let mut columns = Columns::new();
-                for table in tables {
-                    let rows = Raw::Sqlite(&mut app_tx)
-                        .fetch_all(
-                            "SELECT upper(name) FROM pragma_table_info(?)",
-                            &[Value::Text(table.clone())],
-                            &[AttrType::String],
-                        )
-                        .await?;
-                    columns.insert(table.clone(), column_names(rows));
-                }
+                let columns = sqlite_columns(&mut Raw::Sqlite(&mut app_tx), tables).await?;
                 run.problems.extend(check(&columns));
                 if run.problems.is_empty() && commit {
                     self.write_app_metadata(&mut tracking, meta, by).await?;

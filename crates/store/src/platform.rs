@@ -56,6 +56,9 @@ pub struct Session {
     pub user_name: String,
     pub created_at: i64,
     pub last_seen_at: i64,
+    /// The API key the session was made with (`None`: a password or SSO login); revoking the
+    /// key ends the session.
+    pub api_key: Option<String>,
 }
 
 /// A session joined with the state of its user, as the request guard needs it.
@@ -101,15 +104,15 @@ pub enum Reservation {
 /// The PostgreSQL advisory lock that serialises login reservations ("cloudio" + 1).
 const LOGIN_ATTEMPT_LOCK: i64 = 0x636c_6f75_6469_6f01;
 
-fn text(v: &str) -> Value {
+pub(crate) fn text(v: &str) -> Value {
     Value::Text(v.to_string())
 }
 
-fn opt_text(v: Option<&str>) -> Value {
+pub(crate) fn opt_text(v: Option<&str>) -> Value {
     v.map_or(Value::Null, text)
 }
 
-fn take_text(v: Value) -> Option<String> {
+pub(crate) fn take_text(v: Value) -> Option<String> {
     match v {
         Value::Text(s) => Some(s),
         _ => None,
@@ -163,14 +166,15 @@ fn user_from_row(row: Vec<Value>) -> User {
 }
 
 const SESSION_COLUMNS: &str =
-    "s.SESSION_ID, s.CSRF, s.ORG_UID, s.USER_NAME, s.CREATED_AT, s.LAST_SEEN_AT";
-const SESSION_TYPES: [AttrType; 6] = [
+    "s.SESSION_ID, s.CSRF, s.ORG_UID, s.USER_NAME, s.CREATED_AT, s.LAST_SEEN_AT, s.API_KEY";
+const SESSION_TYPES: [AttrType; 7] = [
     AttrType::String,
     AttrType::String,
     AttrType::String,
     AttrType::String,
     AttrType::Integer,
     AttrType::Integer,
+    AttrType::String,
 ];
 
 fn session_from_row(it: &mut impl Iterator<Item = Value>) -> Session {
@@ -182,6 +186,7 @@ fn session_from_row(it: &mut impl Iterator<Item = Value>) -> Session {
         user_name: take_text(next()).unwrap_or_default(),
         created_at: take_int(next()),
         last_seen_at: take_int(next()),
+        api_key: take_text(next()),
     }
 }
 
@@ -210,13 +215,13 @@ impl Store {
         Value::DateTime(query::value::truncate_micros(now).unwrap_or(now))
     }
 
-    async fn exec(&self, sql: &str, params: &[Value]) -> Result<u64> {
+    pub(crate) async fn exec(&self, sql: &str, params: &[Value]) -> Result<u64> {
         self.db
             .execute(&portable(self.dialect(), sql), params)
             .await
     }
 
-    async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         sql: &str,
         params: &[Value],
@@ -512,7 +517,8 @@ impl Store {
 
     pub async fn create_session(&self, s: &Session) -> Result<()> {
         let sql = format!(
-            "INSERT INTO {} (SESSION_ID, CSRF, ORG_UID, USER_NAME, CREATED_AT, LAST_SEEN_AT) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO {} (SESSION_ID, CSRF, ORG_UID, USER_NAME, CREATED_AT, LAST_SEEN_AT, API_KEY) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
             self.t("io_sessions")
         );
         self.exec(
@@ -524,6 +530,7 @@ impl Store {
                 text(&s.user_name),
                 Value::Int(s.created_at),
                 Value::Int(s.last_seen_at),
+                opt_text(s.api_key.as_deref()),
             ],
         )
         .await?;

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod apikeys;
 mod cluster;
 mod config;
 mod crash;

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use store::{Reservation, Session};
 
 use crate::api::parse_json;
-use crate::auth::credential_header;
 use crate::auth::guard::Authed;
 use crate::auth::header::{BasicCredentials, parse_token};
 use crate::auth::jwt::Claims;
+use crate::auth::{apikey, credential_header};
 use crate::error::{ApiError, ApiResult, LOGIN_DENIED};
 use crate::state::AppState;
 
@@ -45,19 +45,40 @@ pub struct AuthResponse {
 /// How long a login waits for attempts being checked to leave it a place.
 const MAX_LOGIN_WAIT: Duration = Duration::from_secs(10);
 
-/// The user, if the password is right and the user may log in now; `None` for every kind of
-/// refusal alike. One Argon2 verification in every case (a dummy hash for unknown users).
-async fn check_password(
+/// The user (and the API key used, if one was), if the credentials are right and the user may
+/// log in now; `None` for every kind of refusal alike.
+///
+/// A name of an API key's form that the org has as a key is checked as one: the secret against
+/// its hash, the key not revoked, its user allowed to log in. Any other name is a user name: one
+/// Argon2 verification in every case (a dummy hash for unknown users).
+async fn check_credentials(
     state: &AppState,
     org: &str,
     creds: BasicCredentials,
     now: chrono::DateTime<Utc>,
-) -> ApiResult<Option<store::User>> {
+) -> ApiResult<Option<(store::User, Option<String>)>> {
+    let today = now.date_naive();
+    if apikey::looks_like_key(&creds.user_name)
+        && let Some((key, hash)) = state.store.find_api_key(org, &creds.user_name).await?
+    {
+        let ok = apikey::verify(&creds.password, &hash) && !key.revoked;
+        let user = match ok {
+            true => state.store.find_user(org, &key.user_name).await?,
+            false => None,
+        };
+        return Ok(match user {
+            Some(u) if u.may_log_in(today) => Some((u, Some(key.api_key))),
+            _ => {
+                tracing::info!(org = ?org, api_key = ?creds.user_name, "API key login refused");
+                None
+            }
+        });
+    }
     let user = state.store.find_user(org, &creds.user_name).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     let password_ok = state.engine.hasher.verify(creds.password, hash).await?;
     match user {
-        Some(u) if password_ok && u.may_log_in(now.date_naive()) => Ok(Some(u)),
+        Some(u) if password_ok && u.may_log_in(today) => Ok(Some((u, None))),
         _ => {
             tracing::info!(org = ?org, user = ?creds.user_name, "login refused");
             Ok(None)
@@ -166,9 +187,9 @@ async fn log_in(
         }
     }
 
-    let checked = check_password(&state, &org, creds, now).await;
-    let user = match checked {
-        Ok(Some(user)) => user,
+    let checked = check_credentials(&state, &org, creds, now).await;
+    let (user, api_key) = match checked {
+        Ok(Some(found)) => found,
         Ok(None) => {
             state.store.login_attempt_failed(&attempt).await?;
             // Old failures are pruned here.
@@ -186,7 +207,19 @@ async fn log_in(
         .store
         .login_attempt_succeeded(&attempt, &keys[0])
         .await?;
+    start_session(&state, org, user, api_key).await.map(Json)
+}
 
+/// Makes a session for a user who just proved who they are (a password, an API key, or an SSO
+/// sign-in) and answers with the body of `/v1/auth`.
+pub(crate) async fn start_session(
+    state: &AppState,
+    org: String,
+    user: store::User,
+    api_key: Option<String>,
+) -> ApiResult<AuthResponse> {
+    let now = Utc::now();
+    let now_us = now.timestamp_micros();
     let session = Session {
         session_id: uuid::Uuid::new_v4().to_string(),
         csrf: uuid::Uuid::new_v4().to_string(),
@@ -194,6 +227,7 @@ async fn log_in(
         user_name: user.user_name.clone(),
         created_at: now_us,
         last_seen_at: now_us,
+        api_key,
     };
     state.store.create_session(&session).await?;
     let absolute = i64::try_from(state.config.session_absolute_secs).unwrap_or(43_200);
@@ -208,7 +242,7 @@ async fn log_in(
             exp: now.timestamp() + absolute,
         })
         .map_err(ApiError::Internal)?;
-    Ok(Json(AuthResponse {
+    Ok(AuthResponse {
         org_uid: org,
         session_id: session.session_id,
         user_name: user.user_name,
@@ -218,7 +252,7 @@ async fn log_in(
         jwt: Some(jwt),
         roles: None,
         status: "OK",
-    }))
+    })
 }
 
 #[utoipa::path(post, path = "/v1/logout", tag = "auth",

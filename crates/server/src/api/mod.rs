@@ -7,6 +7,7 @@ pub mod functions;
 pub mod openapi;
 pub mod patches;
 pub mod playground;
+pub mod sso;
 pub mod status;
 pub mod stream;
 pub mod wf;

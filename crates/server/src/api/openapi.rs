@@ -317,6 +317,10 @@ pub fn base() -> OpenApi {
         .tags(Some(vec![
             tag("auth", "Login, logout, the session"),
             tag(
+                "sso",
+                "Single sign-on (OpenID Connect) and its one-time code",
+            ),
+            tag(
                 "data",
                 "Datasources: query and post; what the caller may use",
             ),

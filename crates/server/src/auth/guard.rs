@@ -270,6 +270,8 @@ async fn session_view(
                     user_name: c.user_name,
                     created_at: c.created_at,
                     last_seen_at: c.last_seen_at,
+                    // Only written when a session is made; revoking a key deletes its sessions.
+                    api_key: None,
                 },
                 user_may_log_in: c.user_may_log_in,
                 display_name: c.display_name,

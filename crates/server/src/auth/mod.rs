@@ -1,5 +1,6 @@
 //! Credentials: header parsing, password hashing, JWTs, and the request guard.
 
+pub mod apikey;
 pub mod guard;
 pub mod header;
 pub mod jwt;

@@ -337,9 +337,9 @@ async fn write_rows<E: Exec>(
     let ret = exec::Returning::of(&a.ds);
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let stored = exec::write_row(exec, &wctx, &a.name, &a.ds, &ret, i, row).await?;
+        let mut stored = exec::write_row(exec, &wctx, &a.name, &a.ds, &ret, i, row).await?;
         if let Some(b) = a.builtin {
-            b.after(exec, ctx, row, &stored).await?;
+            b.after(exec, ctx, row, &mut stored).await?;
         }
         out.push(stored);
     }
@@ -591,6 +591,20 @@ pub(crate) async fn run_function(
             "Access Denied - function `{module}/{function}` of app `{app}` is not available to you."
         )));
     }
+    run_function_ungranted(engine, who, app, module, function, arg, trace).await
+}
+
+/// [`run_function`] without the grant check: for calls the platform makes itself.
+pub(crate) async fn run_function_ungranted(
+    engine: &Engine,
+    who: &Principal,
+    app: &str,
+    module: &str,
+    function: &str,
+    arg: Json,
+    trace: bool,
+) -> Result<(Json, Option<Vec<exec::Statement>>)> {
+    let catalog = engine.catalog.get();
     let Some(modules) = catalog.modules(app).filter(|m| m.contains_key(module)) else {
         return Err(Error::NotFound(format!(
             "app `{app}` has no function module `{module}`"

@@ -267,6 +267,22 @@ impl Engine {
             .await
             .map(|(out, log)| (out, log.unwrap_or_default()))
     }
+
+    /// Calls a cloud function on the platform's own behalf (SSO's `create-user`): no role
+    /// grant is checked, since no client chose to call it. A missing module or function is
+    /// [`Error::NotFound`].
+    pub async fn call_platform_function(
+        &self,
+        who: &Principal,
+        app: &str,
+        module: &str,
+        function: &str,
+        arg: Json,
+    ) -> Result<Json> {
+        chain::run_function_ungranted(self, who, app, module, function, arg, false)
+            .await
+            .map(|(out, _)| out)
+    }
 }
 
 /// The state of one request as it goes through the chain.
@@ -279,6 +295,8 @@ pub(crate) struct Ctx<'a> {
     pub opts: CompileOptions,
     pub now: DateTime<Utc>,
     pub touched: Vec<(String, String)>,
+    /// `(hash, secret)` of API keys this request inserted: the secret goes in the answer only.
+    pub api_secrets: Vec<(String, String)>,
     /// How many hooks are running, one inside another's `db` call.
     pub depth: usize,
     /// `(app, datasource)` whose hooks are running: their `db` calls skip those hooks.
@@ -306,6 +324,7 @@ impl<'a> Ctx<'a> {
             opts: engine.compile_options(now.date_naive()),
             now,
             touched: Vec::new(),
+            api_secrets: Vec::new(),
             depth: 0,
             running: Vec::new(),
             started_workflows: 0,

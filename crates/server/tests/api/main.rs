@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod apikeys;
 mod apps;
 mod auth;
 mod budget;
@@ -21,4 +22,5 @@ mod query_scope;
 mod query_shape;
 mod rate_limit;
 mod scripts;
+mod sso;
 mod workflows;

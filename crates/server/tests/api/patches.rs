@@ -141,7 +141,7 @@ impl TestApp {
     }
 
     /// POST a zip to `/v1/apps/<app>/patch` (`verify`: `/patch/verify`).
-    async fn send_patch(
+    pub(crate) async fn send_patch(
         &self,
         login: &Login,
         app: &str,
