@@ -199,9 +199,26 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(METADATA_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Logged when it starts failing and when it works again, not four times a second.
+        let mut failing = false;
         loop {
             tick.tick().await;
-            refresh_catalog(&s).await;
+            match s.engine.catalog.refresh(&s.store).await {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!("metadata changed on another node: catalog reloaded");
+                    }
+                    if failing {
+                        tracing::info!("the metadata check works again");
+                        failing = false;
+                    }
+                }
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "the metadata check failed; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
         }
     }));
     tasks
