@@ -7,6 +7,7 @@
 #   bench/api.sh --postgres                        # SQLite, then postgres://postgres@127.0.0.1:5432/postgres
 #   bench/api.sh --postgres postgres://user@host:5432/postgres
 #   BENCH_POSTGRES_URL=postgres://... bench/api.sh
+#   bench/api.sh --no-sqlite --postgres --mysql    # PostgreSQL and MariaDB side by side (W1, W2, ...)
 #
 # Every other flag goes to bench/api.py (e.g. --duration 5 --rows 20000 --no-sqlite --keep);
 # `bench/api.sh --help` lists them.

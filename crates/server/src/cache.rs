@@ -174,20 +174,11 @@ impl Redis {
             }
         };
         if self.dirty.load(Ordering::Acquire) {
-            let bumped: Result<Result<i64, _>, _> = tokio::time::timeout(
-                CALL_TIMEOUT,
-                redis::cmd("INCR")
-                    .arg(self.key("gen"))
-                    .query_async(&mut conn),
-            )
-            .await;
-            match bumped {
-                Ok(Ok(_)) => self.dirty.store(false, Ordering::Release),
-                _ => {
-                    self.failed(what, "generation bump failed");
-                    return None;
-                }
+            if !self.bump_generation().await {
+                self.failed(what, "generation bump failed");
+                return None;
             }
+            self.dirty.store(false, Ordering::Release);
         }
         let mut pipe = redis::pipe();
         cmd(&mut pipe);
@@ -202,6 +193,23 @@ impl Redis {
                 None
             }
         }
+    }
+
+    /// Drops every cached session (`INCR <prefix>gen`); false if Redis did not answer.
+    async fn bump_generation(&self) -> bool {
+        let Ok(mut conn) = self.connection().await else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(
+                CALL_TIMEOUT,
+                redis::cmd("INCR")
+                    .arg(self.key("gen"))
+                    .query_async::<i64>(&mut conn)
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     /// For `/v1/status`: does Redis answer now?
@@ -395,19 +403,20 @@ impl Redis {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        // A node whose invalidation failed drops every entry as soon as Redis answers again,
-        // even if it has no request that would make it ask.
+        // A node whose invalidation failed drops every entry as soon as Redis answers again
+        // (within 200 ms, not resting after failures as requests do), even if it has no request
+        // that would make it ask.
         let me = self.clone();
         let heal = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tick.tick().await;
-                if me.dirty.load(Ordering::Acquire) {
-                    let _: Option<()> = me
-                        .run("recovery", |p| {
-                            p.cmd("EXISTS").arg(me.key("gen")).ignore();
-                        })
-                        .await;
+                if me.dirty.load(Ordering::Acquire) && me.bump_generation().await {
+                    me.dirty.store(false, Ordering::Release);
+                    if let Ok(mut d) = me.down_until.lock() {
+                        *d = None;
+                    }
+                    tracing::info!("Redis answers again: its cached sessions were dropped");
                 }
             }
         });
@@ -427,7 +436,10 @@ impl Redis {
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
             if let Ok(payload) = msg.get_payload::<String>() {
-                let _ = inbox.send(Inbound::Payload(payload));
+                let _ = inbox.send(Inbound::Payload {
+                    text: payload,
+                    via_database: false,
+                });
             }
         }
         Err("the subscription connection closed".into())

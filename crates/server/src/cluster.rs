@@ -68,8 +68,9 @@ pub struct Cluster {
 /// What a channel delivered.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A payload sent by some node.
-    Payload(String),
+    /// A payload sent by some node, and whether it came through the database (`NOTIFY`) rather
+    /// than Redis.
+    Payload { text: String, via_database: bool },
     /// The channel (re)connected: anything sent meanwhile may be lost.
     Resync,
 }
@@ -143,20 +144,22 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tasks.push(tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 match msg {
-                    Inbound::Payload(p) => match serde_json::from_str::<Message>(&p) {
-                        Ok(m) if m.from == s.cluster.node => {}
-                        Ok(m) => {
-                            // A process outside the cluster (the CLI) may not reach Redis:
-                            // the shared cache must not keep what it revoked.
-                            if m.from == CLI
-                                && let Some(redis) = &s.cache
-                            {
-                                redis.invalidate(&m.event).await;
+                    Inbound::Payload { text, via_database } => {
+                        match serde_json::from_str::<Message>(&text) {
+                            Ok(m) if m.from == s.cluster.node => {}
+                            Ok(m) => {
+                                // Through the database, the sender may have failed to reach Redis
+                                // (or be the CLI, which may know no Redis): the shared cache must
+                                // not keep what it revoked, so every node that hears of it drops it
+                                // there too. Through Redis, the sender's invalidation went first.
+                                if via_database && let Some(redis) = &s.cache {
+                                    redis.invalidate(&m.event).await;
+                                }
+                                apply(&s, &m.event).await
                             }
-                            apply(&s, &m.event).await
+                            Err(e) => tracing::warn!(error = %e, "unreadable cluster message"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "unreadable cluster message"),
-                    },
+                    }
                     Inbound::Resync => {
                         s.tokens.forget_all();
                         refresh_catalog(&s).await;
@@ -174,7 +177,10 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                     .store
                     .listen_cluster(move |p| {
                         let _ = inbox.send(match p {
-                            Some(p) => Inbound::Payload(p),
+                            Some(text) => Inbound::Payload {
+                                text,
+                                via_database: true,
+                            },
                             None => Inbound::Resync,
                         });
                     })
@@ -193,9 +199,26 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(METADATA_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Logged when it starts failing and when it works again, not four times a second.
+        let mut failing = false;
         loop {
             tick.tick().await;
-            refresh_catalog(&s).await;
+            match s.engine.catalog.refresh(&s.store).await {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!("metadata changed on another node: catalog reloaded");
+                    }
+                    if failing {
+                        tracing::info!("the metadata check works again");
+                        failing = false;
+                    }
+                }
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "the metadata check failed; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
         }
     }));
     tasks

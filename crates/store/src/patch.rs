@@ -281,6 +281,11 @@ impl Store {
         let app_uid = meta.app_uid.as_str();
         let mut run = PatchRun::default();
         let mut conn = self.db.acquire().await?;
+        // The tracking table is found in the connection's database: a script may have left the
+        // pooled connection in an app's (`USE`).
+        conn.raw()
+            .execute_script(&format!("USE {}", self.db.platform_schema()))
+            .await?;
         for m in migrations {
             match recorded(&mut conn.raw(), app_uid, &m.name).await? {
                 Some(old) => note_changed(&mut run.report, app_uid, m, old),

@@ -5,6 +5,9 @@
 //! everywhere within 1 s; metadata (an `--app-dir` load on a fourth node, a patch through one
 //! node) served everywhere within 1 s; login limits counted across nodes; one signing key.
 //!
+//! One more test pauses a private Redis around a logout: requests go on from the database, and
+//! the session cached in Redis before the outage is not served after it.
+//!
 //! Each test runs on each database in each set-up: the database alone, with Redis, and with
 //! Redis configured but unreachable (the guarantees hold from the database; status says
 //! `"cache": "ERROR"`). MariaDB has no `NOTIFY`: without Redis the re-check bounds carry it.
@@ -85,25 +88,31 @@ pub struct Nodes {
 impl Nodes {
     /// Starts `n` nodes at once (none waits for another) and waits until all listen.
     pub async fn start(kind: Kind, setup: Setup, n: usize, extra: &[&str]) -> Nodes {
+        let url = match setup {
+            Setup::Db => None,
+            Setup::Redis => Some(redis_url()),
+            Setup::RedisDown => Some(format!("redis://127.0.0.1:{}", dead_port())),
+        };
+        Self::start_with_redis(kind, url, n, extra).await
+    }
+
+    /// As [`Nodes::start`], with Redis at `redis` (if any).
+    pub async fn start_with_redis(
+        kind: Kind,
+        redis: Option<String>,
+        n: usize,
+        extra: &[&str],
+    ) -> Nodes {
         let db = TestDb::new(kind).await;
         let mut env = vec![(
             "CLOUDIO_ADMIN_PASSWORD".to_string(),
             ADMIN_PASSWORD.to_string(),
         )];
-        match setup {
-            Setup::Db => {}
-            Setup::Redis => {
-                env.push(("CLOUDIO_REDIS_URL".into(), redis_url()));
-                // Runs of the suite, and tests of one run, never see each other's keys.
-                let prefix = format!("cloudio-test-{}:", uuid::Uuid::new_v4().simple());
-                env.push(("CLOUDIO_REDIS_PREFIX".into(), prefix));
-            }
-            Setup::RedisDown => {
-                env.push((
-                    "CLOUDIO_REDIS_URL".into(),
-                    format!("redis://127.0.0.1:{}", dead_port()),
-                ));
-            }
+        if let Some(url) = redis {
+            env.push(("CLOUDIO_REDIS_URL".into(), url));
+            // Runs of the suite, and tests of one run, never see each other's keys.
+            let prefix = format!("cloudio-test-{}:", uuid::Uuid::new_v4().simple());
+            env.push(("CLOUDIO_REDIS_PREFIX".into(), prefix));
         }
         let mut me = Nodes {
             db,
@@ -507,3 +516,140 @@ in_each_setup!(
         n.stop().await;
     }
 );
+
+/// A private `redis-server` on a free loopback port, so a test may pause it.
+struct PrivateRedis {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = dead_port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (scripts/services.sh installs it)");
+        let me = PrivateRedis { child, port };
+        within(Duration::from_secs(10), "private Redis answers", || {
+            me.answers()
+        })
+        .await;
+        me
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn answers(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").await.is_ok()
+            && tokio::time::timeout(Duration::from_millis(200), s.read_exact(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            && &buf == b"+PONG\r\n"
+    }
+
+    /// SIGSTOP/SIGCONT: Redis hangs (every call times out) with its keys intact, as in a
+    /// network partition, then comes back with whatever it held.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("redis running");
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+}
+
+async fn cache_state(n: &Nodes, i: usize) -> String {
+    let b: Value = client()
+        .get(format!("{}/v1/status", n.base(i)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["status"], "OK", "{b}");
+    assert_eq!(b["database"], "OK", "{b}");
+    b["cache"].as_str().unwrap_or_default().to_string()
+}
+
+/// Redis hangs while sessions it caches are used and one of them is ended: requests go on from
+/// the database, the logout reaches every node, status says `"cache": "ERROR"`; when Redis comes
+/// back holding the ended session's entry, no node serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_keeps_requests_working_and_leaves_nothing_stale() {
+    let redis = PrivateRedis::start().await;
+    let n = Nodes::start_with_redis(Kind::Postgres, Some(redis.url()), 3, &[]).await;
+    n.create_user("alice", "alice-pw-1").await;
+    let (status, body) = login(&n.base(0), "alice", "alice-pw-1").await;
+    let alice = logged_in(status, body);
+    for i in 0..3 {
+        assert_eq!(session(&n.base(i), &alice).await.0, 200);
+        assert_eq!(cache_state(&n, i).await, "OK");
+    }
+    // Redis hangs, holding alice's cached session.
+    redis.signal("STOP");
+    for i in 0..3 {
+        let base = i;
+        within(
+            Duration::from_secs(5),
+            "status says the cache is down",
+            || async { cache_state(&n, base).await == "ERROR" },
+        )
+        .await;
+    }
+    // Requests go on from the database: a new session, used on every node.
+    let (status, body) = login(&n.base(1), "admin", ADMIN_PASSWORD).await;
+    let admin = logged_in(status, body);
+    for i in 0..3 {
+        let (s, b) = session(&n.base(i), &admin).await;
+        assert_eq!(s, 200, "node {i} during the outage: {b}");
+    }
+    // Alice logs out on node 0; no node can tell Redis.
+    let r = client()
+        .post(format!("{}/v1/logout?csrf={}", n.base(0), alice.csrf))
+        .header("Authorization", format!("Bearer {}", alice.jwt))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    sessions_become(&n, &[0, 1, 2], &alice, 401, "logout during the outage").await;
+    // Redis comes back with alice's entry: no node may serve it.
+    redis.signal("CONT");
+    for i in 0..3 {
+        let base = i;
+        within(
+            Duration::from_secs(5),
+            "status says the cache is back",
+            || async { cache_state(&n, base).await == "OK" },
+        )
+        .await;
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for i in 0..3 {
+            assert_eq!(
+                session(&n.base(i), &alice).await.0,
+                401,
+                "node {i} served a session ended during the outage"
+            );
+            let (s, b) = session(&n.base(i), &admin).await;
+            assert_eq!(s, 200, "{b}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n.stop().await;
+}
