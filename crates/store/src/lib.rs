@@ -6,6 +6,7 @@
 //!   value is bound;
 //! - driver errors are translated into [`StoreError`] in one place (`error.rs`).
 
+pub mod attach;
 pub mod cluster;
 pub mod db;
 pub mod error;
