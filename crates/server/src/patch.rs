@@ -219,18 +219,6 @@ pub async fn run(
         runnable = false;
     }
     let stored = store.stored_app(&meta.app_uid).await?;
-    // The platform's tables are the database itself (SQLite's main file), never attached.
-    if runnable && !platform && !store.db.app_attached(&meta.app_uid) {
-        problems.insert(
-            0,
-            format!(
-                "app `{}` is new; on the embedded (SQLite) database a new app is added with \
-                 `cloudio serve --app-dir` (its database file is attached at start), then patched",
-                meta.app_uid
-            ),
-        );
-        runnable = false;
-    }
     let (kinds, app_change) = changes(stored.as_ref(), &meta, src.roles_json.as_deref());
     let mut pending = Vec::new();
     let mut changed_files = Vec::new();

@@ -298,7 +298,7 @@ async fn run_workload(db: &Db, p: &Prepared, o: &Opts, name: &str) -> serde_json
 /// The pool's size limit as `Db::connect` set it (on SQLite it caps the requested size).
 fn pool_max(db: &Db) -> u32 {
     match db {
-        Db::Sqlite { pool, .. } => pool.options().get_max_connections(),
+        Db::Sqlite { pools, .. } => pools.current().options().get_max_connections(),
         Db::Postgres(pool) => pool.options().get_max_connections(),
         Db::Mysql { pool, .. } => pool.options().get_max_connections(),
     }

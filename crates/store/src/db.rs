@@ -12,14 +12,12 @@ use query::{AttrType, Dialect, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
 use sqlx::{
     AssertSqlSafe, Column, Connection, Executor, MySql, Postgres, Row, Sqlite, TypeInfo, ValueRef,
 };
 
+use crate::attach::SqlitePools;
 use crate::error::{Result, StoreError};
 use crate::health::FileHealth;
 use crate::writer::Writer;
@@ -101,10 +99,11 @@ impl DbTarget {
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite {
-        pool: SqlitePool,
+        /// The pool, a function of the app databases each of its connections attaches (as the
+        /// writer's does): replaced by one more when a patch adds a new app's file while the
+        /// server runs (see [`crate::attach`]). Take `pools.current()` for each use.
+        pools: Arc<SqlitePools>,
         dir: PathBuf,
-        /// The app databases every connection of this pool attaches.
-        attached: Vec<(String, String)>,
         /// Writers of this process queue here, in order, before `BEGIN IMMEDIATE`: SQLite's own
         /// busy handler polls with growing sleeps, which made tail latencies of a second.
         write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -130,51 +129,41 @@ impl Db {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                 })?;
                 let main = dir.join("cloudio.db");
-                let attached = attached_apps(dir);
-                check_writable(dir, &main, &attached)?;
-                let opts = sqlite_options(&main);
-                let apps = attached.clone();
+                let apps = attached_apps(dir);
+                let limit = sqlite_attach_limit()?;
+                if apps.len() > limit {
+                    return Err(StoreError::Invalid(format!(
+                        "{} holds {} app databases, but the embedded SQLite database attaches at \
+                         most {limit} (SQLITE_MAX_ATTACHED): move some apps to PostgreSQL or \
+                         MySQL, or remove the files of apps no longer used",
+                        dir.display(),
+                        apps.len()
+                    )));
+                }
+                check_writable(dir, &main, &apps)?;
                 // SQLite work is CPU-bound in each connection's own thread and writers queue on one
                 // lock: more connections than twice the cores add threads and page caches (2 MiB
                 // each), not throughput.
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let size =
                     max_connections.clamp(1, u32::try_from(2 * cores).unwrap_or(u32::MAX).max(2));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(size)
-                    .min_connections(1)
-                    .acquire_timeout(Duration::from_secs(10))
-                    // A file does not go away like a server: sqlx's ping on every acquire was a
-                    // hop to the connection's thread and back for nothing.
-                    .test_before_acquire(false)
-                    .after_connect(move |conn, _| {
-                        let apps = apps.clone();
-                        Box::pin(async move {
-                            for (schema, path) in apps {
-                                for sql in attach_statements(&schema, &path) {
-                                    conn.execute(AssertSqlSafe(sql)).await?;
-                                }
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect_with(opts)
+                let pools = SqlitePools::open(&main, apps.clone(), limit, size)
                     .await
-                    .map_err(|e| in_file(&main, &attached, e))?;
+                    .map_err(|e| in_file(&main, &apps, e))?;
                 let files: Vec<PathBuf> = std::iter::once(main.clone())
                     .chain(
-                        attached
-                            .iter()
+                        apps.iter()
                             .map(|(schema, _)| dir.join(format!("{schema}.db"))),
                     )
                     .collect();
                 let health = Arc::new(FileHealth::open(&files)?);
                 let write_lock = Arc::<tokio::sync::Mutex<()>>::default();
-                let writer = Writer::start(&main, &attached, write_lock.clone(), health.clone())?;
+                let pools = Arc::new(pools);
+                let writer =
+                    Writer::start(&main, pools.clone(), write_lock.clone(), health.clone())?;
                 Ok(Db::Sqlite {
-                    pool,
+                    pools,
                     dir: dir.clone(),
-                    attached,
                     write_lock,
                     writer,
                     health,
@@ -253,14 +242,10 @@ impl Db {
     pub async fn reopen(self, max_connections: u32) -> Result<Db> {
         match self {
             Db::Sqlite {
-                pool,
-                dir,
-                attached,
-                writer,
-                ..
-            } if attached != attached_apps(&dir) => {
+                pools, dir, writer, ..
+            } if *pools.apps() != attached_apps(&dir) => {
                 writer.stop();
-                pool.close().await;
+                pools.close().await;
                 Db::connect(&DbTarget::SqliteDir(dir), max_connections).await
             }
             db => Ok(db),
@@ -309,7 +294,7 @@ impl Db {
 
     pub async fn acquire(&self) -> Result<Conn> {
         Ok(match self {
-            Db::Sqlite { pool, .. } => Conn::Sqlite(pool.acquire().await?),
+            Db::Sqlite { pools, .. } => Conn::Sqlite(pools.current().acquire().await?),
             Db::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
             Db::Mysql { pool, .. } => Conn::Mysql(pool.acquire().await?),
         })
@@ -330,9 +315,9 @@ impl Db {
     pub async fn begin_write(&self) -> Result<Tx> {
         self.check_files()?;
         Ok(match self {
-            Db::Sqlite { pool, .. } => {
+            Db::Sqlite { pools, .. } => {
                 let turn = self.write_turn().await;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
+                Tx::Sqlite(pools.current().begin_with("BEGIN IMMEDIATE").await?, turn)
             }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
             Db::Mysql { pool, .. } => Tx::Mysql(pool.begin().await?),
@@ -344,7 +329,7 @@ impl Db {
     /// it takes SQLite's lock then (waiting up to the busy timeout).
     pub async fn begin_read(&self) -> Result<Tx> {
         Ok(match self {
-            Db::Sqlite { pool, .. } => Tx::Sqlite(pool.begin().await?, WriteTurn(None)),
+            Db::Sqlite { pools, .. } => Tx::Sqlite(pools.current().begin().await?, WriteTurn(None)),
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
             Db::Mysql { pool, .. } => Tx::Mysql(pool.begin().await?),
         })
@@ -392,13 +377,12 @@ impl Db {
     pub async fn ping(&self) -> Result<()> {
         match self {
             Db::Postgres(_) | Db::Mysql { .. } => self.execute("SELECT 1", &[]).await.map(|_| ()),
-            Db::Sqlite {
-                health, attached, ..
-            } => {
+            Db::Sqlite { health, pools, .. } => {
                 health.check_contents()?;
-                let mut conn = self.acquire().await?;
-                let schemas =
-                    std::iter::once("main").chain(attached.iter().map(|(s, _)| s.as_str()));
+                // A pool and the files each of its connections attaches.
+                let (pool, apps) = pools.with_apps();
+                let mut conn = Conn::Sqlite(pool.acquire().await?);
+                let schemas = std::iter::once("main").chain(apps.iter().map(|(s, _)| s.as_str()));
                 for schema in schemas {
                     let sql = format!("SELECT COUNT(*) FROM {schema}.sqlite_master");
                     match conn.raw().fetch_all(&sql, &[], &[AttrType::Integer]).await {
@@ -425,9 +409,9 @@ impl Db {
 
     pub async fn close(&self) {
         match self {
-            Db::Sqlite { pool, writer, .. } => {
+            Db::Sqlite { pools, writer, .. } => {
                 writer.stop();
-                pool.close().await
+                pools.close().await
             }
             Db::Postgres(pool) => pool.close().await,
             Db::Mysql { pool, .. } => pool.close().await,
@@ -437,7 +421,10 @@ impl Db {
     /// `(in use + idle, idle)` connections, for metrics.
     pub fn pool_stats(&self) -> (u32, usize) {
         match self {
-            Db::Sqlite { pool, .. } => (pool.size(), pool.num_idle()),
+            Db::Sqlite { pools, .. } => {
+                let pool = pools.current();
+                (pool.size(), pool.num_idle())
+            }
             Db::Postgres(pool) => (pool.size(), pool.num_idle()),
             Db::Mysql { pool, .. } => (pool.size(), pool.num_idle()),
         }
@@ -554,7 +541,7 @@ pub(crate) fn attach_statements(schema: &str, path: &str) -> [String; 2] {
     ]
 }
 
-fn sqlite_options(path: &Path) -> SqliteConnectOptions {
+pub(crate) fn sqlite_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -585,11 +572,24 @@ fn attached_apps(dir: &Path) -> Vec<(String, String)> {
             && stem != crate::PLATFORM_APP
             && query::meta::is_identifier(stem)
         {
-            out.push((stem.to_string(), path.to_string_lossy().replace('\'', "''")));
+            out.push((stem.to_string(), sql_path(&path)));
         }
     }
     out.sort();
     out
+}
+
+/// A file's path as the inside of an SQL string literal (`'` doubled).
+pub(crate) fn sql_path(path: &Path) -> String {
+    path.to_string_lossy().replace('\'', "''")
+}
+
+/// How many databases one SQLite connection may attach: `SQLITE_MAX_ATTACHED` as the bundled
+/// SQLite was built (libsqlite3-sys does not set it: SQLite's default, 10).
+fn sqlite_attach_limit() -> Result<usize> {
+    let conn = rusqlite::Connection::open_in_memory()?;
+    let limit = conn.limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED)?;
+    Ok(usize::try_from(limit).unwrap_or(0))
 }
 
 /// Rewrites `?` placeholders into the dialect's form. Only for the platform's own SQL, which has

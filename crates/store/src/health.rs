@@ -3,14 +3,15 @@
 //! A deleted or replaced database file goes on working through the descriptors SQLite holds:
 //! writes were acknowledged and then lost at the next start. A file overwritten in place
 //! failed every query while `SELECT 1` still passed. So each file's identity (device, inode)
-//! is noted at open and compared before every write (one `stat` per file), and its header is
-//! read on every status check; the first difference marks the database failed for good:
-//! writes are refused ([`StoreError::Unavailable`], a 503) until the server is restarted.
+//! is noted at open (or when a patch attaches a new app's file) and compared before every
+//! write (one `stat` per file), and its header is read on every status check; the first
+//! difference marks the database failed for good: writes are refused
+//! ([`StoreError::Unavailable`], a 503) until the server is restarted.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock};
 
 use crate::error::{Result, StoreError};
 
@@ -38,8 +39,8 @@ impl Identity {
 
 #[derive(Debug)]
 pub struct FileHealth {
-    /// (path, identity) as opened.
-    files: Vec<(PathBuf, Identity)>,
+    /// (path, identity) as opened; an app's file is added when a patch attaches it.
+    files: RwLock<Vec<(PathBuf, Identity)>>,
     failed: OnceLock<String>,
 }
 
@@ -48,15 +49,30 @@ impl FileHealth {
     pub(crate) fn open(paths: &[PathBuf]) -> Result<FileHealth> {
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
-            let meta = std::fs::metadata(path).map_err(|e| {
-                StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))
-            })?;
-            files.push((path.clone(), Identity::of(&meta)));
+            files.push((path.clone(), identify(path)?));
         }
         Ok(FileHealth {
-            files,
+            files: RwLock::new(files),
             failed: OnceLock::new(),
         })
+    }
+
+    /// Notes one more file (an app's, attached while the server runs), as it is now.
+    pub(crate) fn add(&self, path: &Path) -> Result<()> {
+        let identity = identify(path)?;
+        let mut files = self.files.write().unwrap_or_else(PoisonError::into_inner);
+        if !files.iter().any(|(p, _)| p == path) {
+            files.push((path.to_path_buf(), identity));
+        }
+        Ok(())
+    }
+
+    /// The files watched, with their identity as opened.
+    fn files(&self) -> Vec<(PathBuf, Identity)> {
+        self.files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Why the database was given up, if it was.
@@ -85,7 +101,8 @@ impl FileHealth {
         if self.failure().is_some() {
             return Err(self.unavailable());
         }
-        for (path, identity) in &self.files {
+        let files = self.files.read().unwrap_or_else(PoisonError::into_inner);
+        for (path, identity) in files.iter() {
             match std::fs::metadata(path) {
                 Ok(m) if Identity::of(&m) == *identity => {}
                 Ok(_) => return Err(self.fail(format!("{} was replaced", path.display()))),
@@ -104,13 +121,19 @@ impl FileHealth {
     /// in place keeps its inode).
     pub fn check_contents(&self) -> Result<()> {
         self.check_identity()?;
-        for (path, _) in &self.files {
+        for (path, _) in &self.files() {
             if let Err(why) = header_ok(path) {
                 return Err(self.fail(why));
             }
         }
         Ok(())
     }
+}
+
+fn identify(path: &Path) -> Result<Identity> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Identity::of(&meta))
 }
 
 /// An empty file is a database SQLite has not written yet; anything else starts with the

@@ -7,6 +7,7 @@
 //! - driver errors are translated into [`StoreError`] in one place (`error.rs`).
 
 pub mod apikeys;
+pub mod attach;
 pub mod cluster;
 pub mod db;
 pub mod error;

@@ -472,6 +472,10 @@ impl Store {
                 } else {
                     dir.join(format!("{}.db", app_schema(app_uid)))
                 };
+                // No file, no tables (and no empty file made by asking).
+                if !file.exists() {
+                    return Ok(None);
+                }
                 let mut conn = open_sqlite_file(&file).await?;
                 let rows = crate::db::Raw::Sqlite(&mut conn)
                     .fetch_all(

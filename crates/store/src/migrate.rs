@@ -266,8 +266,8 @@ pub async fn run(db: &Db, app_uid: &str, migrations: &[Migration]) -> Result<Rep
                 .await?;
             result
         }
-        Db::Sqlite { pool, dir, .. } => {
-            let mut tracking = pool.acquire().await?;
+        Db::Sqlite { pools, dir, .. } => {
+            let mut tracking = pools.current().acquire().await?;
             tracking.execute(TRACKING_SQLITE).await?;
             drop(tracking);
             let file = if app_uid == crate::PLATFORM_APP {
@@ -432,7 +432,7 @@ async fn run_sqlite(
     migrations: &[Migration],
 ) -> Result<Report> {
     let mut report = Report::default();
-    let Db::Sqlite { pool, .. } = db else {
+    let Db::Sqlite { pools, .. } = db else {
         return Err(StoreError::Invalid("not a SQLite database".into()));
     };
     // The platform's own file is migrated on the locking connection itself; an app's file on a
@@ -442,7 +442,7 @@ async fn run_sqlite(
     // race to switch it to WAL.
     let mut app_conn: Option<sqlx::SqliteConnection> = None;
     for m in migrations {
-        let mut tracking = pool.acquire().await?;
+        let mut tracking = pools.current().acquire().await?;
         // Not `BEGIN IMMEDIATE`: with the app files attached to the pool it would lock them
         // all, and the app's file is migrated below on a connection of its own ("database is
         // locked" as soon as an attached app had a new file). A write that matches nothing

@@ -13,10 +13,17 @@
 //!   only when everything succeeded, the app file first; SQLite cannot commit two files in WAL
 //!   mode atomically, so a crash between the two commits leaves the schema changed with the
 //!   files unrecorded (they would be run again).
+//! - SQLite, a new app: its file is made, migrated on a connection of its own, and attached to
+//!   every connection of the process (pool and writer, see [`crate::attach`]) between the two
+//!   commits, before the metadata that serves it is committed. Until then no connection has it
+//!   attached, so a patch that is not committed removes the file it made: nothing of the app
+//!   remains. SQLite attaches at most `SQLITE_MAX_ATTACHED` files (10): one more is a problem
+//!   of the patch.
 //!
 //! Verifying is the same run, rolled back at the end.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use query::{AttrType, Value};
 use sqlx::Connection;
@@ -46,16 +53,13 @@ pub struct PatchRun {
 }
 
 impl Db {
-    /// Whether the app's tables are reachable through this pool: always on PostgreSQL; on
-    /// SQLite only if its file was attached when the pool opened (a new app's file is attached
-    /// at the next start).
+    /// Whether the app's tables are reachable through this pool: always on PostgreSQL and
+    /// MySQL; on SQLite once its file is attached (when the pool opened, or by the patch that
+    /// brought the app: see [`crate::attach`]).
     pub fn app_attached(&self, app_uid: &str) -> bool {
         match self {
             Db::Postgres(_) | Db::Mysql { .. } => true,
-            Db::Sqlite { attached, .. } => {
-                let schema = app_schema(app_uid);
-                attached.iter().any(|(s, _)| *s == schema)
-            }
+            Db::Sqlite { pools, .. } => pools.contains(&app_schema(app_uid)),
         }
     }
 }
@@ -107,10 +111,10 @@ impl Store {
             // Not `BEGIN IMMEDIATE`: on a connection with the app files attached it would lock
             // them all, and the app's own file is migrated on a connection of its own. The
             // process's write turn, then a write that takes the platform file's lock alone.
-            Db::Sqlite { pool, .. } => {
+            Db::Sqlite { pools, .. } => {
                 self.db.check_files()?;
                 let turn = self.db.write_turn().await;
-                let mut tx = Tx::Sqlite(pool.begin().await?, turn);
+                let mut tx = Tx::Sqlite(pools.current().begin().await?, turn);
                 tx.raw()
                     .execute(
                         "UPDATE io_migrations SET APP_UID = APP_UID WHERE 1 = 0",
@@ -203,53 +207,107 @@ impl Store {
             }
             Db::Sqlite { dir, .. } => {
                 let file = dir.join(format!("{schema}.db"));
-                // A new app's file would be created here, and not attached to the pool: the
-                // caller refuses those first (see `Db::app_attached`).
-                let mut conn = open_sqlite_file(&file).await?;
-                let mut app_tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                for (i, m) in migrations.iter().enumerate() {
-                    if let Some(old) = recorded(&mut tracking.raw(), app_uid, &m.name).await? {
-                        note_changed(&mut run.report, app_uid, m, old);
-                        continue;
-                    }
-                    run.pending.push(m.name.clone());
-                    if !run.problems.is_empty() {
-                        continue;
-                    }
-                    let raw = &mut Raw::Sqlite(&mut app_tx);
-                    let savepoint = format!("patch_{i}");
-                    raw.execute_script(&format!("SAVEPOINT {savepoint}"))
-                        .await?;
-                    let applied = match apply_statements(raw, m).await {
-                        Ok(()) => record(&mut tracking.raw(), app_uid, m).await,
-                        Err(e) => Err(e),
-                    };
-                    match applied {
-                        Ok(()) => {
-                            raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
-                                .await?;
-                            run.report.applied.push(m.name.clone());
-                        }
-                        Err(e) => {
-                            raw.execute_script(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
-                                .await?;
-                            raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
-                                .await?;
-                            run.problems.push(failed(m, e));
+                // A new app (its file not attached in this process): the file is made here (or
+                // taken as it is, if `cloudio migrate` made it) and attached to every connection
+                // once its migrations are committed, before the metadata is, so the app is never
+                // served without its tables. A file made here for a patch that is not committed
+                // (a verify, a problem, an error) is removed again: it was never attached, and
+                // its rolled-back migrations left nothing in it.
+                let new = !self.db.app_attached(app_uid);
+                if new && let Some(problem) = self.db.attach_room_problem(app_uid) {
+                    for m in migrations {
+                        match recorded(&mut tracking.raw(), app_uid, &m.name).await? {
+                            Some(old) => note_changed(&mut run.report, app_uid, m, old),
+                            None => run.pending.push(m.name.clone()),
                         }
                     }
+                    run.problems.push(problem);
+                    return Ok(run);
                 }
-                let columns = sqlite_columns(&mut Raw::Sqlite(&mut app_tx), tables).await?;
-                run.problems.extend(check(&columns));
-                if run.problems.is_empty() && commit {
-                    self.write_app_metadata(&mut tracking, meta, by).await?;
-                    app_tx.commit().await?;
-                    tracking.commit().await?;
-                    run.committed = true;
-                } else {
-                    app_tx.rollback().await?;
+                let made = new && !file.exists();
+                let mut conn = match open_sqlite_file(&file).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        if made {
+                            remove_sqlite_file(&file);
+                        }
+                        return Err(e);
+                    }
+                };
+                let result = async {
+                    if new && let Err(e) = self.db.try_attach(&schema, &file).await {
+                        tracing::warn!(app = app_uid, error = %e, "cannot attach a new app's file");
+                        run.problems.push(format!(
+                            "app `{app_uid}` is new and its database file cannot be attached \
+                             (the server's log says why)"
+                        ));
+                    }
+                    let mut app_tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                    for (i, m) in migrations.iter().enumerate() {
+                        if let Some(old) = recorded(&mut tracking.raw(), app_uid, &m.name).await? {
+                            note_changed(&mut run.report, app_uid, m, old);
+                            continue;
+                        }
+                        run.pending.push(m.name.clone());
+                        if !run.problems.is_empty() {
+                            continue;
+                        }
+                        let raw = &mut Raw::Sqlite(&mut app_tx);
+                        let savepoint = format!("patch_{i}");
+                        raw.execute_script(&format!("SAVEPOINT {savepoint}"))
+                            .await?;
+                        let applied = match apply_statements(raw, m).await {
+                            Ok(()) => record(&mut tracking.raw(), app_uid, m).await,
+                            Err(e) => Err(e),
+                        };
+                        match applied {
+                            Ok(()) => {
+                                raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
+                                    .await?;
+                                run.report.applied.push(m.name.clone());
+                            }
+                            Err(e) => {
+                                raw.execute_script(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
+                                    .await?;
+                                raw.execute_script(&format!("RELEASE SAVEPOINT {savepoint}"))
+                                    .await?;
+                                run.problems.push(failed(m, e));
+                            }
+                        }
+                    }
+                    let mut columns = Columns::new();
+                    for table in tables {
+                        let rows = Raw::Sqlite(&mut app_tx)
+                            .fetch_all(
+                                "SELECT upper(name) FROM pragma_table_info(?)",
+                                &[Value::Text(table.clone())],
+                                &[AttrType::String],
+                            )
+                            .await?;
+                        columns.insert(table.clone(), column_names(rows));
+                    }
+                    run.problems.extend(check(&columns));
+                    if run.problems.is_empty() && commit {
+                        self.write_app_metadata(&mut tracking, meta, by).await?;
+                        app_tx.commit().await?;
+                        if new {
+                            self.db.attach_app_file(&schema, &file).await?;
+                        }
+                        tracking.commit().await?;
+                        run.committed = true;
+                    } else {
+                        app_tx.rollback().await?;
+                    }
+                    Ok::<_, StoreError>(())
                 }
-                conn.close().await?;
+                .await;
+                // Closed before its file may be removed.
+                let closed = conn.close().await;
+                if made && !self.db.app_attached(app_uid) {
+                    remove_sqlite_file(&file);
+                }
+                result?;
+                closed?;
             }
         }
         if !run.committed {
@@ -333,6 +391,24 @@ impl Store {
             run.committed = true;
         }
         Ok(run)
+    }
+}
+
+/// Removes a new app's database file that a patch made and did not keep, with any journal
+/// SQLite left beside it (none, normally: closing the last connection removes them).
+fn remove_sqlite_file(file: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::remove_file(&name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                file = %Path::new(&name).display(),
+                error = %e,
+                "cannot remove the database file of a patch that was not applied"
+            ),
+        }
     }
 }
 

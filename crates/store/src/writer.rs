@@ -9,6 +9,10 @@
 //!
 //! The writer takes the process's write turn ([`crate::Db::write_turn`]) for each batch, so it
 //! and the pool's write transactions never wait on SQLite's busy handler in this process.
+//!
+//! Its connection attaches every app file, like the pool's; a file a patch attached while the
+//! server runs is attached here before the next batch (`ATTACH` cannot run in a transaction,
+//! and between batches there is none).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -18,6 +22,7 @@ use query::{AttrType, Value};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::attach::SqlitePools;
 use crate::db::{SQLITE_BUSY_TIMEOUT, SqliteParam, attach_statements, coerce, sqlite_param};
 use crate::error::{Result, StoreError};
 use crate::health::FileHealth;
@@ -92,18 +97,29 @@ impl Writer {
     /// databases attached).
     pub(crate) fn start(
         main: &Path,
-        attached: &[(String, String)],
+        pools: Arc<SqlitePools>,
         turn: Arc<tokio::sync::Mutex<()>>,
         health: Arc<FileHealth>,
     ) -> Result<Writer> {
         let (tx, rx) = mpsc::channel();
-        let (main, attached) = (main.to_path_buf(), attached.to_vec());
+        let main = main.to_path_buf();
         // The thread opens its own connection, off the start-up path; the pool has just opened
         // the same files, so this fails only if the disk does meanwhile.
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || match open(&main, &attached) {
-                Ok(conn) => run(conn, rx, turn, &health),
+            .spawn(move || match open(&main) {
+                Ok(conn) => {
+                    let mut conn = Attaching {
+                        conn,
+                        pools,
+                        generation: None,
+                        done: 0,
+                    };
+                    match conn.sync() {
+                        Ok(()) => run(conn, rx, turn, &health),
+                        Err(e) => refuse(&e, rx),
+                    }
+                }
                 Err(e) => refuse(&StoreError::from(e), rx),
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
@@ -164,7 +180,7 @@ impl Writer {
     }
 }
 
-fn open(main: &Path, attached: &[(String, String)]) -> rusqlite::Result<Connection> {
+fn open(main: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         main,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -176,13 +192,38 @@ fn open(main: &Path, attached: &[(String, String)]) -> rusqlite::Result<Connecti
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    for (schema, path) in attached {
-        for sql in attach_statements(schema, path) {
-            conn.execute_batch(&sql)?;
-        }
-    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// The writer's connection and the app files it has attached.
+struct Attaching {
+    conn: Connection,
+    /// The list of app files is theirs.
+    pools: Arc<SqlitePools>,
+    /// The generation of the list last attached; `None` before the first.
+    generation: Option<u64>,
+    /// How many of the list's files are attached (the list only grows).
+    done: usize,
+}
+
+impl Attaching {
+    /// Attaches the files added to the list since the last call (none, mostly: one atomic
+    /// read). Outside any transaction.
+    fn sync(&mut self) -> Result<()> {
+        if self.generation == Some(self.pools.generation()) {
+            return Ok(());
+        }
+        let (generation, apps) = self.pools.snapshot();
+        for (schema, path) in apps.iter().skip(self.done) {
+            for sql in attach_statements(schema, path) {
+                self.conn.execute_batch(&sql)?;
+            }
+            self.done += 1;
+        }
+        self.generation = Some(generation);
+        Ok(())
+    }
 }
 
 /// The writer could not open its connection: every job gets the reason.
@@ -194,7 +235,7 @@ fn refuse(e: &StoreError, rx: mpsc::Receiver<Msg>) {
 }
 
 fn run(
-    mut conn: Connection,
+    mut conn: Attaching,
     rx: mpsc::Receiver<Msg>,
     turn: Arc<tokio::sync::Mutex<()>>,
     health: &FileHealth,
@@ -226,23 +267,24 @@ fn run(
             }
         }
         let _turn = turn.blocking_lock();
-        // A write to a deleted or replaced file would be acknowledged, then lost.
-        if let Err(e) = health.check_identity() {
+        // A write to a deleted or replaced file would be acknowledged, then lost; a job may be
+        // for an app whose file was attached since the last batch.
+        if let Err(e) = health.check_identity().and_then(|()| conn.sync()) {
             for job in batch {
                 job.answer(Err(e.clone()));
             }
             continue;
         }
         if batch.len() == 1 {
-            run_alone(&mut conn, batch.remove(0));
+            run_alone(&mut conn.conn, batch.remove(0));
         } else {
-            run_batch(&mut conn, batch);
+            run_batch(&mut conn.conn, batch);
         }
     }
     if let Some(j) = next {
         let _turn = turn.blocking_lock();
-        match health.check_identity() {
-            Ok(()) => run_alone(&mut conn, j),
+        match health.check_identity().and_then(|()| conn.sync()) {
+            Ok(()) => run_alone(&mut conn.conn, j),
             Err(e) => j.answer(Err(e)),
         }
     }

@@ -1,6 +1,8 @@
 //! `create-patch`, `verify-patch`, `patch` and `migrate -a` as an operator runs them: an app
-//! made into a zip from its directory, verified and applied to a running server (both
-//! databases), exported from it again; a broken patch exits 1; migrations run on demand.
+//! made into a zip from its directory, verified and applied to a fresh running server (both
+//! databases; on the embedded one its new database file is made and attached while the server
+//! runs) and queried there, exported from it again; a broken patch exits 1; migrations run on
+//! demand.
 
 use std::path::Path;
 
@@ -66,7 +68,8 @@ on_both!(
         .ok();
         assert!(zip.is_file());
 
-        let mut server = Proc::serve(
+        // A fresh server, on the embedded database as on PostgreSQL: the app comes by patch.
+        let server = Proc::serve(
             &db,
             &["--listen", "127.0.0.1:0"],
             &[("CLOUDIO_ADMIN_PASSWORD", ADMIN_PASSWORD)],
@@ -79,39 +82,45 @@ on_both!(
             ])
         };
         let env = [("CLOUDIO_PASSWORD", ADMIN_PASSWORD)];
+        let r = run(&db, &remote("verify-patch"), &env, None).await;
+        r.ok();
+        assert!(r.stdout.contains("app: new"), "{r:#?}");
+        assert!(r.stdout.contains("datasources added: Items"), "{r:#?}");
+        assert!(
+            r.stdout
+                .contains("migrations to run: io_20260101000000_create_items.sql"),
+            "{r:#?}"
+        );
+        assert!(r.stdout.contains("the patch applies cleanly"), "{r:#?}");
         if kind == Kind::Sqlite {
-            // A new app on the embedded database comes with `serve --app-dir`; verify says so.
-            let r = run(&db, &remote("verify-patch"), &env, None).await;
-            assert_eq!(r.status.code(), Some(1), "{r:#?}");
-            assert!(r.stdout.contains("--app-dir"), "{r:#?}");
-            server.stop().await;
-            server = Proc::serve(
-                &db,
-                &["--listen", "127.0.0.1:0", "--app-dir", &src_arg],
-                &[],
-            )
-            .await;
+            // Verifying made nothing: no database file for the app.
+            assert!(!db.dir.path().join("shop.db").exists());
         }
-        let base = server.base();
-        let remote = |cmd: &str| {
-            s(&[
-                cmd, "-a", "shop", "--file", &zip_arg, "--server", &base, "--user", "admin",
-            ])
-        };
-        if kind == Kind::Postgres {
-            let r = run(&db, &remote("verify-patch"), &env, None).await;
-            r.ok();
-            assert!(r.stdout.contains("datasources added: Items"), "{r:#?}");
-            assert!(
-                r.stdout
-                    .contains("migrations to run: io_20260101000000_create_items.sql"),
-                "{r:#?}"
-            );
-            assert!(r.stdout.contains("the patch applies cleanly"), "{r:#?}");
-            let r = run(&db, &remote("patch"), &env, None).await;
-            r.ok();
-            assert!(r.stdout.contains("patch applied"), "{r:#?}");
-        }
+        let r = run(&db, &remote("patch"), &env, None).await;
+        r.ok();
+        assert!(r.stdout.contains("patch applied"), "{r:#?}");
+
+        // Served at once: its migrated row, through the API.
+        db.run(
+            &["role", "grant"],
+            &["--user", "admin", "--app", "shop", "--role", "clerk"],
+            None,
+        )
+        .await
+        .ok();
+        let (status, body) = login(&base, "admin", ADMIN_PASSWORD).await;
+        let admin = logged_in(status, body);
+        let r = client()
+            .post(format!("{base}/v1/api?csrf={}", admin.csrf))
+            .header("Authorization", format!("Bearer {}", admin.jwt))
+            .json(&serde_json::json!({"A": {"ds": "Items", "appUid": "shop", "query": {}}}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+        let body: serde_json::Value = r.json().await.expect("json body");
+        assert_eq!(body["data"]["A"]["data"][0]["title"], "apple", "{body}");
+
         // Now on the server: a second verify changes nothing.
         let r = run(&db, &remote("verify-patch"), &env, None).await;
         r.ok();

@@ -647,3 +647,343 @@ on_all!(
         app.stop().await;
     }
 );
+
+/// A small app `uid` that no server has yet: a datasource `Notes` over the table `NOTES` with
+/// two migrated rows, and a role `clerk` that may query and insert.
+fn notes_app(uid: &str) -> BTreeMap<String, String> {
+    let create = |sql: &str| sql.replace("ITEMS", "NOTES");
+    [
+        (
+            "app.json".to_string(),
+            format!(r#"{{"appUid": "{uid}", "name": "Notes"}}"#),
+        ),
+        (
+            "datasources/Notes.json".into(),
+            ITEMS_V1
+                .replace(r#""Items""#, r#""Notes""#)
+                .replace("ITEMS", "NOTES"),
+        ),
+        (
+            "roles.json".into(),
+            r#"{"roles": [{"roleUid": "clerk", "name": "Clerk",
+                 "grants": {"Notes": ["query", "insert"]}}]}"#
+                .into(),
+        ),
+        (
+            "migrations/sqlite/io_20260101000000_create_notes.sql".into(),
+            create(CREATE_SQLITE),
+        ),
+        (
+            "migrations/postgres/io_20260101000000_create_notes.sql".into(),
+            create(CREATE_PG),
+        ),
+        (
+            "migrations/mysql/io_20260101000000_create_notes.sql".into(),
+            create(CREATE_MYSQL),
+        ),
+    ]
+    .into_iter()
+    .collect()
+}
+
+impl TestApp {
+    /// `Notes` of app `uid`, in key order: (status, titles).
+    async fn notes(&self, login: &Login, uid: &str) -> (u16, Value) {
+        self.api(
+            login,
+            &json!({"A": {"ds": "Notes", "appUid": uid, "query": {"sort": {"itemId": 1}}}}),
+        )
+        .await
+    }
+
+    /// Admin, granted `clerk` of `uid`, logged in again.
+    async fn clerk_of(&self, uid: &str) -> Login {
+        self.state
+            .store
+            .grant_role("cloudio", "admin", uid, "clerk", "test")
+            .await
+            .unwrap();
+        self.admin().await
+    }
+
+    async fn status(&self) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url("/v1/status"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Where an app's SQLite database file is (or would be).
+    fn app_file(&self, uid: &str) -> std::path::PathBuf {
+        self.db
+            .as_ref()
+            .unwrap()
+            .dir
+            .path()
+            .join(format!("{uid}.db"))
+    }
+}
+
+fn titles(body: &Value) -> Vec<&str> {
+    body["data"]["A"]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("rows: {body}"))
+        .iter()
+        .map(|r| r["title"].as_str().unwrap())
+        .collect()
+}
+
+/// No file of the app: neither the database nor SQLite's journals beside it.
+fn no_files_of(app: &TestApp, uid: &str) {
+    let file = app.app_file(uid);
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = file.clone().into_os_string();
+        name.push(suffix);
+        assert!(
+            !std::path::Path::new(&name).exists(),
+            "{} exists",
+            name.to_string_lossy()
+        );
+    }
+}
+
+on_all!(
+    a_new_app_patched_into_a_running_server_is_served_at_once,
+    |kind| async move {
+        // `shop` loaded at start and queried all along; `notes` comes by patch.
+        let (app, _dir) = spawn_with_shop(kind, None).await;
+        let login = app.admin().await;
+        let zip = server::patch::write_zip("notes", &notes_app("notes")).unwrap();
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let (client, url, jwt, stop, answered) = (
+                app.client.clone(),
+                app.url(&format!("/v1/api?csrf={}", login.csrf)),
+                login.jwt.clone(),
+                stop.clone(),
+                answered.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                let body = json!({"A": {"ds": "Items", "appUid": "shop", "query": {}}});
+                let mut spans = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let start = std::time::Instant::now();
+                    let r = client
+                        .post(&url)
+                        .header("Authorization", format!("Bearer {jwt}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let b: Value = r.json().await.unwrap();
+                    assert_eq!(status, 200, "{b}");
+                    assert_eq!(b["data"]["A"]["data"][0]["title"], "apple", "{b}");
+                    spans.push((start, std::time::Instant::now()));
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                spans
+            }));
+        }
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+
+        let patching = std::time::Instant::now();
+        // Verify: a new app that applies, and nothing of it made.
+        let (status, body) = app.send_patch(&login, "notes", true, zip.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["applies"], true, "{body}");
+        assert_eq!(body["app"], "new", "{body}");
+        assert_eq!(names(&body["changes"]["datasources"]["added"]), ["Notes"]);
+        assert_eq!(
+            names(&body["changes"]["migrations"]["pending"]),
+            ["io_20260101000000_create_notes.sql"]
+        );
+        assert!(app.state.store.stored_app("notes").await.unwrap().is_none());
+        if kind == Kind::Sqlite {
+            assert!(!app.state.store.db.app_attached("notes"));
+            no_files_of(&app, "notes");
+        }
+
+        // Apply: migrated, attached, and served as soon as the answer comes.
+        let (status, body) = app.send_patch(&login, "notes", false, zip.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["applied"], true, "{body}");
+        let patched = std::time::Instant::now();
+        assert!(app.state.store.db.app_attached("notes"));
+        let clerk = app.clerk_of("notes").await;
+        let (status, body) = app.notes(&clerk, "notes").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(titles(&body), ["apple", "pear"]);
+
+        // A single-row insert: on SQLite a job of the batching writer, whose own connection
+        // attached the new file.
+        let jobs = app.state.engine.writer_stats().jobs;
+        let (status, body) = app
+            .api(
+                &clerk,
+                &json!({"i": {"ds": "Notes", "appUid": "notes",
+                              "data": [{"_rs": "I", "title": "plum"}]}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if kind == Kind::Sqlite {
+            assert_eq!(app.state.engine.writer_stats().jobs, jobs + 1);
+        }
+        let (_, body) = app.notes(&clerk, "notes").await;
+        assert_eq!(titles(&body), ["apple", "pear", "plum"]);
+
+        // A second verify: nothing to change.
+        let (status, body) = app.send_patch(&login, "notes", true, zip).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["applies"], true, "{body}");
+        assert_eq!(body["app"], "unchanged", "{body}");
+        no_changes(&body);
+
+        // Health covers the new file (SQLite: its identity, header and schema).
+        let (status, body) = app.status().await;
+        assert_eq!((status, &body["database"]), (200, &json!("OK")), "{body}");
+
+        // The other app answered all along, during the patch too.
+        let target = answered.load(std::sync::atomic::Ordering::Relaxed) + 3;
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < target {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut during = 0;
+        for w in workers {
+            during += w
+                .await
+                .unwrap()
+                .iter()
+                .filter(|(start, end)| *end > patching && *start < patched)
+                .count();
+        }
+        assert!(during > 0, "no query ran while the patch did");
+        app.stop().await;
+    }
+);
+
+on_all!(
+    a_broken_new_app_leaves_nothing_served_and_a_good_patch_then_works,
+    |kind| async move {
+        let app = TestApp::spawn(kind).await;
+        let login = app.admin().await;
+        let good = notes_app("notes");
+        let mut broken = good.clone();
+        // After the good file: neither its table nor the bad file's first one may survive
+        // (MySQL apart: its DDL commits as it runs, see docs/api.md).
+        broken.insert(
+            "migrations/io_20260101000001_bad.sql".into(),
+            "CREATE TABLE EXTRA (X INTEGER);\nTHIS IS NOT SQL;\n".into(),
+        );
+        let broken = server::patch::write_zip("notes", &broken).unwrap();
+
+        let (status, body) = app.send_patch(&login, "notes", true, broken.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        // MySQL's verify runs no migration (its DDL commits as it runs): it cannot know.
+        assert_eq!(body["applies"], kind == Kind::Mysql, "{body}");
+        let (status, body) = app.send_patch(&login, "notes", false, broken).await;
+        assert_envelope(status, &body, 400);
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("io_20260101000001_bad.sql") && message.contains("statement 2"),
+            "{message}"
+        );
+
+        // Nothing of the app is served, and on SQLite not even its file is left.
+        let store = &app.state.store;
+        assert!(store.stored_app("notes").await.unwrap().is_none());
+        let (status, body) = app.notes(&login, "notes").await;
+        assert!((400..500).contains(&status), "{status} {body}");
+        if kind != Kind::Mysql {
+            for table in ["NOTES", "EXTRA"] {
+                let columns = store.table_columns("notes", table).await.unwrap();
+                assert!(columns.is_none(), "{table}: {columns:?}");
+            }
+        }
+        if kind == Kind::Sqlite {
+            assert!(!store.db.app_attached("notes"));
+            no_files_of(&app, "notes");
+        }
+        let (status, body) = app.status().await;
+        assert_eq!(status, 200, "{body}");
+
+        // The good version then lands and is served.
+        let (status, body) = app
+            .send_patch(
+                &login,
+                "notes",
+                false,
+                server::patch::write_zip("notes", &good).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["applied"], true, "{body}");
+        let clerk = app.clerk_of("notes").await;
+        let (status, body) = app.notes(&clerk, "notes").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(titles(&body), ["apple", "pear"]);
+        app.stop().await;
+    }
+);
+
+/// SQLite attaches at most `SQLITE_MAX_ATTACHED` (10) app databases to a connection: the
+/// eleventh new app is a problem that says so, and makes nothing; the ten are served, also
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_takes_ten_new_apps_and_refuses_the_eleventh_by_name() {
+    let mut app = TestApp::spawn(Kind::Sqlite).await;
+    let login = app.admin().await;
+    for i in 0..10 {
+        let uid = format!("n{i}");
+        let zip = server::patch::write_zip(&uid, &notes_app(&uid)).unwrap();
+        let (status, body) = app.send_patch(&login, &uid, false, zip).await;
+        assert_eq!(status, 200, "{uid}: {body}");
+    }
+    let zip = server::patch::write_zip("n10", &notes_app("n10")).unwrap();
+    let (status, body) = app.send_patch(&login, "n10", true, zip.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applies"], false, "{body}");
+    assert_eq!(
+        names(&body["changes"]["migrations"]["pending"]),
+        ["io_20260101000000_create_notes.sql"]
+    );
+    let (status, body) = app.send_patch(&login, "n10", false, zip).await;
+    assert_envelope(status, &body, 400);
+    let message = body["message"].as_str().unwrap();
+    for word in ["n10", "at most 10", "SQLITE_MAX_ATTACHED", "PostgreSQL"] {
+        assert!(message.contains(word), "{word}: {message}");
+    }
+    no_files_of(&app, "n10");
+    assert!(app.state.store.stored_app("n10").await.unwrap().is_none());
+
+    // A restart attaches the ten files at start.
+    let config = app.db.as_ref().unwrap().config();
+    let db = app.db.take();
+    app.stop().await;
+    let mut app = TestApp::spawn_with(config).await;
+    app.db = db;
+    for uid in ["n0", "n9"] {
+        assert!(app.state.store.db.app_attached(uid));
+        app.state
+            .store
+            .grant_role("cloudio", "admin", uid, "clerk", "test")
+            .await
+            .unwrap();
+    }
+    let clerk = app.admin().await;
+    for uid in ["n0", "n9"] {
+        let (status, body) = app.notes(&clerk, uid).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(titles(&body), ["apple", "pear"]);
+    }
+    app.stop().await;
+}
