@@ -1320,7 +1320,11 @@ on_all!(
         for inst in &two {
             assert_eq!(fx.finished(inst).await["state"], "completed");
         }
-        let before = column(&fx.app, "SELECT WF_INST_UID FROM {inst}").await;
+        let before = column(
+            &fx.app,
+            "SELECT WF_INST_UID FROM {inst} ORDER BY WF_INST_UID",
+        )
+        .await;
         assert_eq!(before.len(), 4, "{before:?}");
         // A function that throws after starting one: rolled back, no instance, no execution.
         let (status, b) = call(
@@ -1332,7 +1336,11 @@ on_all!(
         assert_eq!(b["message"], "changed my mind", "{b}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
-            column(&fx.app, "SELECT WF_INST_UID FROM {inst}").await,
+            column(
+                &fx.app,
+                "SELECT WF_INST_UID FROM {inst} ORDER BY WF_INST_UID"
+            )
+            .await,
             before
         );
         let execs = column(&fx.app, "SELECT WF_INST_UID FROM {exec}").await;
