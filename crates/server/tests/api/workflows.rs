@@ -127,8 +127,10 @@ impl TaskServer {
                             .send()
                             .await
                             .unwrap();
+                        let status = r.status().as_u16();
                         let v: Value = r.json().await.unwrap();
-                        axum::Json(json!({"n": v["value"]}))
+                        // The callback's whole answer too, for a failure to show it.
+                        axum::Json(json!({"n": v["value"], "status": status, "answer": v}))
                     },
                 ),
             )
@@ -1437,7 +1439,7 @@ on_all!(
             .map(|o| {
                 serde_json::from_str::<Value>(o).unwrap()["n"]
                     .as_i64()
-                    .unwrap()
+                    .unwrap_or_else(|| panic!("a task got no number: {o}"))
             })
             .collect();
         ns.sort_unstable();
