@@ -307,12 +307,12 @@ impl Redis {
                             .arg(USER_VERSION_TTL_SECS)
                             .ignore();
                     }
-                    Event::Metadata => {}
+                    Event::Metadata | Event::Workflow => {}
                 }
                 p.cmd("PUBLISH").arg(&channel).arg(payload).ignore();
             })
             .await;
-        if done.is_none() && !matches!(event, Event::Metadata) {
+        if done.is_none() && !matches!(event, Event::Metadata | Event::Workflow) {
             self.dirty.store(true, Ordering::Release);
         }
     }
@@ -338,12 +338,12 @@ impl Redis {
                         .arg(USER_VERSION_TTL_SECS)
                         .ignore();
                 }
-                Event::Metadata => {
+                Event::Metadata | Event::Workflow => {
                     p.cmd("EXISTS").arg(self.key("gen")).ignore();
                 }
             })
             .await;
-        if done.is_none() && !matches!(event, Event::Metadata) {
+        if done.is_none() && !matches!(event, Event::Metadata | Event::Workflow) {
             self.dirty.store(true, Ordering::Release);
         }
     }

@@ -37,6 +37,9 @@ pub enum Event {
     User { org: String, user: String },
     /// Some app's metadata changed (a patch, an app loaded at start).
     Metadata,
+    /// Workflow executions were queued (sent through Redis on MySQL, which has no `NOTIFY`):
+    /// every node's runner looks at the queue.
+    Workflow,
 }
 
 /// An event on the wire, with the node that sent it (which has applied it already).
@@ -118,6 +121,7 @@ pub async fn apply(state: &AppState, event: &Event) {
         Event::Session { id } => state.tokens.forget_session(id),
         Event::User { org, user } => state.tokens.forget_user(org, user),
         Event::Metadata => refresh_catalog(state).await,
+        Event::Workflow => state.engine.workflow_wake.notify_one(),
     }
 }
 
@@ -163,6 +167,8 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
                     Inbound::Resync => {
                         s.tokens.forget_all();
                         refresh_catalog(&s).await;
+                        // Work queued meanwhile.
+                        s.engine.workflow_wake.notify_one();
                     }
                 }
             }
@@ -194,6 +200,20 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     }
     if let Some(redis) = &state.cache {
         tasks.extend(redis.spawn(state.cluster.inbox()));
+        // Without `NOTIFY` (MySQL), other nodes learn of work queued here through Redis; many
+        // starts close together make one message.
+        if !state.store.has_notifications() {
+            let (s, redis) = (state.clone(), redis.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    s.engine.workflow_queued.notified().await;
+                    let payload = Event::Workflow.payload(&s.cluster.node);
+                    redis
+                        .invalidate_and_publish(&Event::Workflow, &payload)
+                        .await;
+                }
+            }));
+        }
     }
     let s = state.clone();
     tasks.push(tokio::spawn(async move {

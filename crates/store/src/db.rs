@@ -718,6 +718,53 @@ impl Tx {
     }
 }
 
+/// Where statements run: a pool connection or transaction ([`Raw`], async) or SQLite's writer
+/// connection ([`crate::WriteConn`], synchronous, its futures always ready), so code that runs
+/// statements is written once for both; on the writer's thread such code is run to its end by
+/// [`crate::writer::finish_now`].
+pub trait Exec: Send {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement and decodes each cell as the given type (by position).
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> impl Future<Output = Result<Vec<Vec<Value>>>> + Send;
+    /// Runs a statement with no typing: column names and cells as the database gives them.
+    fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = Result<(Vec<String>, Vec<Vec<Value>>)>> + Send;
+    /// Runs a statement; returns the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<u64>> + Send;
+}
+
+impl Exec for Raw<'_> {
+    fn dialect(&self) -> Dialect {
+        Raw::dialect(self)
+    }
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> impl Future<Output = Result<Vec<Vec<Value>>>> + Send {
+        Raw::fetch_all(self, sql, params, types)
+    }
+    fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = Result<(Vec<String>, Vec<Vec<Value>>)>> + Send {
+        Raw::fetch_named(self, sql, params)
+    }
+    fn execute(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<u64>> + Send {
+        Raw::execute(self, sql, params)
+    }
+}
+
 /// A borrowed connection of either kind: the one place that binds and decodes.
 pub enum Raw<'c> {
     Sqlite(&'c mut sqlx::SqliteConnection),

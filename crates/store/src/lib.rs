@@ -24,8 +24,8 @@ pub mod writer;
 pub const PLATFORM_APP: &str = "cloudio";
 
 pub use apikeys::{ApiKey, NewApiKey};
-pub use db::{Conn, Db, DbTarget, Raw, Tx, WriteTurn, portable, redact_url};
+pub use db::{Conn, Db, DbTarget, Exec, Raw, Tx, WriteTurn, portable, redact_url};
 pub use error::{Result, StoreError};
 pub use metadata::{AppMetadata, RoleGrants, StoredApp, StoredMetadata};
 pub use platform::{LiveSession, NewUser, Reservation, Session, Store, User, check_user_name};
-pub use writer::{WriteConn, Writer};
+pub use writer::{WriteConn, Writer, finish_now};

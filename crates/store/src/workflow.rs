@@ -241,6 +241,57 @@ impl From<crate::StoreError> for Gone {
     }
 }
 
+/// A callback refused (bad token, not a number) or failed: its transaction is undone.
+enum Undone {
+    Answer(Callback),
+    Store(crate::StoreError),
+}
+
+impl From<crate::StoreError> for Undone {
+    fn from(e: crate::StoreError) -> Self {
+        Undone::Store(e)
+    }
+}
+
+/// What a writing callback does to its key.
+enum Change {
+    Put(Json),
+    Increment,
+}
+
+/// [`CallbackFields`] owned, for a job of SQLite's writer.
+struct OwnedFields([String; 6]);
+
+impl From<&CallbackFields<'_>> for OwnedFields {
+    fn from(f: &CallbackFields<'_>) -> Self {
+        OwnedFields(
+            [
+                f.token,
+                f.wf_uid,
+                f.wf_inst_uid,
+                f.version,
+                f.node_uid,
+                f.execution_id,
+            ]
+            .map(str::to_string),
+        )
+    }
+}
+
+impl OwnedFields {
+    fn fields(&self) -> CallbackFields<'_> {
+        let [token, wf_uid, wf_inst_uid, version, node_uid, execution_id] = &self.0;
+        CallbackFields {
+            token,
+            wf_uid,
+            wf_inst_uid,
+            version,
+            node_uid,
+            execution_id,
+        }
+    }
+}
+
 /// See [`Completion::claim`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainClaim {
@@ -1058,7 +1109,7 @@ impl Store {
     /// complete, fail or be cancelled while a write made under its token commits.
     async fn wf_token_owner(
         &self,
-        raw: &mut Raw<'_>,
+        conn: &mut impl crate::Exec,
         token: &str,
         now: i64,
         lock: bool,
@@ -1068,7 +1119,7 @@ impl Store {
             Dialect::Mysql if lock => " LOCK IN SHARE MODE",
             _ => "",
         };
-        let rows = raw
+        let rows = conn
             .fetch_all(
                 &self.wf_sql(&format!(
                     "SELECT e.EXECUTION_ID, e.NODE_UID, i.WF_INST_UID, i.WF_UID, i.VERSION, \
@@ -1115,31 +1166,100 @@ impl Store {
         value: &Json,
         now: i64,
     ) -> Result<Callback> {
-        retrying(|| self.wf_put_once(f, scope, key, value, now)).await
+        self.wf_write(f, scope, key, Change::Put(value.clone()), now)
+            .await
     }
 
-    async fn wf_put_once(
+    /// `incrementAndGet` / `instanceIncrementAndGet`: adds 1 atomically (a missing key becomes
+    /// 1); a stored value that is not a 64-bit integer, or one at `i64::MAX`, is refused.
+    pub async fn wf_increment(
         &self,
         f: &CallbackFields<'_>,
         scope: Scope,
         key: &str,
-        value: &Json,
         now: i64,
     ) -> Result<Callback> {
-        let mut tx = self.db.begin_write().await?;
-        let mut raw = tx.raw();
+        self.wf_write(f, scope, key, Change::Increment, now).await
+    }
+
+    /// A callback that writes, in a transaction of its own that commits only when it answers
+    /// `Ok`: on SQLite a job of the batching writer (sharing a commit with the jobs queued
+    /// beside it), elsewhere a write transaction of the pool, tried again on a lock conflict.
+    async fn wf_write(
+        &self,
+        f: &CallbackFields<'_>,
+        scope: Scope,
+        key: &str,
+        change: Change,
+        now: i64,
+    ) -> Result<Callback> {
+        if let Some(writer) = self.db.writer() {
+            let store = self.clone();
+            let fields = OwnedFields::from(f);
+            let key = key.to_string();
+            let done = writer
+                .run(move |w: &mut crate::WriteConn<'_>| {
+                    let answer = crate::finish_now(store.wf_change(
+                        w,
+                        &fields.fields(),
+                        scope,
+                        &key,
+                        &change,
+                        now,
+                    ))?;
+                    match answer {
+                        Callback::Ok(v) => Ok(Callback::Ok(v)),
+                        refused => Err(Undone::Answer(refused)),
+                    }
+                })
+                .await;
+            return match done {
+                Ok(answer) | Err(Undone::Answer(answer)) => Ok(answer),
+                Err(Undone::Store(e)) => Err(e),
+            };
+        }
+        retrying(|| async {
+            let mut tx = self.db.begin_write().await?;
+            let answer = self
+                .wf_change(&mut tx.raw(), f, scope, key, &change, now)
+                .await?;
+            if matches!(answer, Callback::Ok(_)) {
+                tx.commit().await?;
+            }
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// The body of [`Store::wf_write`], inside its transaction.
+    async fn wf_change(
+        &self,
+        conn: &mut impl crate::Exec,
+        f: &CallbackFields<'_>,
+        scope: Scope,
+        key: &str,
+        change: &Change,
+        now: i64,
+    ) -> Result<Callback> {
         let Some(owner) = self
-            .wf_token_owner(&mut raw, f.token, now, true)
+            .wf_token_owner(conn, f.token, now, true)
             .await?
             .filter(|o| o.matches(f))
         else {
             return Ok(Callback::InvalidToken);
         };
-        match scope {
-            Scope::Workflow => {
-                let mut params = Self::value_key(&owner, scope, key).to_vec();
+        let next = |v: Option<&Json>| -> std::result::Result<i64, ()> {
+            match v {
+                None => Ok(1),
+                Some(v) => v.as_i64().and_then(|n| n.checked_add(1)).ok_or(()),
+            }
+        };
+        let key_params = Self::value_key(&owner, scope, key);
+        let answer = match (scope, change) {
+            (Scope::Workflow, Change::Put(value)) => {
+                let mut params = key_params.to_vec();
                 params.push(json_text(value));
-                raw.execute(
+                conn.execute(
                     &self.wf_sql(
                         "INSERT INTO {vals} (APP_UID, WF_UID, WF_INST_UID, VALUE_KEY, CONTENT) \
                          VALUES (?, ?, ?, ?, ?) ON CONFLICT (APP_UID, WF_UID, WF_INST_UID, \
@@ -1148,28 +1268,84 @@ impl Store {
                     &params,
                 )
                 .await?;
+                Ok(Json::Null)
             }
-            Scope::Instance => {
-                let set = self
-                    .wf_update_vars(&mut raw, &owner.wf_inst_uid, |vars| {
-                        vars.insert(key.to_string(), value.clone());
-                        Ok(())
-                    })
+            (Scope::Instance, Change::Put(value)) => {
+                self.wf_update_vars(conn, &owner.wf_inst_uid, |vars| {
+                    vars.insert(key.to_string(), value.clone());
+                    Ok(Json::Null)
+                })
+                .await?
+            }
+            (Scope::Workflow, Change::Increment) => {
+                // The row exists (holding 0 if new) and is locked before it is read, so
+                // concurrent callers on any node queue on it.
+                let mut params = key_params.to_vec();
+                params.push(text("0"));
+                let created = conn
+                    .execute(
+                        &self.wf_sql(
+                            "INSERT INTO {vals} (APP_UID, WF_UID, WF_INST_UID, VALUE_KEY, CONTENT) \
+                             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        ),
+                        &params,
+                    )
                     .await?;
-                if set.is_err() {
-                    return Ok(Callback::InvalidToken);
+                let lock = if self.dialect() == Dialect::Sqlite {
+                    ""
+                } else {
+                    " FOR UPDATE"
+                };
+                let rows = conn
+                    .fetch_all(
+                        &self.wf_sql(&format!(
+                            "SELECT CONTENT FROM {{vals}} WHERE APP_UID = ? AND WF_UID = ? AND \
+                             WF_INST_UID = ? AND VALUE_KEY = ?{lock}"
+                        )),
+                        &key_params,
+                        &[AttrType::String],
+                    )
+                    .await?;
+                let current = rows.into_iter().next().map(|r| Cells::new(r).json());
+                let current = if created == 1 { None } else { current };
+                match next(current.as_ref()) {
+                    Ok(n) => {
+                        let mut params = vec![text(&n.to_string())];
+                        params.extend(key_params);
+                        conn.execute(
+                            &self.wf_sql(
+                                "UPDATE {vals} SET CONTENT = ? WHERE APP_UID = ? AND WF_UID = ? \
+                                 AND WF_INST_UID = ? AND VALUE_KEY = ?",
+                            ),
+                            &params,
+                        )
+                        .await?;
+                        Ok(Json::from(n))
+                    }
+                    Err(()) => Err(()),
                 }
             }
-        }
-        tx.commit().await?;
-        Ok(Callback::Ok(Json::Null))
+            (Scope::Instance, Change::Increment) => {
+                self.wf_update_vars(conn, &owner.wf_inst_uid, |vars| {
+                    let n = next(vars.get(key))?;
+                    vars.insert(key.to_string(), Json::from(n));
+                    Ok(Json::from(n))
+                })
+                .await?
+            }
+        };
+        Ok(match answer {
+            Ok(v) => Callback::Ok(v),
+            // A refused increment changed nothing: the row it may have made held a number.
+            Err(()) => Callback::NotANumber,
+        })
     }
 
     /// Reads, changes and writes an instance's `vars` (the row is locked by the write
     /// transaction: SQLite's writer, PostgreSQL's `FOR UPDATE`).
     async fn wf_update_vars<T>(
         &self,
-        raw: &mut Raw<'_>,
+        conn: &mut impl crate::Exec,
         wf_inst_uid: &str,
         change: impl FnOnce(&mut serde_json::Map<String, Json>) -> std::result::Result<T, ()>,
     ) -> Result<std::result::Result<T, ()>> {
@@ -1178,7 +1354,7 @@ impl Store {
         } else {
             " FOR UPDATE"
         };
-        let rows = raw
+        let rows = conn
             .fetch_all(
                 &self.wf_sql(&format!(
                     "SELECT VARS FROM {{inst}} WHERE WF_INST_UID = ?{lock}"
@@ -1195,7 +1371,7 @@ impl Store {
             Ok(v) => v,
             Err(()) => return Ok(Err(())),
         };
-        raw.execute(
+        conn.execute(
             &self.wf_sql("UPDATE {inst} SET VARS = ? WHERE WF_INST_UID = ?"),
             &[json_text(&Json::Object(vars)), text(wf_inst_uid)],
         )
@@ -1251,108 +1427,6 @@ impl Store {
             }
         };
         Ok(Callback::Ok(value))
-    }
-
-    /// `incrementAndGet` / `instanceIncrementAndGet`: adds 1 atomically (a missing key becomes
-    /// 1); a stored value that is not a 64-bit integer, or one at `i64::MAX`, is refused.
-    pub async fn wf_increment(
-        &self,
-        f: &CallbackFields<'_>,
-        scope: Scope,
-        key: &str,
-        now: i64,
-    ) -> Result<Callback> {
-        retrying(|| self.wf_increment_once(f, scope, key, now)).await
-    }
-
-    async fn wf_increment_once(
-        &self,
-        f: &CallbackFields<'_>,
-        scope: Scope,
-        key: &str,
-        now: i64,
-    ) -> Result<Callback> {
-        let mut tx = self.db.begin_write().await?;
-        let mut raw = tx.raw();
-        let Some(owner) = self
-            .wf_token_owner(&mut raw, f.token, now, true)
-            .await?
-            .filter(|o| o.matches(f))
-        else {
-            return Ok(Callback::InvalidToken);
-        };
-        let next = |v: Option<&Json>| -> std::result::Result<i64, ()> {
-            match v {
-                None => Ok(1),
-                Some(v) => v.as_i64().and_then(|n| n.checked_add(1)).ok_or(()),
-            }
-        };
-        let result = match scope {
-            Scope::Workflow => {
-                let key_params = Self::value_key(&owner, scope, key);
-                // The row exists (holding 0 if new) and is locked before it is read, so
-                // concurrent callers on any node queue on it.
-                let mut params = key_params.to_vec();
-                params.push(text("0"));
-                let created = raw
-                    .execute(
-                        &self.wf_sql(
-                            "INSERT INTO {vals} (APP_UID, WF_UID, WF_INST_UID, VALUE_KEY, CONTENT) \
-                             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        ),
-                        &params,
-                    )
-                    .await?;
-                let lock = if self.dialect() == Dialect::Sqlite {
-                    ""
-                } else {
-                    " FOR UPDATE"
-                };
-                let rows = raw
-                    .fetch_all(
-                        &self.wf_sql(&format!(
-                            "SELECT CONTENT FROM {{vals}} WHERE APP_UID = ? AND WF_UID = ? AND \
-                             WF_INST_UID = ? AND VALUE_KEY = ?{lock}"
-                        )),
-                        &key_params,
-                        &[AttrType::String],
-                    )
-                    .await?;
-                let current = rows.into_iter().next().map(|r| Cells::new(r).json());
-                let current = if created == 1 { None } else { current };
-                match next(current.as_ref()) {
-                    Ok(n) => {
-                        let mut params = vec![text(&n.to_string())];
-                        params.extend(key_params);
-                        raw.execute(
-                            &self.wf_sql(
-                                "UPDATE {vals} SET CONTENT = ? WHERE APP_UID = ? AND WF_UID = ? \
-                                 AND WF_INST_UID = ? AND VALUE_KEY = ?",
-                            ),
-                            &params,
-                        )
-                        .await?;
-                        Ok(n)
-                    }
-                    Err(()) => Err(()),
-                }
-            }
-            Scope::Instance => {
-                self.wf_update_vars(&mut raw, &owner.wf_inst_uid, |vars| {
-                    let n = next(vars.get(key))?;
-                    vars.insert(key.to_string(), Json::from(n));
-                    Ok(n)
-                })
-                .await?
-            }
-        };
-        match result {
-            Ok(n) => {
-                tx.commit().await?;
-                Ok(Callback::Ok(Json::from(n)))
-            }
-            Err(()) => Ok(Callback::NotANumber),
-        }
     }
 }
 

@@ -14,11 +14,14 @@
 //! server runs is attached here before the next batch (`ATTACH` cannot run in a transaction,
 //! and between batches there is none).
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::pin::pin;
 use std::sync::{Arc, mpsc};
+use std::task::{Context, Poll, Waker};
 
-use query::{AttrType, Value};
+use query::{AttrType, Dialect, Value};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
@@ -414,6 +417,44 @@ impl WriteConn<'_> {
             out.push(cells);
         }
         Ok((names, out))
+    }
+}
+
+impl crate::db::Exec for WriteConn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        types: &[AttrType],
+    ) -> impl Future<Output = Result<Vec<Vec<Value>>>> + Send {
+        std::future::ready(WriteConn::fetch_all(self, sql, params, types))
+    }
+    fn fetch_named(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = Result<(Vec<String>, Vec<Vec<Value>>)>> + Send {
+        std::future::ready(WriteConn::fetch_named(self, sql, params))
+    }
+    fn execute(&mut self, sql: &str, params: &[Value]) -> impl Future<Output = Result<u64>> + Send {
+        std::future::ready(WriteConn::execute(self, sql, params))
+    }
+}
+
+/// Runs a future made only of writer-connection steps (always ready: see [`crate::Exec`]) to
+/// its end, on the writer's own thread.
+pub fn finish_now<T, E: From<StoreError>>(
+    f: impl Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => Err(E::from(StoreError::Other(
+            "a writer job waited on something outside the writer".into(),
+        ))),
     }
 }
 

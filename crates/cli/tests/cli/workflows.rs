@@ -417,3 +417,110 @@ where
     }
     out
 }
+
+/// MySQL has no `NOTIFY`: with Redis configured, a node that starts an instance tells the
+/// others through Redis. Here the starting node runs nothing (`concurrency = 0`) and both poll
+/// the queue only once a minute, so the instance completes within seconds only if the message
+/// woke the other node's runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mysql_a_start_wakes_another_node_through_redis() {
+    let db = TestDb::new(Kind::Mysql).await;
+    let app = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: String| {
+        let p = app.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "app.json",
+        json!({"appUid": "flows", "name": "Flows"}).to_string(),
+    );
+    write(
+        "roles.json",
+        json!({"roles": [{"roleUid": "runner", "workflows": {"one": ["start", "view"]}}]})
+            .to_string(),
+    );
+    write(
+        "workflows/one.json",
+        json!({"wfUid": "one", "version": "1", "start": "a",
+               "nodes": [{"nodeUid": "a", "type": "script", "code": "vars.done = true;"},
+                         {"nodeUid": "z", "type": "end"}],
+               "edges": [{"from": "a", "to": "z"}]})
+        .to_string(),
+    );
+    write(
+        "starter.toml",
+        "[workflows]\nconcurrency = 0\npoll_ms = 60000\n".into(),
+    );
+    write(
+        "runner.toml",
+        "[workflows]\nconcurrency = 4\npoll_ms = 60000\n".into(),
+    );
+    let dir = app.path().display().to_string();
+    let config = |name: &str| app.path().join(name).display().to_string();
+    let (starter_cfg, runner_cfg) = (config("starter.toml"), config("runner.toml"));
+    let redis =
+        std::env::var("CLOUDIO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("cloudio-test-{}:", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("CLOUDIO_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("CLOUDIO_REDIS_URL", redis.as_str()),
+        ("CLOUDIO_REDIS_PREFIX", prefix.as_str()),
+    ];
+    let args = |cfg| {
+        vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--app-dir",
+            &dir,
+            "--config",
+            cfg,
+        ]
+    };
+    let starter = Proc::serve(&db, &args(&starter_cfg), &env).await;
+    let runner = Proc::serve(&db, &args(&runner_cfg), &env).await;
+    db.run(
+        &["role", "grant"],
+        &["--user", "admin", "--app", "flows", "--role", "runner"],
+        None,
+    )
+    .await
+    .ok();
+    // Both runners have looked at the (empty) queue once at start; give the second's
+    // subscription a moment, then start on the node that runs nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = login(&starter.base(), "admin", ADMIN_PASSWORD).await;
+    let admin = logged_in(status, body);
+    let (status, b) = post(
+        &starter.base(),
+        &admin,
+        "/v1/wf/start",
+        &json!({"appUid": "flows", "wfUid": "one", "input": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    let inst = b["wfInstUid"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let i = loop {
+        let (status, b) = post(
+            &starter.base(),
+            &admin,
+            "/v1/wf/instance",
+            &json!({"wfInstUid": inst}),
+        )
+        .await;
+        assert_eq!(status, 200, "{b}");
+        if b["instance"]["state"] != "running" {
+            break b["instance"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not run within 15 s (the poll is 60 s): {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(i["state"], "completed", "{i}");
+    assert_eq!(i["vars"]["done"], true, "{i}");
+    starter.stop().await;
+    runner.stop().await;
+}

@@ -84,7 +84,7 @@ pub(crate) async fn run_request(
                 log: Vec::new(),
                 redact_all,
             });
-            let results = exec::finish_now(run_traced(w, &mut ctx, &plan, &mut trace))?;
+            let results = store::finish_now(run_traced(w, &mut ctx, &plan, &mut trace))?;
             Ok::<_, Error>((results, trace))
         };
         let started = Instant::now();

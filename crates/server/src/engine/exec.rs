@@ -3,8 +3,6 @@
 //! and always ready), so the chain is written once over [`Exec`].
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use query::{
     AttrType, Compiled, Datasource, Dialect, KeyGeneration, OutputColumn, RowOp, Value,
@@ -15,27 +13,8 @@ use store::{Raw, WriteConn};
 
 use super::{Error, Result};
 
-/// Where statements run.
-pub(crate) trait Exec: Send {
-    fn dialect(&self) -> Dialect;
-    /// Runs a statement and decodes each cell as the given type (by position).
-    fn fetch_all(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        types: &[AttrType],
-    ) -> impl Future<Output = store::Result<Vec<Vec<Value>>>> + Send;
-    /// Runs a statement with no typing: column names and cells as the database gives them.
-    fn fetch_named(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> impl Future<Output = store::Result<(Vec<String>, Vec<Vec<Value>>)>> + Send;
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> impl Future<Output = store::Result<u64>> + Send;
+/// Where the chain runs: where statements run ([`store::Exec`]), and whether scripts may.
+pub(crate) trait Exec: store::Exec {
     /// Whether scripts may run here (not on the writer thread, which must stay short).
     fn runs_scripts(&self) -> bool;
     /// Called before each `db` call a script makes: where statements so far ran without a
@@ -46,62 +25,12 @@ pub(crate) trait Exec: Send {
 }
 
 impl Exec for Raw<'_> {
-    fn dialect(&self) -> Dialect {
-        Raw::dialect(self)
-    }
-    fn fetch_all(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        types: &[AttrType],
-    ) -> impl Future<Output = store::Result<Vec<Vec<Value>>>> + Send {
-        Raw::fetch_all(self, sql, params, types)
-    }
-    fn fetch_named(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> impl Future<Output = store::Result<(Vec<String>, Vec<Vec<Value>>)>> + Send {
-        Raw::fetch_named(self, sql, params)
-    }
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> impl Future<Output = store::Result<u64>> + Send {
-        Raw::execute(self, sql, params)
-    }
     fn runs_scripts(&self) -> bool {
         true
     }
 }
 
 impl Exec for WriteConn<'_> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-    fn fetch_all(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        types: &[AttrType],
-    ) -> impl Future<Output = store::Result<Vec<Vec<Value>>>> + Send {
-        std::future::ready(WriteConn::fetch_all(self, sql, params, types))
-    }
-    fn fetch_named(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> impl Future<Output = store::Result<(Vec<String>, Vec<Vec<Value>>)>> + Send {
-        std::future::ready(WriteConn::fetch_named(self, sql, params))
-    }
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-    ) -> impl Future<Output = store::Result<u64>> + Send {
-        std::future::ready(WriteConn::execute(self, sql, params))
-    }
     fn runs_scripts(&self) -> bool {
         false
     }
@@ -154,7 +83,7 @@ impl<E> Traced<'_, E> {
     }
 }
 
-impl<E: Exec> Exec for Traced<'_, E> {
+impl<E: Exec> store::Exec for Traced<'_, E> {
     fn dialect(&self) -> Dialect {
         self.inner.dialect()
     }
@@ -188,6 +117,9 @@ impl<E: Exec> Exec for Traced<'_, E> {
         self.record(sql, params, started, rows);
         out
     }
+}
+
+impl<E: Exec> Exec for Traced<'_, E> {
     fn runs_scripts(&self) -> bool {
         self.inner.runs_scripts()
     }
@@ -261,7 +193,7 @@ impl<'d> Lazy<'d> {
     }
 }
 
-impl Exec for Lazy<'_> {
+impl store::Exec for Lazy<'_> {
     fn dialect(&self) -> Dialect {
         self.db.dialect()
     }
@@ -283,6 +215,9 @@ impl Exec for Lazy<'_> {
     async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
         self.raw().await?.execute(sql, params).await
     }
+}
+
+impl Exec for Lazy<'_> {
     fn runs_scripts(&self) -> bool {
         true
     }
@@ -293,18 +228,6 @@ impl Exec for Lazy<'_> {
             self.tx = Some(self.db.begin_read().await?);
         }
         Ok(())
-    }
-}
-
-/// Runs a future made only of writer-thread steps (always ready) to its end, on the writer's
-/// own thread.
-pub(crate) fn finish_now<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => Err(Error::Store(store::StoreError::Other(
-            "a writer job waited on something outside the writer".into(),
-        ))),
     }
 }
 

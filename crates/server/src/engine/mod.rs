@@ -129,6 +129,9 @@ pub struct Inner {
     /// Wakes this process's workflow runner: shared with it, signalled after a request that
     /// started instances (`db.startWorkflow`) commits.
     pub workflow_wake: Arc<tokio::sync::Notify>,
+    /// Signalled with `workflow_wake` when this process queued work other nodes may run: on
+    /// MySQL with Redis, a task of `cluster` tells them (PostgreSQL has `NOTIFY` for that).
+    pub workflow_queued: tokio::sync::Notify,
     pub writer: WriterCounters,
 }
 
@@ -177,8 +180,16 @@ impl Engine {
             http,
             users: Default::default(),
             workflow_wake: Arc::default(),
+            workflow_queued: tokio::sync::Notify::new(),
             writer: WriterCounters::default(),
         }))
+    }
+
+    /// Work was queued here (instances started): wakes this process's runner and, through
+    /// `workflow_queued`, the other nodes'.
+    pub fn workflow_queued(&self) {
+        self.workflow_wake.notify_one();
+        self.workflow_queued.notify_one();
     }
 
     /// Waits for one of the user's `user_max_inflight` slots: one user's burst queues behind
@@ -311,7 +322,7 @@ impl<'a> Ctx<'a> {
     /// started instances.
     pub fn committed(&self) {
         if self.started_workflows > 0 {
-            self.engine.workflow_wake.notify_one();
+            self.engine.workflow_queued();
         }
     }
 

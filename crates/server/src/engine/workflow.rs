@@ -9,7 +9,7 @@ use query::Value;
 use serde_json::{Value as Json, json};
 
 use super::chain::{run_script, session_info};
-use super::exec::{Exec, Lazy};
+use super::exec::Lazy;
 use super::{Ctx, Engine, Principal, Result};
 
 /// The transaction of a workflow script (begun at its first statement, if any).
@@ -22,7 +22,7 @@ pub struct ScriptTx<'d> {
 
 impl ScriptTx<'_> {
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> store::Result<u64> {
-        Exec::execute(&mut self.tx, sql, params).await
+        store::Exec::execute(&mut self.tx, sql, params).await
     }
 
     /// Whether the script ran any statement: if not, there is nothing of its own to commit.
@@ -33,7 +33,7 @@ impl ScriptTx<'_> {
     pub async fn commit(self) -> store::Result<()> {
         self.tx.commit().await?;
         if self.started {
-            self.engine.workflow_wake.notify_one();
+            self.engine.workflow_queued();
         }
         Ok(())
     }

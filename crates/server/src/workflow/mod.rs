@@ -196,7 +196,7 @@ impl Workflows {
         Ok(match started {
             Started::New { wf_inst_uid } => {
                 self.metrics.started.fetch_add(1, Ordering::Relaxed);
-                self.wake();
+                self.engine.workflow_queued();
                 (wf_inst_uid, def.version.clone())
             }
             Started::Existing {
