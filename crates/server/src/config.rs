@@ -687,9 +687,7 @@ org_uid = "cloudio"
         bad.sso.saml[0].idp_certificate_file = Some("/etc/cloudio/okta.pem".into());
         assert_eq!(
             bad.validate().unwrap_err(),
-            [
-                "[[sso.saml]] `okta`: idp_sso_url must be https (http only on a loopback address)"
-            ]
+            ["[[sso.saml]] `okta`: idp_sso_url must be https (http only on a loopback address)"]
         );
         let g = &c.sso.oidc[0];
         assert_eq!(

@@ -128,7 +128,11 @@ pub async fn get_saml_metadata(
     Path(provider): Path<String>,
 ) -> ApiResult<Response> {
     let xml = state.sso.saml.metadata(&provider)?;
-    Ok(([(header::CONTENT_TYPE, "application/samlmetadata+xml")], xml).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
+        xml,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

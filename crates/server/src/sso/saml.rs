@@ -42,7 +42,11 @@ impl Saml {
                 std::fs::read(path)
                     .map_err(|e| format!("[[sso.saml]] `{p}`: {}: {e}", path.display()))
             };
-            let (sso_url, idp_entity_id, certs) = match (&cfg.idp_metadata_file, &cfg.idp_sso_url, &cfg.idp_certificate_file) {
+            let (sso_url, idp_entity_id, certs) = match (
+                &cfg.idp_metadata_file,
+                &cfg.idp_sso_url,
+                &cfg.idp_certificate_file,
+            ) {
                 (Some(file), _, _) => {
                     let bytes = read(file)?;
                     let text = String::from_utf8(bytes)
@@ -113,8 +117,7 @@ impl Saml {
         store
             .put_sso_pending(&id, &pending_key(name), &relay_state, expires)
             .await?;
-        let query =
-            saml_xml::redirect_query(&request, &relay_state).map_err(ApiError::Internal)?;
+        let query = saml_xml::redirect_query(&request, &relay_state).map_err(ApiError::Internal)?;
         let sep = if p.sso_url.contains('?') { '&' } else { '?' };
         Ok(format!("{}{sep}{query}", p.sso_url))
     }
@@ -165,7 +168,11 @@ impl Saml {
         }
         let relay = if v.in_response_to.len() <= 128 {
             store
-                .take_sso_pending(&v.in_response_to, &pending_key(name), now.timestamp_micros())
+                .take_sso_pending(
+                    &v.in_response_to,
+                    &pending_key(name),
+                    now.timestamp_micros(),
+                )
                 .await?
         } else {
             None
@@ -176,7 +183,10 @@ impl Saml {
             ));
         };
         let sent = form.get("RelayState").map_or("", String::as_str);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), relay.as_bytes())) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            sent.as_bytes(),
+            relay.as_bytes(),
+        )) {
             return Err(denied("the RelayState does not match the request"));
         }
         let who = Identity {

@@ -186,7 +186,8 @@ pub fn parse_idp_metadata(xml: &str) -> Result<IdpMetadata, String> {
     let entity = doc
         .descendants()
         .find(|n| {
-            is(n, METADATA, "EntityDescriptor") && n.children().any(|c| is(&c, METADATA, "IDPSSODescriptor"))
+            is(n, METADATA, "EntityDescriptor")
+                && n.children().any(|c| is(&c, METADATA, "IDPSSODescriptor"))
         })
         .ok_or("no EntityDescriptor with an IDPSSODescriptor")?;
     let entity_id = entity
@@ -206,10 +207,7 @@ pub fn parse_idp_metadata(xml: &str) -> Result<IdpMetadata, String> {
         if kd.attribute("use").is_some_and(|u| u != "signing") {
             continue;
         }
-        for cert in kd
-            .descendants()
-            .filter(|n| is(n, DSIG, "X509Certificate"))
-        {
+        for cert in kd.descendants().filter(|n| is(n, DSIG, "X509Certificate")) {
             let b64: String = cert
                 .text()
                 .unwrap_or("")
@@ -223,7 +221,9 @@ pub fn parse_idp_metadata(xml: &str) -> Result<IdpMetadata, String> {
         }
     }
     if certificates.is_empty() {
-        return Err("no signing certificate (KeyDescriptor use=\"signing\" X509Certificate)".into());
+        return Err(
+            "no signing certificate (KeyDescriptor use=\"signing\" X509Certificate)".into(),
+        );
     }
     Ok(IdpMetadata {
         entity_id,
@@ -249,7 +249,13 @@ pub fn escape(s: &str) -> String {
 }
 
 /// The AuthnRequest sent (unsigned) by the redirect binding.
-pub fn authn_request(id: &str, issue_instant: &str, destination: &str, acs_url: &str, sp_entity_id: &str) -> String {
+pub fn authn_request(
+    id: &str,
+    issue_instant: &str,
+    destination: &str,
+    acs_url: &str,
+    sp_entity_id: &str,
+) -> String {
     format!(
         r#"<samlp:AuthnRequest xmlns:samlp="{PROTOCOL}" xmlns:saml="{ASSERTION}" ID="{}" Version="2.0" IssueInstant="{}" Destination="{}" AssertionConsumerServiceURL="{}" ProtocolBinding="{POST_BINDING}"><saml:Issuer>{}</saml:Issuer><samlp:NameIDPolicy AllowCreate="true"/></samlp:AuthnRequest>"#,
         escape(id),
@@ -306,9 +312,9 @@ fn parse(xml: &str) -> Result<Document<'_>, Refusal> {
         ..ParsingOptions::default()
     };
     Document::parse_with_options(xml, opts).map_err(|e| match e {
-        roxmltree::Error::DtdDetected => Refusal::Denied(
-            "the XML has a DOCTYPE (DTDs and entities are refused)".into(),
-        ),
+        roxmltree::Error::DtdDetected => {
+            Refusal::Denied("the XML has a DOCTYPE (DTDs and entities are refused)".into())
+        }
         e => Refusal::Malformed(format!("not well-formed XML: {e}")),
     })
 }
@@ -317,17 +323,28 @@ fn is(n: &Node, ns: &str, name: &str) -> bool {
     n.is_element() && n.tag_name().name() == name && n.tag_name().namespace() == Some(ns)
 }
 
-fn children<'a, 'i>(n: Node<'a, 'i>, ns: &'static str, name: &'static str) -> impl Iterator<Item = Node<'a, 'i>> {
+fn children<'a, 'i>(
+    n: Node<'a, 'i>,
+    ns: &'static str,
+    name: &'static str,
+) -> impl Iterator<Item = Node<'a, 'i>> {
     n.children().filter(move |c| is(c, ns, name))
 }
 
 /// The only child element `ns:name` of `n` (none: `Ok(None)`; several: refused).
-fn only_child<'a, 'i>(n: Node<'a, 'i>, ns: &'static str, name: &'static str) -> Result<Option<Node<'a, 'i>>, Refusal> {
+fn only_child<'a, 'i>(
+    n: Node<'a, 'i>,
+    ns: &'static str,
+    name: &'static str,
+) -> Result<Option<Node<'a, 'i>>, Refusal> {
     let mut it = children(n, ns, name);
     match (it.next(), it.next()) {
         (None, _) => Ok(None),
         (Some(c), None) => Ok(Some(c)),
-        _ => denied(format!("the {} has more than one {name}", n.tag_name().name())),
+        _ => denied(format!(
+            "the {} has more than one {name}",
+            n.tag_name().name()
+        )),
     }
 }
 
@@ -443,7 +460,10 @@ pub fn check_response(
     if !is(&response, PROTOCOL, "Response") {
         return denied("the document is not a SAML 2.0 Response");
     }
-    if doc.descendants().any(|n| is(&n, ASSERTION, "EncryptedAssertion")) {
+    if doc
+        .descendants()
+        .any(|n| is(&n, ASSERTION, "EncryptedAssertion"))
+    {
         return denied("encrypted assertions are not supported");
     }
     let all: Vec<Node> = doc
@@ -546,8 +566,9 @@ pub fn check_response(
     let [confirmation] = bearer.as_slice() else {
         return denied("the subject has no single bearer SubjectConfirmation");
     };
-    let data = only_child(*confirmation, ASSERTION, "SubjectConfirmationData")?
-        .ok_or(Refusal::Denied("the SubjectConfirmation has no data".into()))?;
+    let data = only_child(*confirmation, ASSERTION, "SubjectConfirmationData")?.ok_or(
+        Refusal::Denied("the SubjectConfirmation has no data".into()),
+    )?;
     match data.attribute("Recipient") {
         Some(r) if r == exp.acs_url => {}
         Some(r) => return denied(format!("the Recipient {r:?} is not this ACS URL")),
@@ -558,8 +579,9 @@ pub fn check_response(
     {
         return denied("the assertion is not yet valid (SubjectConfirmationData NotBefore)");
     }
-    let data_until = time(data, "NotOnOrAfter")?
-        .ok_or(Refusal::Denied("the SubjectConfirmationData has no NotOnOrAfter".into()))?;
+    let data_until = time(data, "NotOnOrAfter")?.ok_or(Refusal::Denied(
+        "the SubjectConfirmationData has no NotOnOrAfter".into(),
+    ))?;
     if exp.now - exp.skew_secs >= data_until {
         return denied("the assertion has expired (SubjectConfirmationData NotOnOrAfter)");
     }
@@ -615,4 +637,90 @@ pub fn check_response(
         display_name: attribute(exp.display_name_attribute)?,
         email_address: attribute(exp.email_attribute)?,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn expected(now: i64) -> Expected<'static> {
+        Expected {
+            acs_url: "https://sp.example/acs",
+            sp_entity_id: "https://sp.example",
+            idp_entity_id: None,
+            now,
+            skew_secs: 30,
+            name_attribute: None,
+            email_attribute: None,
+            display_name_attribute: None,
+        }
+    }
+
+    #[test]
+    fn oversized_or_undecodable_responses_are_malformed() {
+        let big = STANDARD.encode(format!("<a>{}</a>", "x".repeat(MAX_RESPONSE_BYTES)));
+        assert_eq!(
+            decode_response(&big),
+            Err(Refusal::Malformed("SAMLResponse is too large".into()))
+        );
+        let just = STANDARD.encode("x".repeat(MAX_RESPONSE_BYTES));
+        assert_eq!(decode_response(&just).unwrap().len(), MAX_RESPONSE_BYTES);
+        assert_eq!(
+            decode_response("not base64!"),
+            Err(Refusal::Malformed("SAMLResponse is not base64".into()))
+        );
+        // Line breaks, as some IdPs send, are fine.
+        assert_eq!(decode_response("PGEv\r\nPg==").unwrap(), "<a/>");
+        let xml = format!("<a>{}</a>", "x".repeat(MAX_RESPONSE_BYTES));
+        let keys: [VerificationKey; 0] = [];
+        let p = policies().unwrap();
+        assert!(matches!(
+            check_response(&xml, &keys, &p, &expected(0)),
+            Err(Refusal::Malformed(m)) if m.contains("too large")
+        ));
+    }
+
+    #[test]
+    fn no_dtd_and_nothing_but_a_response() {
+        let p = policies().unwrap();
+        let got = check_response("<!DOCTYPE a><a/>", &[], &p, &expected(0));
+        assert!(matches!(got, Err(Refusal::Denied(m)) if m.contains("DOCTYPE")));
+        let got = check_response("<a/>", &[], &p, &expected(0));
+        assert_eq!(got, denied("the document is not a SAML 2.0 Response"));
+    }
+
+    #[test]
+    fn the_subject_public_key_info_of_a_certificate() {
+        let pem = include_str!("../../tests/fixtures/sso/saml-idp.crt");
+        let der = certificate_der(pem.as_bytes()).unwrap();
+        let key = key_from_certificate(&der).unwrap();
+        // SEQUENCE { AlgorithmIdentifier rsaEncryption, BIT STRING }
+        assert_eq!(key.public_key_bytes[0], 0x30);
+        assert!(
+            key.public_key_bytes
+                .windows(9)
+                .any(|w| w == [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01])
+        );
+        assert!(key_from_certificate(&der[..der.len() / 2]).is_err());
+        assert!(key_from_certificate(b"").is_err());
+    }
+
+    #[test]
+    fn the_authn_request_escapes_what_it_carries() {
+        let xml = authn_request(
+            "_1",
+            "2026-01-01T00:00:00Z",
+            "https://idp/\"x",
+            "https://sp/acs?a=1&b=<2>",
+            "sp",
+        );
+        let doc = Document::parse(&xml).unwrap();
+        let root = doc.root_element();
+        assert_eq!(root.attribute("Destination"), Some("https://idp/\"x"));
+        assert_eq!(
+            root.attribute("AssertionConsumerServiceURL"),
+            Some("https://sp/acs?a=1&b=<2>")
+        );
+    }
 }
