@@ -723,4 +723,87 @@ mod tests {
             Some("https://sp/acs?a=1&b=<2>")
         );
     }
+
+    const SIGNED: &str = include_str!("../../tests/fixtures/sso/saml-response-signed.xml");
+
+    fn fixture_keys() -> Vec<VerificationKey> {
+        let pem = include_str!("../../tests/fixtures/sso/saml-idp.crt");
+        vec![key_from_certificate(&certificate_der(pem.as_bytes()).unwrap()).unwrap()]
+    }
+
+    fn fixture_expected() -> Expected<'static> {
+        Expected {
+            acs_url: "https://sp.example/acs",
+            sp_entity_id: "https://sp.example",
+            idp_entity_id: Some("https://idp.example"),
+            // 2026-11-30T16:00:00Z: inside the fixture's validity.
+            now: 1_796_054_400,
+            skew_secs: 30,
+            name_attribute: None,
+            email_attribute: Some("email"),
+            display_name_attribute: Some("name"),
+        }
+    }
+
+    #[test]
+    fn the_xmlsec1_signed_fixture_passes_and_says_who() {
+        let p = policies().unwrap();
+        let v = check_response(SIGNED, &fixture_keys(), &p, &fixture_expected()).unwrap();
+        assert_eq!(v.user_name, "alice@example.com");
+        assert_eq!(v.assertion_id, "_assertion-fixture");
+        assert_eq!(v.in_response_to, "_request-fixture");
+        assert_eq!(v.display_name.as_deref(), Some("Alice Example"));
+        // Another IdP entity ID, or no key at all: refused.
+        let other = Expected {
+            idp_entity_id: Some("https://another-idp.example"),
+            ..fixture_expected()
+        };
+        assert!(matches!(check_response(SIGNED, &fixture_keys(), &p, &other), Err(Refusal::Denied(m)) if m.contains("Issuer")));
+        assert!(check_response(SIGNED, &[], &p, &fixture_expected()).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Arbitrary bytes are never accepted, and never panic.
+        #[test]
+        fn arbitrary_bytes_are_never_accepted(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let p = policies().unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            proptest::prop_assert!(check_response(&text, &fixture_keys(), &p, &fixture_expected()).is_err());
+        }
+
+        /// A signed response with bytes replaced, inserted or removed (or markup spliced in) is
+        /// refused, or, when the edit fell outside what is signed, says exactly what the
+        /// original says: no edit changes who signs in.
+        #[test]
+        fn mutated_signed_responses_never_change_who(
+            edits in proptest::collection::vec((0usize..4, 0usize..4000, 0u8..=255, 0usize..6), 1..4)
+        ) {
+            const SPLICES: [&str; 6] = [
+                "<!---->",
+                "<saml:Assertion ID=\"_x\"/>",
+                "admin",
+                "<!DOCTYPE a>",
+                "<samlp:Extensions>",
+                "</saml:Assertion>",
+            ];
+            let p = policies().unwrap();
+            let original = check_response(SIGNED, &fixture_keys(), &p, &fixture_expected()).unwrap();
+            let mut bytes = SIGNED.as_bytes().to_vec();
+            for (kind, at, byte, splice) in edits {
+                let at = at % (bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 if at < bytes.len() => { bytes.remove(at); }
+                    _ => { bytes.splice(at..at, SPLICES[splice].bytes()); }
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(v) = check_response(&text, &fixture_keys(), &p, &fixture_expected()) {
+                proptest::prop_assert_eq!(v, original.clone());
+            }
+        }
+    }
 }
