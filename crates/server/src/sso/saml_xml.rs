@@ -124,8 +124,11 @@ pub fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(bytes.to_vec())
 }
 
-/// One DER element at the start of `input`: (tag, whole element, contents, rest).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: (tag, the whole element, its contents, what follows it).
+type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// The DER element at the start of `input`.
+fn der_element(input: &[u8]) -> Option<DerElement<'_>> {
     let tag = *input.first()?;
     let first = *input.get(1)?;
     let (len, header) = if first < 0x80 {
@@ -758,7 +761,9 @@ mod tests {
             idp_entity_id: Some("https://another-idp.example"),
             ..fixture_expected()
         };
-        assert!(matches!(check_response(SIGNED, &fixture_keys(), &p, &other), Err(Refusal::Denied(m)) if m.contains("Issuer")));
+        assert!(
+            matches!(check_response(SIGNED, &fixture_keys(), &p, &other), Err(Refusal::Denied(m)) if m.contains("Issuer"))
+        );
         assert!(check_response(SIGNED, &[], &p, &fixture_expected()).is_err());
     }
 
