@@ -676,15 +676,18 @@ org_uid = "cloudio"
         .unwrap();
         assert_eq!(c.validate(), Ok(()));
         let mut bad = c.clone();
-        bad.sso.saml[0].idp_sso_url = Some("http://idp.example.com/sso".into());
+        // Both ways at once.
+        bad.sso.saml[0].idp_sso_url = Some("https://idp.example.com/sso".into());
+        bad.sso.saml[0].idp_certificate_file = Some("/etc/cloudio/okta.pem".into());
         assert_eq!(
             bad.validate().unwrap_err(),
             [
                 "[[sso.saml]] `okta`: give idp_metadata_file, or idp_sso_url and idp_certificate_file"
             ]
         );
+        // By URL, but not https.
         bad.sso.saml[0].idp_metadata_file = None;
-        bad.sso.saml[0].idp_certificate_file = Some("/etc/cloudio/okta.pem".into());
+        bad.sso.saml[0].idp_sso_url = Some("http://idp.example.com/sso".into());
         assert_eq!(
             bad.validate().unwrap_err(),
             ["[[sso.saml]] `okta`: idp_sso_url must be https (http only on a loopback address)"]
