@@ -17,6 +17,8 @@
 # ensure_chromium: installs Debian's `chromium` if missing; exports CHROMIUM (its path).
 # ensure_browser_deps: `npm ci` in tests/browser (playwright-core, which drives that chromium;
 #   it downloads no browser of its own) when its node_modules is missing or older than the lock.
+# ensure_xmlsec1: installs Debian's `xmlsec1` (the command-line signer the SAML tests' identity
+#   provider signs with, an implementation independent of the server's) if missing.
 # ensure_pytools: a virtual environment (default ~/.cache/cloudio-venv, or $CLOUDIO_VENV) with
 #   openapi-spec-validator, prometheus_client and schemathesis from PyPI, pinned in
 #   tests/python/requirements.txt; exports CLOUDIO_TEST_PYTHON (its python).
@@ -99,6 +101,13 @@ ensure_chromium() {
         bin=$(command -v chromium)
     fi
     export CHROMIUM="$bin"
+}
+
+ensure_xmlsec1() {
+    if ! command -v xmlsec1 >/dev/null 2>&1; then
+        echo "services: installing xmlsec1 from Debian"
+        _apt_install xmlsec1
+    fi
 }
 
 ensure_browser_deps() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: makes sure PostgreSQL, MariaDB, Redis, Node.js,
 # Chromium (with playwright-core) and the Python checkers (OpenAPI validator, Prometheus parser,
-# schemathesis) are there (starting private servers when none answers on the usual ports), then
+# schemathesis) and xmlsec1 (the SAML tests' signer) are there (starting private servers when none answers on the usual ports), then
 # runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +13,5 @@ ensure_node
 ensure_chromium
 ensure_browser_deps
 ensure_pytools
+ensure_xmlsec1
 cargo test --workspace "$@"

@@ -303,11 +303,13 @@ impl SsoConfig {
                     "[[sso.saml]] `{p}`: give idp_metadata_file, or idp_sso_url and idp_certificate_file"
                 ));
             }
-            // Read and checked above so that a configuration can be written now; refused so
-            // that nobody relies on sign-ins that no endpoint serves yet.
-            problems.push(format!(
-                "[[sso.saml]] `{p}`: SAML is not supported yet (see docs/sso.md); sign in through the provider's OpenID Connect instead"
-            ));
+            if let Some(url) = &s.idp_sso_url
+                && !sso_url_allowed(url)
+            {
+                problems.push(format!(
+                    "[[sso.saml]] `{p}`: idp_sso_url must be https (http only on a loopback address)"
+                ));
+            }
         }
     }
 }
@@ -672,11 +674,23 @@ org_uid = "cloudio"
 "#,
         )
         .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        let mut bad = c.clone();
+        // Both ways at once.
+        bad.sso.saml[0].idp_sso_url = Some("https://idp.example.com/sso".into());
+        bad.sso.saml[0].idp_certificate_file = Some("/etc/cloudio/okta.pem".into());
         assert_eq!(
-            c.validate().unwrap_err(),
+            bad.validate().unwrap_err(),
             [
-                "[[sso.saml]] `okta`: SAML is not supported yet (see docs/sso.md); sign in through the provider's OpenID Connect instead"
+                "[[sso.saml]] `okta`: give idp_metadata_file, or idp_sso_url and idp_certificate_file"
             ]
+        );
+        // By URL, but not https.
+        bad.sso.saml[0].idp_metadata_file = None;
+        bad.sso.saml[0].idp_sso_url = Some("http://idp.example.com/sso".into());
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            ["[[sso.saml]] `okta`: idp_sso_url must be https (http only on a loopback address)"]
         );
         let g = &c.sso.oidc[0];
         assert_eq!(

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::api::auth::AuthResponse;
 use crate::api::parse_json;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// A 302 to `to`, which nothing should cache or pass on as a referrer (it may carry a code).
@@ -66,6 +66,73 @@ pub async fn get_oidc_callback(
     let org = org.unwrap_or_else(|| state.config.default_org.clone());
     let to = crate::sso::finish(&state, &org, &app_url, who).await?;
     Ok(redirect(to))
+}
+
+/// `GET /v1/sso/saml/<provider>/login`: 302 to the IdP with an AuthnRequest.
+#[utoipa::path(get, path = "/v1/sso/saml/{provider}/login", tag = "sso",
+    summary = "Start a SAML sign-in",
+    description = "A 302 to the IdP's sign-in URL (redirect binding) with a deflated, base64 `SAMLRequest` (an AuthnRequest whose ID is kept 10 minutes) and a `RelayState`. See docs/sso.md.",
+    params(("provider" = String, Path, description = "The `provider` of an `[[sso.saml]]` entry")),
+    responses(
+        (status = 302, description = "To the IdP", headers(("location" = String))),
+        (status = 404, description = "No such provider", body = crate::api::openapi::ErrorBody)))]
+pub async fn get_saml_login(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+) -> ApiResult<Response> {
+    let to = state.sso.saml.login_url(&state.store, &provider).await?;
+    Ok(redirect(to))
+}
+
+/// `POST /v1/sso/saml/<provider>/acs` (form `SAMLResponse`, `RelayState`): 302 to the
+/// provider's `app_url` with `?sso_code=`, once every check passed.
+#[utoipa::path(post, path = "/v1/sso/saml/{provider}/acs", tag = "sso",
+    summary = "The IdP's SAML response (POST binding)",
+    description = "Form fields `SAMLResponse` (base64 XML) and `RelayState`. The Response or the Assertion must be signed by the configured certificate; Destination/Recipient, Audience, NotBefore/NotOnOrAfter, the assertion ID (once) and InResponseTo (a request of ours, once) are checked; then a 302 to the provider's `app_url` with `?sso_code=<one-time code>`. A failed check is a 403 naming it; a response that is not base64 or not XML a 400; no session is made.",
+    params(("provider" = String, Path, description = "The `provider` of an `[[sso.saml]]` entry")),
+    request_body(content_type = "application/x-www-form-urlencoded", content = String, description = "`SAMLResponse=...&RelayState=...`"),
+    responses(
+        (status = 302, description = "To `app_url?sso_code=...`", headers(("location" = String))),
+        (status = 400, description = "No SAMLResponse, or not base64, UTF-8 or XML", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "A check failed (named in the message)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such provider", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The form is larger than 512 KiB", body = crate::api::openapi::ErrorBody)))]
+pub async fn post_saml_acs(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    if body.len() > MAX_ACS_FORM_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let (who, org, app_url) = state.sso.saml.acs(&state.store, &provider, &form).await?;
+    let org = org.unwrap_or_else(|| state.config.default_org.clone());
+    let to = crate::sso::finish(&state, &org, &app_url, who).await?;
+    Ok(redirect(to))
+}
+
+/// The ACS form's limit: a base64 response of at most 256 KiB, and room for the rest.
+const MAX_ACS_FORM_BYTES: usize = 512 * 1024;
+
+/// `GET /v1/sso/saml/<provider>/metadata`: our SP metadata XML.
+#[utoipa::path(get, path = "/v1/sso/saml/{provider}/metadata", tag = "sso",
+    summary = "This server's SAML SP metadata",
+    description = "An `EntityDescriptor` with the SP entity ID and the ACS URL (HTTP-POST binding), for the IdP's console.",
+    params(("provider" = String, Path, description = "The `provider` of an `[[sso.saml]]` entry")),
+    responses(
+        (status = 200, description = "SAML 2.0 metadata", content_type = "application/samlmetadata+xml", body = String),
+        (status = 404, description = "No such provider", body = crate::api::openapi::ErrorBody)))]
+pub async fn get_saml_metadata(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+) -> ApiResult<Response> {
+    let xml = state.sso.saml.metadata(&provider)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
+        xml,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,16 +14,20 @@
 //! - no client secret, code or token is logged or returned (only a code's hash is stored).
 
 pub mod oidc;
+pub mod saml;
+pub mod saml_xml;
 
 /// The configured providers of every protocol.
 pub struct Sso {
     pub oidc: oidc::Oidc,
+    pub saml: saml::Saml,
 }
 
 impl Sso {
     pub fn new(config: &crate::config::SsoConfig) -> Result<Sso, String> {
         Ok(Sso {
             oidc: oidc::Oidc::new(&config.oidc)?,
+            saml: saml::Saml::new(&config.saml)?,
         })
     }
 }

@@ -535,14 +535,21 @@ const REACHED_ELSEWHERE: [&str; 6] = [
     "/v1/wf/instanceIncrementAndGet",
 ];
 
-/// What needs an identity provider: reached by the tests in `sso.rs`, which run one.
-const SSO_ELSEWHERE: [(&str, u16); 6] = [
+/// What needs an identity provider: reached by the tests in `sso.rs` and `sso/saml.rs`, which
+/// run one.
+const SSO_ELSEWHERE: [(&str, u16); 12] = [
     ("/v1/sso/oidc/{provider}/login", 302),
     ("/v1/sso/oidc/{provider}/login", 502),
     ("/v1/sso/oidc/{provider}/callback", 302),
     ("/v1/sso/oidc/{provider}/callback", 403),
     ("/v1/sso/oidc/{provider}/callback", 502),
     ("/v1/sso/exchange", 200),
+    ("/v1/sso/saml/{provider}/login", 302),
+    ("/v1/sso/saml/{provider}/acs", 302),
+    ("/v1/sso/saml/{provider}/acs", 400),
+    ("/v1/sso/saml/{provider}/acs", 403),
+    ("/v1/sso/saml/{provider}/acs", 413),
+    ("/v1/sso/saml/{provider}/metadata", 200),
 ];
 
 on_both!(every_documented_status_is_reached, |kind| async move {
@@ -604,6 +611,13 @@ on_both!(every_documented_status_is_reached, |kind| async move {
                 None,
             )
             .await;
+        assert_eq!(status, 404, "{p}");
+    }
+    for (m, p) in [("GET", "login"), ("POST", "acs"), ("GET", "metadata")] {
+        let doc_path = format!("/v1/sso/saml/{{provider}}/{p}");
+        let path = format!("/v1/sso/saml/nope/{p}");
+        let body = (m == "POST").then(|| b"SAMLResponse=x".to_vec());
+        let (status, _) = r.send(m, &doc_path, &path, None, body).await;
         assert_eq!(status, 404, "{p}");
     }
     let x = "/v1/sso/exchange";

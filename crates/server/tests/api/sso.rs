@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 use crate::helpers::*;
 use crate::on_both;
 
+mod saml;
+
 const CLIENT_ID: &str = "cloudio-test-client";
 const CLIENT_SECRET: &str = "test-client-secret-1";
 const APP_URL: &str = "http://127.0.0.1:9/app/";
