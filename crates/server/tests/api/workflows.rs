@@ -1429,9 +1429,23 @@ on_all!(
         .await;
         assert_eq!(ex.len(), 200);
         let calls = fx.tasks.calls();
-        assert_eq!(calls.len(), 200);
         let ids: std::collections::HashSet<&str> = calls.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(ids.len(), 200, "no execution ran twice");
+        if calls.len() != 200 || ids.len() != 200 {
+            // Say what happened: an execution called twice, or a failed attempt run again.
+            let mut others = Vec::new();
+            for col in ["EXECUTION_ID", "STATE", "ERROR"] {
+                let sql = format!(
+                    "SELECT {col} FROM {{exec}} WHERE NODE_UID = 't' AND STATE <> 'completed' \
+                     ORDER BY EXECUTION_ID"
+                );
+                others.push(column(&fx.app, &sql).await);
+            }
+            panic!(
+                "{} task calls for {} executions; executions of `t` not completed: {others:?}",
+                calls.len(),
+                ids.len()
+            );
+        }
         // The counter handed out 1..=200, each number once.
         let mut ns: Vec<i64> = column(&fx.app, "SELECT OUTPUT FROM {exec} WHERE NODE_UID = 't'")
             .await
