@@ -147,6 +147,14 @@ impl SqlitePools {
 }
 
 /// A pool whose every connection attaches `apps`.
+/// Page cache of each pooled (reading) connection, per attached database, in KiB (SQLite's
+/// default is 2 MiB). The files sit in the kernel's page cache anyway, so a page missing here
+/// costs a `pread` of memory, not a disk read; each of the pool's connections keeps its own
+/// cache for as long as it lives, and at 2 MiB a server that had read widely kept ~2 MiB per
+/// connection and attached database for good (bench/RESULTS.md, "Memory of a long-lived
+/// process"). The writer keeps the default.
+pub(crate) const POOL_CACHE_KIB: u32 = 512;
+
 async fn open_pool(
     main: &Path,
     apps: Arc<Vec<AppFile>>,
@@ -166,11 +174,15 @@ async fn open_pool(
                     for sql in attach_statements(schema, path) {
                         conn.execute(AssertSqlSafe(sql)).await?;
                     }
+                    conn.execute(AssertSqlSafe(format!(
+                        "PRAGMA {schema}.cache_size = -{POOL_CACHE_KIB}"
+                    )))
+                    .await?;
                 }
                 Ok(())
             })
         })
-        .connect_with(sqlite_options(main))
+        .connect_with(sqlite_options(main).pragma("cache_size", format!("-{POOL_CACHE_KIB}")))
         .await
 }
 

@@ -22,3 +22,22 @@ async fn sqlite_plans_do_not_depend_on_bound_values() {
         .unwrap();
     assert_eq!(rows.len(), 1, "SQLite was built without SQLITE_ENABLE_QPSG");
 }
+
+#[tokio::test]
+async fn pooled_connections_keep_small_page_caches() {
+    // Each pooled connection keeps its page cache, per attached database, for as long as it
+    // lives: 512 KiB each instead of SQLite's 2 MiB (bench/RESULTS.md, memory of a long-lived
+    // process). An app's file beside `cloudio.db` is attached by every pooled connection.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app1.db"), b"").unwrap();
+    let db = Db::connect(&DbTarget::SqliteDir(dir.path().to_path_buf()), 4)
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT cache_size FROM pragma_cache_size",
+        "SELECT cache_size FROM pragma_cache_size('app1')",
+    ] {
+        let rows = db.fetch_all(sql, &[], &[AttrType::Integer]).await.unwrap();
+        assert_eq!(rows, vec![vec![Value::Int(-512)]], "{sql}");
+    }
+}
