@@ -229,25 +229,14 @@ pub struct Completion {
     pub claim: Option<ChainClaim>,
 }
 
-/// A completion that found its execution (or instance) no longer running: undone, not an error.
-enum Gone {
-    Gone,
+/// Why a job of SQLite's writer undid its work: an answer that is not an error (a completion
+/// whose execution was no longer running, a refused callback), or a failure.
+enum Undone<T> {
+    Answer(T),
     Store(crate::StoreError),
 }
 
-impl From<crate::StoreError> for Gone {
-    fn from(e: crate::StoreError) -> Self {
-        Gone::Store(e)
-    }
-}
-
-/// A callback refused (bad token, not a number) or failed: its transaction is undone.
-enum Undone {
-    Answer(Callback),
-    Store(crate::StoreError),
-}
-
-impl From<crate::StoreError> for Undone {
+impl<T> From<crate::StoreError> for Undone<T> {
     fn from(e: crate::StoreError) -> Self {
         Undone::Store(e)
     }
@@ -985,7 +974,7 @@ impl Store {
                 .run(move |w: &mut crate::WriteConn<'_>| {
                     for (sql, params, one) in &statements {
                         if w.execute(sql, params)? != 1 && *one {
-                            return Err(Gone::Gone);
+                            return Err(Undone::Answer(()));
                         }
                     }
                     Ok(())
@@ -993,8 +982,8 @@ impl Store {
                 .await;
             return match done {
                 Ok(()) => Ok(true),
-                Err(Gone::Gone) => Ok(false),
-                Err(Gone::Store(e)) => Err(e),
+                Err(Undone::Answer(())) => Ok(false),
+                Err(Undone::Store(e)) => Err(e),
             };
         }
         let mut tx = self.db.begin_write().await?;
