@@ -294,6 +294,22 @@ app_url = "{APP_URL}"
     server::Config::from_toml(&toml).unwrap().sso.oidc.remove(0)
 }
 
+/// The user both protocols sign in as, with the `cloudio` app's `developer` role.
+async fn make_alice(app: &TestApp) {
+    app.create_user("alice@example.com", "alice-password").await;
+    app.state
+        .store
+        .grant_role(
+            "cloudio",
+            "alice@example.com",
+            "cloudio",
+            "developer",
+            "test",
+        )
+        .await
+        .unwrap();
+}
+
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -412,18 +428,7 @@ async fn assert_refused(app: &TestApp, (status, body): (u16, Value), check: &str
 on_both!(oidc_sign_in_hands_off_a_session, |kind| async move {
     let idp = Idp::start().await;
     let app = spawn(kind, &idp, vec![]).await;
-    app.create_user("alice@example.com", "alice-password").await;
-    app.state
-        .store
-        .grant_role(
-            "cloudio",
-            "alice@example.com",
-            "cloudio",
-            "developer",
-            "test",
-        )
-        .await
-        .unwrap();
+    make_alice(&app).await;
 
     // RS256.
     let body = sign_in_and_exchange(&app).await;

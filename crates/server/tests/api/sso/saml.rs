@@ -17,7 +17,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use super::{APP_URL, assert_refused, browser, cloudio_extension, exchange, location, query_of};
+use super::{
+    APP_URL, assert_refused, browser, cloudio_extension, exchange, location, make_alice, query_of,
+};
 use crate::helpers::*;
 use crate::on_both;
 
@@ -399,21 +401,6 @@ async fn sign_in_and_exchange(app: &TestApp, idp: &Idp) -> Value {
     let (status, body) = exchange(app, &query_of(to)["sso_code"]).await;
     assert_eq!(status, 200, "{body}");
     body
-}
-
-async fn make_alice(app: &TestApp) {
-    app.create_user("alice@example.com", "alice-password").await;
-    app.state
-        .store
-        .grant_role(
-            "cloudio",
-            "alice@example.com",
-            "cloudio",
-            "developer",
-            "test",
-        )
-        .await
-        .unwrap();
 }
 
 on_both!(saml_sign_in_hands_off_a_session, |kind| async move {
