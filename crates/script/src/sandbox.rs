@@ -1122,8 +1122,7 @@ fn run_with<'js>(
     } = *at;
     let input_js = to_js(ctx, &exec.input).map_err(|e| thrown(ctx, e))?;
     if let Some(o) = input_js.as_object() {
-        let session = serde_json::to_value(&exec.session).unwrap_or(Json::Null);
-        to_js(ctx, &session)
+        session_js(ctx, &exec.session)
             .and_then(|v| o.set("session", v))
             .map_err(|e| thrown(ctx, e))?;
     }
@@ -1185,6 +1184,20 @@ fn run_with<'js>(
         deadline,
         exec.limits.memory_bytes,
     )
+}
+
+/// The session as the prelude reads it (`cur.session`), built directly.
+fn session_js<'js>(ctx: &Ctx<'js>, s: &crate::SessionInfo) -> rquickjs::Result<Object<'js>> {
+    let o = Object::new(ctx.clone())?;
+    o.set("userName", s.user_name.as_str())?;
+    o.set("orgUid", s.org_uid.as_str())?;
+    o.set("appUid", s.app_uid.as_str())?;
+    let roles = rquickjs::Array::new(ctx.clone())?;
+    for (i, r) in s.roles.iter().enumerate() {
+        roles.set(i, r.as_str())?;
+    }
+    o.set("roles", roles)?;
+    Ok(o)
 }
 
 fn host_function<'js>(ctx: &Ctx<'js>, current: Shared) -> rquickjs::Result<Function<'js>> {
