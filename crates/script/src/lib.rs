@@ -21,12 +21,14 @@
 
 mod compile;
 mod convert;
+mod modules;
 mod sandbox;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{Kind, TYPES_PACKAGE, compile};
+pub use modules::Modules;
 pub use sandbox::{Event, HostCall, Pool, PoolStats, Running};
 
 use serde_json::Value as Json;
@@ -78,9 +80,6 @@ impl Limits {
         ..Limits::HOOK
     };
 }
-
-/// An app's cloud-function modules: `moduleUri` (no extension) -> compiled JavaScript.
-pub type Modules = std::collections::HashMap<String, Arc<str>>;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::compile::Kind;
 use crate::convert::{from_js, to_js};
+use crate::modules::module_key;
 use crate::{CompileError, Execution, Modules, Program, ScriptError};
 
 /// What a running execution tells its caller.
@@ -261,16 +262,18 @@ impl Pool {
             let worker = Worker::new(self.counters.clone());
             return spawn_thread(exec, worker, None);
         }
-        let permit =
-            match tokio::time::timeout(exec.limits.wall, self.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                _ => {
-                    self.counters.busy.fetch_add(1, Ordering::Relaxed);
-                    return Err(ScriptError::Busy);
-                }
-            };
+        let permit = match tokio::time::timeout(
+            exec.limits.wall,
+            self.permits.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                return Err(ScriptError::Busy);
+            }
+        };
         let popped = lock(&self.idle).pop();
         let mut worker = popped.unwrap_or_else(|| Worker::new(self.counters.clone()));
         let key = program_key(&exec);
@@ -499,7 +502,7 @@ const PRELUDE: &str = r#"(function (host, log) {
       return import(module).then((ns) => {
         const f = ns[name];
         if (typeof f !== "function") {
-          throw { __cloudioNotFound: "module `" + module.split("@")[0] + "` has no exported function `" + name + "`" };
+          throw { __cloudioNotFound: "module `" + module.split(/[@#]/)[0] + "` has no exported function `" + name + "`" };
         }
         return f(arg);
       });
@@ -571,28 +574,14 @@ const LOCKDOWN: &str = r#"(function () {
 #[derive(Clone, Default)]
 struct AppModules(Arc<Mutex<Arc<Modules>>>);
 
-/// `moduleUri` for an import `name` from module `base`: relative names against `base`'s
-/// folder, `.js`/`.ts` dropped; `..` never leaves the app.
-fn module_key(base: &str, name: &str) -> Option<String> {
-    let name = name
-        .strip_suffix(".js")
-        .or_else(|| name.strip_suffix(".ts"))
-        .unwrap_or(name);
-    let mut parts: Vec<&str> = Vec::new();
-    if name.starts_with("./") || name.starts_with("../") {
-        parts.extend(base.split('/'));
-        parts.pop();
+/// A module's name in a context: `payroll/calc@17` (an instance for call 17 of the context,
+/// fresh for that call) or `payroll/calc#3` (the shared instance of module set 3). Its imports
+/// get the same suffix.
+fn split_instance(name: &str) -> (&str, &str) {
+    match name.find(['@', '#']) {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name, ""),
     }
-    for p in name.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 impl Resolver for AppModules {
@@ -603,21 +592,11 @@ impl Resolver for AppModules {
         name: &str,
         _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
     ) -> rquickjs::Result<String> {
-        // Every call imports its modules under names of its own (`payroll/calc@17`), so a
-        // module's top-level state is fresh for each call in a kept context.
-        let (base, call) = base.split_once('@').unwrap_or((base, ""));
-        let (name, named_call) = name.split_once('@').unwrap_or((name, ""));
-        let call = if named_call.is_empty() {
-            call
-        } else {
-            named_call
-        };
+        let (base, instance) = split_instance(base);
+        let (name, named) = split_instance(name);
+        let instance = if named.is_empty() { instance } else { named };
         match module_key(base, name) {
-            Some(key) if lock(&self.0).contains_key(&key) => Ok(if call.is_empty() {
-                key
-            } else {
-                format!("{key}@{call}")
-            }),
+            Some(key) if lock(&self.0).contains_key(&key) => Ok(format!("{key}{instance}")),
             _ => Err(rquickjs::Error::new_resolving(base, name)),
         }
     }
@@ -630,8 +609,8 @@ impl Loader for AppModules {
         name: &str,
         _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
     ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
-        let key = name.split_once('@').map_or(name, |(k, _)| k);
-        let source = lock(&self.0).get(key).cloned();
+        let (key, _) = split_instance(name);
+        let source = lock(&self.0).source(key);
         match source {
             Some(js) => Module::declare(ctx.clone(), name, js.as_bytes().to_vec()),
             None => Err(rquickjs::Error::new_loading(name)),
@@ -760,16 +739,23 @@ impl Worker {
             Ok(rt) => rt,
             Err(e) => return Some(Err(script_err(e.to_string()))),
         };
-        let function = matches!(exec.program, Program::Function { .. });
+        // A function's module: the shared instance of its set, or one of its own.
+        let shared = match &exec.program {
+            Program::Function {
+                modules, module, ..
+            } => Some(modules.shared(module).then(|| modules.id())),
+            Program::Hook { .. } => None,
+        };
         if let Program::Function { modules, .. } = &exec.program {
             *lock(&self.modules.0) = modules.clone();
-            // Each call's modules stay in the context until it is dropped: start a new one
-            // every so often.
-            if self
-                .prepared
-                .as_ref()
-                .is_some_and(|p| p.function_calls >= FUNCTION_CALLS_PER_CONTEXT)
-            {
+            // Module instances stay in the context until it is dropped: start a new one every
+            // so often.
+            if self.prepared.as_ref().is_some_and(|p| {
+                p.function_calls >= FUNCTION_CALLS_PER_CONTEXT
+                    || shared.flatten().is_some_and(|id| {
+                        !p.shared_sets.contains(&id) && p.shared_sets.len() >= MAX_SHARED_SETS
+                    })
+            }) {
                 self.prepared = None;
             }
         }
@@ -783,9 +769,19 @@ impl Worker {
                 }
             },
         };
-        if function {
-            prepared.function_calls += 1;
-        }
+        let instance = match shared {
+            None => String::new(),
+            Some(Some(id)) => {
+                if !prepared.shared_sets.contains(&id) {
+                    prepared.shared_sets.push(id);
+                }
+                format!("#{id}")
+            }
+            Some(None) => {
+                prepared.function_calls += 1;
+                format!("@{}", prepared.function_calls)
+            }
+        };
         let now = Instant::now();
         let deadline = now + exec.limits.wall;
         let stop = match link {
@@ -794,7 +790,7 @@ impl Worker {
         };
         self.interrupted.store(false, Ordering::Relaxed);
         *lock(&self.deadline) = Some(stop);
-        let result = prepared.run(exec, link, deadline);
+        let result = prepared.run(exec, link, deadline, &instance);
         *lock(&self.deadline) = None;
         // Work a script left queued would run inside the next execution: start afresh.
         if rt.is_job_pending() {
@@ -974,8 +970,11 @@ type HookCache<'js> = RefCell<HashMap<String, Function<'js>>>;
 /// imports its modules under names of its own).
 struct Prepared {
     current: Shared,
-    /// Cloud-function calls run here so far (each leaves its module instances behind).
+    /// Cloud-function calls with modules of their own run here so far (each leaves its
+    /// module instances behind).
     function_calls: u32,
+    /// The module sets whose shared instances live here.
+    shared_sets: Vec<u64>,
     ctx: Context,
 }
 
@@ -989,8 +988,11 @@ impl Drop for Prepared {
     }
 }
 
-/// Cloud-function calls per kept context before it is replaced.
+/// Cloud-function calls with modules of their own per kept context before it is replaced.
 const FUNCTION_CALLS_PER_CONTEXT: u32 = 64;
+
+/// Module sets with shared instances per kept context (an app reloaded gets a new set).
+const MAX_SHARED_SETS: usize = 8;
 
 /// At most this many compiled hooks are kept per context.
 const MAX_CACHED_HOOKS: usize = 256;
@@ -1038,6 +1040,7 @@ impl Prepared {
         Ok(Prepared {
             current,
             function_calls: 0,
+            shared_sets: Vec::new(),
             ctx,
         })
     }
@@ -1048,6 +1051,7 @@ impl Prepared {
         exec: &Execution,
         link: Option<&Link>,
         deadline: Instant,
+        instance: &str,
     ) -> Result<Json, Failure> {
         *lock(&self.current) = Some(Current {
             events: link.map(|l| l.events.clone()),
@@ -1063,12 +1067,7 @@ impl Prepared {
             app: exec.session.app_uid.clone(),
             name: exec.name.clone(),
         });
-        let Prepared {
-            current,
-            function_calls,
-            ctx,
-        } = self;
-        let call = *function_calls;
+        let Prepared { current, ctx, .. } = self;
         let out = ctx.with(|ctx| {
             let control = ctx
                 .userdata::<Control<'_>>()
@@ -1077,7 +1076,7 @@ impl Prepared {
             let at = At {
                 link,
                 deadline,
-                call,
+                instance,
             };
             let out = run_with(&ctx, &control, current, exec, &at);
             if let Ok(teardown) = control.get::<_, Function>("teardown") {
@@ -1098,14 +1097,13 @@ impl Prepared {
     }
 }
 
-/// Where an execution runs: its channels (`None`: the caller's thread), its deadline, and
-/// which cloud-function call of the context it is (its modules are imported under that
-/// number).
+/// Where an execution runs: its channels (`None`: the caller's thread), its deadline, and the
+/// suffix its module is imported under (see [`split_instance`]).
 #[derive(Clone, Copy)]
 struct At<'a> {
     link: Option<&'a Link>,
     deadline: Instant,
-    call: u32,
+    instance: &'a str,
 }
 
 fn run_with<'js>(
@@ -1118,7 +1116,7 @@ fn run_with<'js>(
     let At {
         link,
         deadline,
-        call: call_number,
+        instance,
     } = *at;
     let input_js = to_js(ctx, &exec.input).map_err(|e| thrown(ctx, e))?;
     if let Some(o) = input_js.as_object() {
@@ -1171,7 +1169,7 @@ fn run_with<'js>(
                 .and_then(|o| o.get::<_, Value<'js>>("arg").ok())
                 .unwrap_or_else(|| Value::new_null(ctx.clone()));
             call("fn")?
-                .call((format!("{module}@{call_number}"), function.as_str(), arg))
+                .call((format!("{module}{instance}"), function.as_str(), arg))
                 .map_err(|e| thrown(ctx, e))?
         }
     };
@@ -1258,7 +1256,10 @@ fn host_call<'js>(
         }
     };
     match outcome {
-        Ok(n) => Ok(Value::new_int(ctx.clone(), i32::try_from(n).unwrap_or(i32::MAX))),
+        Ok(n) => Ok(Value::new_int(
+            ctx.clone(),
+            i32::try_from(n).unwrap_or(i32::MAX),
+        )),
         Err(m) => Ok(rquickjs::String::from_str(ctx.clone(), &m)?.into_value()),
     }
 }

@@ -619,9 +619,12 @@ async fn executions_run_on_the_callers_thread_until_they_call_db_or_run_long() {
     let pool = Pool::new(1);
     // A pure hook runs whole on the caller's thread, every time.
     for _ in 0..3 {
-        let out = run(&pool, hook("rows.push(rows.length);", rows_input(json!([]))))
-            .await
-            .unwrap();
+        let out = run(
+            &pool,
+            hook("rows.push(rows.length);", rows_input(json!([]))),
+        )
+        .await
+        .unwrap();
         assert_eq!(out["rows"], json!([0]));
     }
     assert_eq!(pool.stats().inline, 3);
@@ -657,4 +660,55 @@ async fn executions_run_on_the_callers_thread_until_they_call_db_or_run_long() {
     .await
     .unwrap();
     assert_eq!((out["rows"].clone(), calls), (json!(["done"]), 1));
+}
+
+#[tokio::test]
+async fn stateless_modules_share_one_instance_that_nothing_can_change() {
+    let pool = Pool::new(1);
+    let set = |answer: &str| {
+        let mut m = Modules::new();
+        m.insert(
+            "calc".into(),
+            compile(
+                "functions/calc.js",
+                &format!(
+                    "const answer = '{answer}';\n\
+                     export function get() {{ return answer; }}\n\
+                     export function tamper() {{ get.hidden = 1; return 'changed'; }}\n\
+                     export function peek() {{ return get.hidden === undefined; }}"
+                ),
+                Kind::Module,
+            )
+            .unwrap()
+            .into(),
+        );
+        Arc::new(m)
+    };
+    let call = |modules: &Arc<Modules>, function: &str| Execution {
+        program: Program::Function {
+            modules: modules.clone(),
+            module: "calc".into(),
+            function: function.into(),
+        },
+        name: format!("calc.{function}"),
+        request_id: None,
+        session: SessionInfo::default(),
+        input: json!({"arg": null}),
+        limits: Limits::FUNCTION,
+    };
+    // Two apps (or one app before and after an update) with the same module name: each set
+    // answers with its own code, also past the point where unshared calls replace the context.
+    let (a, b) = (set("a"), set("b"));
+    for _ in 0..80 {
+        assert_eq!(run(&pool, call(&a, "get")).await.unwrap(), json!("a"));
+        assert_eq!(run(&pool, call(&b, "get")).await.unwrap(), json!("b"));
+    }
+    // The shared functions are frozen: hanging state on one fails (modules are strict code),
+    // and nothing was hung.
+    let e = run(&pool, call(&a, "tamper")).await.unwrap_err();
+    assert!(
+        matches!(&e, ScriptError::Script(m) if m.contains("TypeError")),
+        "{e:?}"
+    );
+    assert_eq!(run(&pool, call(&a, "peek")).await.unwrap(), json!(true));
 }

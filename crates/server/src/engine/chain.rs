@@ -485,7 +485,10 @@ fn run_hook<'a, E: Exec>(
         let keys: Vec<Json> = if a.ds.key_generation == query::KeyGeneration::None {
             Vec::new()
         } else {
-            a.ds.primary_key.iter().map(|k| Json::from(k.as_str())).collect()
+            a.ds.primary_key
+                .iter()
+                .map(|k| Json::from(k.as_str()))
+                .collect()
         };
         // Moved in, not copied (as `json!` would, through serde): the rows can be many.
         let mut input = Map::with_capacity(3);
