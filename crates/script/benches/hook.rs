@@ -1,5 +1,5 @@
-//! One trivial `postQuery` hook (`for (const r of rows) r.x = 1;`) over W1's 10 rows, run again
-//! and again on one worker: the sandbox's own cost per execution (channels, rows in and out,
+//! One trivial `postQuery` hook (`for (const r of rows) r.x = 1;`) over W1's 10 rows (and
+//! over none), run again and again on one worker: the sandbox's own cost per execution (channels, rows in and out,
 //! the run in the kept context), without HTTP or SQL. Prints figures; run with
 //! `cargo bench -p script --bench hook`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,8 +13,8 @@ use serde_json::{Value as Json, json};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn rows() -> Json {
-    let rows: Vec<Json> = (0..10)
+fn rows(n: usize) -> Json {
+    let rows: Vec<Json> = (0..n)
         .map(|i| {
             json!({
                 "empId": 1001 + i * 1000, "name": format!("Abigail Abbott {:06}", 1001 + i * 1000),
@@ -51,7 +51,6 @@ fn main() {
     let body: std::sync::Arc<str> = compile("b.js", "for (const r of rows) r.x = 1;", Kind::Hook)
         .unwrap()
         .into();
-    let rows = rows();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -59,20 +58,26 @@ fn main() {
     let pool = Pool::new(1);
     rt.block_on(async {
         let mut seconds_before = 0.0;
-        for (label, n) in [("warm-up", 2_000u32), ("measured", 10_000), ("measured", 10_000), ("measured", 10_000)] {
-            let started = Instant::now();
-            for _ in 0..n {
-                let mut running = pool.start(execution(&body, &rows), false).await.unwrap();
-                match running.next().await {
-                    Event::Done(Ok(out)) => assert_eq!(out["rows"][9]["x"], 1),
-                    other => panic!("{other:?}"),
+        // W1's 10 rows, then none: what a row costs, and what an execution costs without any.
+        for n_rows in [10, 0] {
+            let rows = rows(n_rows);
+            for (label, n) in [("warm-up", 2_000u32), ("measured", 10_000), ("measured", 10_000), ("measured", 10_000)] {
+                let started = Instant::now();
+                for _ in 0..n {
+                    let mut running = pool.start(execution(&body, &rows), false).await.unwrap();
+                    match running.next().await {
+                        Event::Done(Ok(out)) => {
+                            assert_eq!(out["rows"].as_array().map(Vec::len), Some(n_rows));
+                        }
+                        other => panic!("{other:?}"),
+                    }
                 }
+                let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+                let stats = pool.stats();
+                let cpu = (stats.seconds - seconds_before) * 1e6 / f64::from(n);
+                seconds_before = stats.seconds;
+                println!("{n_rows} rows, {label}: {n} executions, {per:.1} us each (wall, one at a time), {cpu:.1} us in the sandbox");
             }
-            let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-            let stats = pool.stats();
-            let cpu = (stats.seconds - seconds_before) * 1e6 / f64::from(n);
-            seconds_before = stats.seconds;
-            println!("{label}: {n} executions, {per:.1} us each (wall, one at a time), {cpu:.1} us of worker time");
         }
     });
 }

@@ -16,33 +16,67 @@ use serde_json::{Map, Number, Value as Json};
 pub(crate) const MAX_DEPTH: usize = 128;
 
 pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<Value<'js>> {
-    Ok(match v {
-        Json::Null => Value::new_null(ctx.clone()),
-        Json::Bool(b) => Value::new_bool(ctx.clone(), *b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) if i32::try_from(i).is_ok() => Value::new_int(ctx.clone(), i as i32),
-            _ => Value::new_float(ctx.clone(), n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => rquickjs::String::from_str(ctx.clone(), s)?.into_value(),
-        Json::Array(items) => {
-            let a = Array::new(ctx.clone())?;
-            for (i, item) in items.iter().enumerate() {
-                a.set(i, to_js(ctx, item)?)?;
+    ToJs {
+        ctx,
+        keys: Vec::new(),
+    }
+    .value(v, 0)
+}
+
+/// Builds JS values; `keys[depth]` remembers the property names (as atoms) of the last object
+/// made at each depth: rows have the same keys in the same order, and finding an atom by its
+/// text costs more than comparing the text with the last one.
+struct ToJs<'a, 'js> {
+    ctx: &'a Ctx<'js>,
+    keys: Vec<Vec<(&'a str, Atom<'js>)>>,
+}
+
+impl<'a, 'js> ToJs<'a, 'js> {
+    fn value(&mut self, v: &'a Json, depth: usize) -> rquickjs::Result<Value<'js>> {
+        let ctx = self.ctx;
+        Ok(match v {
+            Json::Null => Value::new_null(ctx.clone()),
+            Json::Bool(b) => Value::new_bool(ctx.clone(), *b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) if i32::try_from(i).is_ok() => Value::new_int(ctx.clone(), i as i32),
+                _ => Value::new_float(ctx.clone(), n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => rquickjs::String::from_str(ctx.clone(), s)?.into_value(),
+            Json::Array(items) => {
+                let a = Array::new(ctx.clone())?;
+                for (i, item) in items.iter().enumerate() {
+                    a.set(i, self.value(item, depth + 1)?)?;
+                }
+                a.into_value()
             }
-            a.into_value()
-        }
-        Json::Object(m) => {
-            let o = Object::new(ctx.clone())?;
-            for (k, item) in m {
-                let p = Property::from(to_js(ctx, item)?)
-                    .writable()
-                    .enumerable()
-                    .configurable();
-                o.prop(k.as_str(), p)?;
+            Json::Object(m) => {
+                let o = Object::new(ctx.clone())?;
+                if self.keys.len() <= depth {
+                    self.keys.resize_with(depth + 1, Vec::new);
+                }
+                for (i, (k, item)) in m.iter().enumerate() {
+                    let value = self.value(item, depth + 1)?;
+                    let known = self.keys[depth]
+                        .get(i)
+                        .filter(|(text, _)| *text == k.as_str())
+                        .map(|(_, atom)| atom.clone());
+                    let atom = match known {
+                        Some(atom) => atom,
+                        None => {
+                            let atom = Atom::from_str(ctx.clone(), k)?;
+                            let seen = &mut self.keys[depth];
+                            seen.truncate(i);
+                            seen.push((k.as_str(), atom.clone()));
+                            atom
+                        }
+                    };
+                    let p = Property::from(value).writable().enumerable().configurable();
+                    o.prop(atom, p)?;
+                }
+                o.into_value()
             }
-            o.into_value()
-        }
-    })
+        })
+    }
 }
 
 /// A JS value as `JSON.stringify` would give it (`undefined`, functions and symbols: `None`).
@@ -56,6 +90,7 @@ pub(crate) fn from_js<'js>(
         to_json: Atom::from_str(ctx.clone(), "toJSON").map_err(|e| e.to_string())?,
         bytes: 0,
         max_bytes,
+        keys: Vec::new(),
     };
     walk.value(v, Key::Name(""), 0)
 }
@@ -71,6 +106,9 @@ struct Walk<'js> {
     to_json: Atom<'js>,
     bytes: usize,
     max_bytes: usize,
+    /// Per depth, the property names of the last object read there, as atoms and as text:
+    /// rows have the same keys, and an atom's text costs more to get than to copy.
+    keys: Vec<Vec<(Atom<'js>, String)>>,
 }
 
 impl<'js> Walk<'js> {
@@ -144,9 +182,27 @@ impl<'js> Walk<'js> {
             }
             _ => {
                 let o = v.as_object().ok_or("not an object")?;
-                let mut out = Map::new();
-                for prop in o.props::<String, Value>() {
-                    let (k, item) = prop.map_err(|e| thrown(o.ctx(), e))?;
+                let props = o.props::<Atom<'js>, Value<'js>>();
+                let mut out = Map::with_capacity(props.len());
+                if self.keys.len() <= depth {
+                    self.keys.resize_with(depth + 1, Vec::new);
+                }
+                for (i, prop) in props.enumerate() {
+                    let (atom, item) = prop.map_err(|e| thrown(o.ctx(), e))?;
+                    let known = self.keys[depth]
+                        .get(i)
+                        .filter(|(a, _)| *a == atom)
+                        .map(|(_, text)| text.clone());
+                    let k = match known {
+                        Some(k) => k,
+                        None => {
+                            let k = atom.to_string().map_err(|e| e.to_string())?;
+                            let seen = &mut self.keys[depth];
+                            seen.truncate(i);
+                            seen.push((atom, k.clone()));
+                            k
+                        }
+                    };
                     if let Some(item) = self.value(item, Key::Name(&k), depth + 1)? {
                         self.spend(k.len())?;
                         out.insert(k, item);

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! compile(file, source, kind) -> JavaScript           (at app load: types stripped, syntax checked)
-//! Pool::start(Execution) -> Running                   (a worker runs it in its kept, frozen context)
+//! Pool::start(Execution) -> Running                   (runs it in a kept, frozen context)
 //! Running::next() -> Event::Call(HostCall) | Event::Done(Result<Json, ScriptError>)
 //! ```
 //!
@@ -12,21 +12,25 @@
 //! Invariants (absences):
 //! - no file system, process, environment, network or timer is reachable from a script: the
 //!   only way out of the sandbox is a [`HostCall`];
-//! - nothing survives from one execution to the next: a worker's context is frozen at creation
+//! - nothing survives from one execution to the next: a kept context is frozen at creation
 //!   and its per-execution globals are set and cleared around each run (a cloud-function call
-//!   imports its modules afresh); a runtime that hit a limit or was left with queued work is
-//!   discarded;
-//! - a script never blocks the caller's async threads: it runs on the pool's own threads, and
-//!   the wall clock bounds both its CPU time (an interrupt handler) and its waits on host calls.
+//!   imports its modules afresh unless they can hold no state, see `modules`); a runtime that
+//!   hit a limit or was left with queued work is discarded;
+//! - a script never holds the caller's async thread for long: it starts there (no hand-off
+//!   between threads) but moves to the pool's own threads at its first host call or after
+//!   2 ms, and the wall clock bounds both its CPU time (an interrupt handler) and its waits on
+//!   host calls.
 
 mod compile;
 mod convert;
+mod modules;
 mod sandbox;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{Kind, TYPES_PACKAGE, compile};
+pub use modules::Modules;
 pub use sandbox::{Event, HostCall, Pool, PoolStats, Running};
 
 use serde_json::Value as Json;
@@ -78,9 +82,6 @@ impl Limits {
         ..Limits::HOOK
     };
 }
-
-/// An app's cloud-function modules: `moduleUri` (no extension) -> compiled JavaScript.
-pub type Modules = std::collections::HashMap<String, Arc<str>>;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -1,21 +1,22 @@
 //! Workers that run executions in QuickJS, in a kept context frozen at creation, and the event
 //! loop that connects a script's `db` calls to the caller.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
 
 use rquickjs::loader::{Loader, Resolver};
 use rquickjs::promise::PromiseState;
-use rquickjs::{Context, Ctx, Function, Module, Object, Persistent, Promise, Runtime, Value};
+use rquickjs::{Context, Ctx, Function, Module, Object, Promise, Runtime, Value};
 use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::compile::Kind;
 use crate::convert::{from_js, to_js};
+use crate::modules::module_key;
 use crate::{CompileError, Execution, Modules, Program, ScriptError};
 
 /// What a running execution tells its caller.
@@ -69,30 +70,50 @@ impl HostCall {
 
 /// A started execution: the caller polls [`Running::next`] and serves the calls.
 pub struct Running {
-    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    inner: RunningInner,
+}
+
+enum RunningInner {
+    /// Finished on the caller's own thread already.
+    Done(Option<Result<Json, ScriptError>>),
+    /// Running on a worker thread.
+    Events(tokio::sync::mpsc::UnboundedReceiver<Event>),
 }
 
 impl Running {
     pub async fn next(&mut self) -> Event {
-        self.events.recv().await.unwrap_or_else(|| {
-            Event::Done(Err(ScriptError::Script("the script worker stopped".into())))
-        })
+        let stopped = || ScriptError::Script("the script worker stopped".into());
+        match &mut self.inner {
+            RunningInner::Done(out) => Event::Done(out.take().unwrap_or_else(|| Err(stopped()))),
+            RunningInner::Events(rx) => rx
+                .recv()
+                .await
+                .unwrap_or_else(|| Event::Done(Err(stopped()))),
+        }
     }
 }
 
 struct Job {
     exec: Execution,
+    worker: Worker,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     reply_tx: mpsc::Sender<Reply>,
     replies: mpsc::Receiver<Reply>,
-    /// Held while the job runs: the pool's bound.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Held while the job runs: the pool's bound. `None` for a nested execution.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-/// A bounded set of worker threads, each with a QuickJS runtime of its own.
+/// At most `size` executions at once, each in a runtime of the pool's. An execution starts on
+/// the caller's thread ("inline", no hand-off between threads), and moves to one of the pool's
+/// threads when it makes its first `db` call or runs longer than [`INLINE_SLICE`]: it starts
+/// again there, and its program runs on the threads from then on.
 pub struct Pool {
     jobs: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
+    /// Runtimes not running anything now (at most `size` exist).
+    idle: Arc<Mutex<Vec<Worker>>>,
+    /// Programs that must run on the pool's threads ([`program_key`]).
+    threaded: Mutex<HashSet<u64>>,
     size: usize,
     counters: Arc<Counters>,
 }
@@ -105,6 +126,7 @@ struct Counters {
     failed: AtomicU64,
     limit: AtomicU64,
     busy: AtomicU64,
+    inline: AtomicU64,
     micros: AtomicU64,
 }
 
@@ -120,6 +142,8 @@ pub struct PoolStats {
     pub limits: u64,
     /// Refused with [`ScriptError::Busy`].
     pub busy: u64,
+    /// Of all: run whole on the caller's thread.
+    pub inline: u64,
     pub seconds: f64,
 }
 
@@ -129,38 +153,65 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Executions handed to the workers at once, per worker: one running and one waiting, so a
-/// worker that finishes finds its next job at once instead of idling while the caller that was
-/// waiting for a permit wakes up and sends it. A waiting job's wall clock starts when it runs.
-const QUEUED_PER_WORKER: usize = 2;
+/// How long an execution may run on the caller's thread (an async one, serving other requests
+/// too) before it is stopped and started again on a thread of the pool.
+const INLINE_SLICE: Duration = Duration::from_millis(2);
+
+/// Programs remembered as needing the threads; past this the memory is cleared.
+const MAX_THREADED: usize = 4096;
 
 /// Thread stack of a worker: well above QuickJS's own stack limit, which is what stops deep
 /// recursion.
 const THREAD_STACK: usize = 16 << 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Which program an execution runs, for [`Pool::threaded`]: a hook's body, a function's name in
+/// its app's modules.
+fn program_key(exec: &Execution) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    match &exec.program {
+        Program::Hook { body } => {
+            0u8.hash(&mut h);
+            body.hash(&mut h);
+        }
+        Program::Function {
+            modules,
+            module,
+            function,
+        } => {
+            1u8.hash(&mut h);
+            (Arc::as_ptr(modules) as usize).hash(&mut h);
+            module.hash(&mut h);
+            function.hash(&mut h);
+        }
+    }
+    h.finish()
+}
 
 impl Pool {
     pub fn new(size: usize) -> Pool {
         let size = size.max(1);
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let counters = Arc::new(Counters::default());
+        let idle: Arc<Mutex<Vec<Worker>>> = Arc::default();
         for i in 0..size {
             let rx = rx.clone();
-            let counters = counters.clone();
+            let idle = idle.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("script-{i}"))
                 .stack_size(THREAD_STACK)
                 .spawn(move || {
-                    let mut worker = Worker::new(counters);
                     loop {
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => worker.run(job),
-                            Err(_) => return,
+                        let job = lock(&rx).recv();
+                        let Ok(job) = job else { return };
+                        let (worker, permit) = run_job(job);
+                        if permit.is_some() {
+                            lock(&idle).push(worker);
                         }
+                        drop(permit);
                     }
                 });
             if let Err(e) = spawned {
@@ -169,9 +220,11 @@ impl Pool {
         }
         Pool {
             jobs,
-            permits: Arc::new(Semaphore::new(size * QUEUED_PER_WORKER)),
+            permits: Arc::new(Semaphore::new(size)),
+            idle,
+            threaded: Mutex::default(),
             size,
-            counters,
+            counters: Arc::default(),
         }
     }
 
@@ -186,6 +239,7 @@ impl Pool {
             failed: get(&c.failed),
             limits: get(&c.limit),
             busy: get(&c.busy),
+            inline: get(&c.inline),
             seconds: get(&c.micros) as f64 / 1e6,
         }
     }
@@ -194,57 +248,112 @@ impl Pool {
         self.size
     }
 
-    /// Executions running now (those handed to a worker and waiting for it not counted).
+    /// Executions running now.
     pub fn busy(&self) -> usize {
-        (self.size * QUEUED_PER_WORKER - self.permits.available_permits()).min(self.size)
+        self.size.saturating_sub(self.permits.available_permits())
     }
 
-    /// Starts an execution on a free worker, waiting for one up to the execution's wall-clock
-    /// limit ([`ScriptError::Busy`] after that). A `nested` execution (a hook run by a script's
-    /// own `db` call, whose caller holds a worker already) runs on a thread of its own instead,
-    /// so nesting can never wait for itself.
+    /// Starts an execution, waiting for a free runtime up to the execution's wall-clock limit
+    /// ([`ScriptError::Busy`] after that). A `nested` execution (a hook run by a script's own
+    /// `db` call, whose caller holds a runtime already) runs in a fresh runtime on a thread of
+    /// its own instead, so nesting can never wait for itself.
     pub async fn start(&self, exec: Execution, nested: bool) -> Result<Running, ScriptError> {
+        if nested {
+            let worker = Worker::new(self.counters.clone());
+            return spawn_thread(exec, worker, None);
+        }
+        let permit = match tokio::time::timeout(
+            exec.limits.wall,
+            self.permits.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                return Err(ScriptError::Busy);
+            }
+        };
+        let popped = lock(&self.idle).pop();
+        let mut worker = popped.unwrap_or_else(|| Worker::new(self.counters.clone()));
+        let key = program_key(&exec);
+        if !lock(&self.threaded).contains(&key) {
+            if let Some(out) = worker.run_inline(&exec) {
+                lock(&self.idle).push(worker);
+                drop(permit);
+                return Ok(Running {
+                    inner: RunningInner::Done(Some(out)),
+                });
+            }
+            let mut threaded = lock(&self.threaded);
+            if threaded.len() >= MAX_THREADED {
+                threaded.clear();
+            }
+            threaded.insert(key);
+        }
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let (reply_tx, replies) = mpsc::channel();
-        if nested {
-            let job = Job {
+        self.jobs
+            .send(Job {
                 exec,
+                worker,
                 events,
                 reply_tx,
                 replies,
-                _permit: None,
-            };
-            std::thread::Builder::new()
-                .name("script-nested".into())
-                .stack_size(THREAD_STACK)
-                .spawn({
-                    let counters = self.counters.clone();
-                    move || Worker::new(counters).run(job)
-                })
-                .map_err(|e| ScriptError::Script(format!("cannot start a script thread: {e}")))?;
-        } else {
-            let wall = exec.limits.wall;
-            let permit =
-                match tokio::time::timeout(wall, self.permits.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        self.counters.busy.fetch_add(1, Ordering::Relaxed);
-                        return Err(ScriptError::Busy);
-                    }
-                };
-            let job = Job {
-                exec,
-                events,
-                reply_tx,
-                replies,
-                _permit: Some(permit),
-            };
-            self.jobs
-                .send(job)
-                .map_err(|_| ScriptError::Script("the script workers stopped".into()))?;
-        }
-        Ok(Running { events: events_rx })
+                permit: Some(permit),
+            })
+            .map_err(|_| ScriptError::Script("the script workers stopped".into()))?;
+        Ok(Running {
+            inner: RunningInner::Events(events_rx),
+        })
     }
+}
+
+/// Runs a job on a thread of its own (a nested execution).
+fn spawn_thread(
+    exec: Execution,
+    worker: Worker,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<Running, ScriptError> {
+    let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (reply_tx, replies) = mpsc::channel();
+    let job = Job {
+        exec,
+        worker,
+        events,
+        reply_tx,
+        replies,
+        permit,
+    };
+    std::thread::Builder::new()
+        .name("script-nested".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || drop(run_job(job)))
+        .map_err(|e| ScriptError::Script(format!("cannot start a script thread: {e}")))?;
+    Ok(Running {
+        inner: RunningInner::Events(events_rx),
+    })
+}
+
+/// Runs a job to its end on this thread; gives back its runtime and its permit (released
+/// once the runtime is back in the idle list, so at most `size` runtimes ever exist).
+fn run_job(job: Job) -> (Worker, Option<OwnedSemaphorePermit>) {
+    let Job {
+        exec,
+        mut worker,
+        events,
+        reply_tx,
+        replies,
+        permit,
+    } = job;
+    let link = Link {
+        events,
+        reply_tx,
+        replies,
+    };
+    let out = worker.run(&exec, &link);
+    let _ = link.events.send(Event::Done(out));
+    (worker, permit)
 }
 
 /// Checks that compiled JavaScript parses in QuickJS (without running it).
@@ -314,9 +423,14 @@ const PRELUDE: &str = r#"(function (host, log) {
   }
   Response.prototype.text = async function () { return this.body; };
   Response.prototype.json = async function () { return parse(this.body); };
+  // Unsettled `db` calls by id: their promise's resolve and reject.
+  let pending = new Map();
   function method(op) {
     return function () {
-      const p = host(op, stringify(Array.prototype.slice.call(arguments), replacer)).then(null, refused);
+      const id = host(op, stringify(Array.prototype.slice.call(arguments), replacer));
+      const p = (typeof id === "number"
+        ? new Promise((resolve, reject) => { pending.set(id, [resolve, reject]); })
+        : Promise.reject(id)).then(null, refused);
       return op === "fetch" ? p.then((r) => freeze(new Response(r))) : p;
     };
   }
@@ -375,7 +489,11 @@ const PRELUDE: &str = r#"(function (host, log) {
   }
   return freeze({
     setup: reset,
-    teardown() { reset(null); },
+    teardown() { reset(null); pending = new Map(); },
+    settle(id, ok, value) {
+      const f = pending.get(id);
+      if (f) { pending.delete(id); f[ok ? 0 : 1](value); }
+    },
     hook(fn) {
       return fn().then(() => ({
         query: g.query, rows: g.rows, skipQuery: !!g.skipQuery, skipDML: !!g.skipDML }));
@@ -384,7 +502,7 @@ const PRELUDE: &str = r#"(function (host, log) {
       return import(module).then((ns) => {
         const f = ns[name];
         if (typeof f !== "function") {
-          throw { __cloudioNotFound: "module `" + module.split("@")[0] + "` has no exported function `" + name + "`" };
+          throw { __cloudioNotFound: "module `" + module.split(/[@#]/)[0] + "` has no exported function `" + name + "`" };
         }
         return f(arg);
       });
@@ -454,30 +572,16 @@ const LOCKDOWN: &str = r#"(function () {
 
 /// Resolves and loads an app's modules from memory; nothing else can be imported.
 #[derive(Clone, Default)]
-struct AppModules(Rc<RefCell<Arc<Modules>>>);
+struct AppModules(Arc<Mutex<Arc<Modules>>>);
 
-/// `moduleUri` for an import `name` from module `base`: relative names against `base`'s
-/// folder, `.js`/`.ts` dropped; `..` never leaves the app.
-fn module_key(base: &str, name: &str) -> Option<String> {
-    let name = name
-        .strip_suffix(".js")
-        .or_else(|| name.strip_suffix(".ts"))
-        .unwrap_or(name);
-    let mut parts: Vec<&str> = Vec::new();
-    if name.starts_with("./") || name.starts_with("../") {
-        parts.extend(base.split('/'));
-        parts.pop();
+/// A module's name in a context: `payroll/calc@17` (an instance for call 17 of the context,
+/// fresh for that call) or `payroll/calc#3` (the shared instance of module set 3). Its imports
+/// get the same suffix.
+fn split_instance(name: &str) -> (&str, &str) {
+    match name.find(['@', '#']) {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name, ""),
     }
-    for p in name.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 impl Resolver for AppModules {
@@ -488,21 +592,11 @@ impl Resolver for AppModules {
         name: &str,
         _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
     ) -> rquickjs::Result<String> {
-        // Every call imports its modules under names of its own (`payroll/calc@17`), so a
-        // module's top-level state is fresh for each call in a kept context.
-        let (base, call) = base.split_once('@').unwrap_or((base, ""));
-        let (name, named_call) = name.split_once('@').unwrap_or((name, ""));
-        let call = if named_call.is_empty() {
-            call
-        } else {
-            named_call
-        };
+        let (base, instance) = split_instance(base);
+        let (name, named) = split_instance(name);
+        let instance = if named.is_empty() { instance } else { named };
         match module_key(base, name) {
-            Some(key) if self.0.borrow().contains_key(&key) => Ok(if call.is_empty() {
-                key
-            } else {
-                format!("{key}@{call}")
-            }),
+            Some(key) if lock(&self.0).contains_key(&key) => Ok(format!("{key}{instance}")),
             _ => Err(rquickjs::Error::new_resolving(base, name)),
         }
     }
@@ -515,8 +609,8 @@ impl Loader for AppModules {
         name: &str,
         _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
     ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
-        let key = name.split_once('@').map_or(name, |(k, _)| k);
-        let source = self.0.borrow().get(key).cloned();
+        let (key, _) = split_instance(name);
+        let source = lock(&self.0).source(key);
         match source {
             Some(js) => Module::declare(ctx.clone(), name, js.as_bytes().to_vec()),
             None => Err(rquickjs::Error::new_loading(name)),
@@ -524,15 +618,17 @@ impl Loader for AppModules {
     }
 }
 
-/// One worker's runtime, kept between executions until one hits a limit.
+/// One runtime of the pool, kept between executions until one hits a limit. Not tied to a
+/// thread: an execution runs it on the caller's thread or on one of the pool's.
 struct Worker {
     counters: Arc<Counters>,
-    /// The hooks' context (dropped before its runtime).
+    /// The kept context (dropped before its runtime).
     prepared: Option<Prepared>,
     rt: Option<Runtime>,
     limits: Option<crate::Limits>,
-    deadline: Rc<Cell<Option<Instant>>>,
-    interrupted: Rc<Cell<bool>>,
+    /// When the interrupt handler stops the running script.
+    deadline: Arc<Mutex<Option<Instant>>>,
+    interrupted: Arc<AtomicBool>,
     modules: AppModules,
 }
 
@@ -540,6 +636,9 @@ struct Worker {
 enum Failure {
     Thrown(Json, String),
     Limit(String),
+    /// A run on the caller's thread made a `db` call or wrote too much to the log: it starts
+    /// again on a thread of the pool.
+    Moved,
 }
 
 impl Worker {
@@ -549,8 +648,8 @@ impl Worker {
             prepared: None,
             rt: None,
             limits: None,
-            deadline: Rc::default(),
-            interrupted: Rc::default(),
+            deadline: Arc::default(),
+            interrupted: Arc::default(),
             modules: AppModules::default(),
         }
     }
@@ -562,16 +661,15 @@ impl Worker {
         {
             return Ok(rt.clone());
         }
-        self.prepared = None;
-        self.rt = None;
+        self.discard();
         let rt = Runtime::new()?;
         rt.set_memory_limit(limits.memory_bytes);
         rt.set_max_stack_size(limits.stack_bytes);
         let (deadline, interrupted) = (self.deadline.clone(), self.interrupted.clone());
         rt.set_interrupt_handler(Some(Box::new(move || {
-            let over = deadline.get().is_some_and(|d| Instant::now() >= d);
+            let over = lock(&deadline).is_some_and(|d| Instant::now() >= d);
             if over {
-                interrupted.set(true);
+                interrupted.store(true, Ordering::Relaxed);
             }
             over
         })));
@@ -581,21 +679,37 @@ impl Worker {
         Ok(rt)
     }
 
-    fn run(&mut self, job: Job) {
-        let Job {
-            exec,
-            events,
-            reply_tx,
-            replies,
-            _permit,
-        } = job;
-        let link = Link {
-            events,
-            reply_tx,
-            replies,
-        };
+    /// Drops the context and the runtime: the next execution starts afresh.
+    fn discard(&mut self) {
+        self.prepared = None;
+        self.rt = None;
+    }
+
+    /// Runs an execution to its end on this thread, serving its `db` calls through `link`.
+    fn run(&mut self, exec: &Execution, link: &Link) -> Result<Json, ScriptError> {
+        self.execute(exec, Some(link)).unwrap_or_else(|| {
+            Err(ScriptError::Script(format!(
+                "{}: the script could not run",
+                exec.name
+            )))
+        })
+    }
+
+    /// Runs an execution on the caller's thread for at most [`INLINE_SLICE`]; `None` if it
+    /// must start again on a thread of the pool (it made a `db` call or ran too long).
+    fn run_inline(&mut self, exec: &Execution) -> Option<Result<Json, ScriptError>> {
+        self.execute(exec, None)
+    }
+
+    fn execute(
+        &mut self,
+        exec: &Execution,
+        link: Option<&Link>,
+    ) -> Option<Result<Json, ScriptError>> {
         let started = Instant::now();
-        let out = self.execute(&exec, &link);
+        let out = self.attempt(exec, link);
+        *lock(&self.modules.0) = Arc::default();
+        let out = out?;
         let c = &self.counters;
         c.micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -605,84 +719,100 @@ impl Worker {
             Err(_) => &c.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if link.is_none() {
+            c.inline.fetch_add(1, Ordering::Relaxed);
+        }
         if self.rt.is_none() {
             // Discarded after a limit.
             c.limit.fetch_add(1, Ordering::Relaxed);
         }
-        let events = link.events;
-        let _ = events.send(Event::Done(out));
+        Some(out)
     }
 
-    fn execute(&mut self, exec: &Execution, link: &Link) -> Result<Json, ScriptError> {
+    fn attempt(
+        &mut self,
+        exec: &Execution,
+        link: Option<&Link>,
+    ) -> Option<Result<Json, ScriptError>> {
         let script_err = |m: String| ScriptError::Script(format!("{}: {m}", exec.name));
-        let rt = self
-            .runtime(exec.limits)
-            .map_err(|e| script_err(e.to_string()))?;
+        let rt = match self.runtime(exec.limits) {
+            Ok(rt) => rt,
+            Err(e) => return Some(Err(script_err(e.to_string()))),
+        };
+        // A function's module: the shared instance of its set, or one of its own.
+        let shared = match &exec.program {
+            Program::Function {
+                modules, module, ..
+            } => Some(modules.shared(module).then(|| modules.id())),
+            Program::Hook { .. } => None,
+        };
         if let Program::Function { modules, .. } = &exec.program {
-            *self.modules.0.borrow_mut() = modules.clone();
-        }
-        let started = Instant::now();
-        let deadline = started + exec.limits.wall;
-        self.interrupted.set(false);
-        self.deadline.set(Some(deadline));
-        let result = match &exec.program {
-            Program::Hook { .. } => {
-                if self.prepared.is_none() {
-                    match Prepared::new(&rt, true) {
-                        Ok(p) => self.prepared = Some(p),
-                        Err(e) => return Err(script_err(failure_text(e))),
-                    }
-                }
-                match &mut self.prepared {
-                    Some(p) => p.run(exec, link, deadline),
-                    None => Err(Failure::Limit("no context".into())),
-                }
+            *lock(&self.modules.0) = modules.clone();
+            // Module instances stay in the context until it is dropped: start a new one every
+            // so often.
+            if self.prepared.as_ref().is_some_and(|p| {
+                p.function_calls >= FUNCTION_CALLS_PER_CONTEXT
+                    || shared.flatten().is_some_and(|id| {
+                        !p.shared_sets.contains(&id) && p.shared_sets.len() >= MAX_SHARED_SETS
+                    })
+            }) {
+                self.prepared = None;
             }
-            Program::Function { .. } => {
-                // Each call's modules stay in the context until it is dropped: start a new
-                // one every so often.
-                if self
-                    .prepared
-                    .as_ref()
-                    .is_some_and(|p| p.function_calls >= FUNCTION_CALLS_PER_CONTEXT)
-                {
-                    self.prepared = None;
+        }
+        let prepared = match &mut self.prepared {
+            Some(p) => p,
+            slot => match Prepared::new(&rt) {
+                Ok(p) => slot.insert(p),
+                Err(e) => {
+                    self.discard();
+                    return Some(Err(script_err(failure_text(e))));
                 }
-                if self.prepared.is_none() {
-                    match Prepared::new(&rt, true) {
-                        Ok(p) => self.prepared = Some(p),
-                        Err(e) => return Err(script_err(failure_text(e))),
-                    }
+            },
+        };
+        let instance = match shared {
+            None => String::new(),
+            Some(Some(id)) => {
+                if !prepared.shared_sets.contains(&id) {
+                    prepared.shared_sets.push(id);
                 }
-                match &mut self.prepared {
-                    Some(p) => {
-                        p.function_calls += 1;
-                        p.run(exec, link, deadline)
-                    }
-                    None => Err(Failure::Limit("no context".into())),
-                }
+                format!("#{id}")
+            }
+            Some(None) => {
+                prepared.function_calls += 1;
+                format!("@{}", prepared.function_calls)
             }
         };
+        let now = Instant::now();
+        let deadline = now + exec.limits.wall;
+        let stop = match link {
+            Some(_) => deadline,
+            None => deadline.min(now + INLINE_SLICE),
+        };
+        self.interrupted.store(false, Ordering::Relaxed);
+        *lock(&self.deadline) = Some(stop);
+        let result = prepared.run(exec, link, deadline, &instance);
+        *lock(&self.deadline) = None;
         // Work a script left queued would run inside the next execution: start afresh.
         if rt.is_job_pending() {
-            self.prepared = None;
-            self.rt = None;
+            self.discard();
         }
-        self.deadline.set(None);
-        let interrupted = self.interrupted.get();
+        let interrupted = self.interrupted.load(Ordering::Relaxed);
         let out = match result {
             Ok(v) => Ok(v),
+            Err(Failure::Moved) => return None,
             Err(_) if interrupted => {
-                self.prepared = None;
-                self.rt = None;
+                self.discard();
+                if link.is_none() && Instant::now() < deadline {
+                    // Stopped by the inline slice, not by its own limit.
+                    return None;
+                }
                 Err(script_err(format!(
                     "the script ran longer than its limit of {} ms",
                     exec.limits.wall.as_millis()
                 )))
             }
             Err(Failure::Limit(m)) => {
-                self.prepared = None;
-                self.rt = None;
+                self.discard();
                 Err(script_err(m))
             }
             Err(Failure::Thrown(reason, stack)) => {
@@ -698,16 +828,14 @@ impl Worker {
                         "script failed"
                     );
                     if is_resource_error(m) {
-                        self.prepared = None;
-                        self.rt = None;
+                        self.discard();
                     }
                 }
                 out
             }
         };
-        *self.modules.0.borrow_mut() = Arc::default();
         // Contexts are kept: QuickJS collects on its own as it allocates.
-        out
+        Some(out)
     }
 }
 
@@ -715,6 +843,7 @@ fn failure_text(f: Failure) -> String {
     match f {
         Failure::Limit(m) => m,
         Failure::Thrown(reason, _) => reason.to_string(),
+        Failure::Moved => "the script could not run here".into(),
     }
 }
 
@@ -806,34 +935,64 @@ fn reason_json<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> Json {
 
 /// The execution a context is running, as its native functions (`host`, `log`) see it.
 struct Current {
-    events: tokio::sync::mpsc::UnboundedSender<Event>,
-    reply_tx: mpsc::Sender<Reply>,
+    /// `None` on the caller's thread: a `db` call moves the execution to the pool's threads.
+    events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+    reply_tx: Option<mpsc::Sender<Reply>>,
     calls: u32,
     max_calls: u32,
-    /// Unsettled `db` calls: their promise's resolve and reject functions.
-    pending: HashMap<u64, (Persistent<Function<'static>>, Persistent<Function<'static>>)>,
+    /// Unsettled `db` calls (their resolve and reject live in the prelude, by id).
+    pending: HashSet<u64>,
+    /// Running on the caller's thread: log lines wait here until the run is known to count.
+    inline: bool,
+    /// The inline run must start again on a thread.
+    moved: bool,
+    logs: Vec<(String, String)>,
+    log_bytes: usize,
     request_id: Option<String>,
     app: String,
     name: String,
 }
 
-type Shared = Rc<RefCell<Option<Current>>>;
+type Shared = Arc<Mutex<Option<Current>>>;
 
-/// A context with the platform's globals. For hooks it is made once and reused (frozen by
-/// [`LOCKDOWN`], per-execution data set and cleared around each run); for a cloud function a
-/// fresh one is made per call, since a module's own top-level state cannot be frozen.
+/// Log text an inline run may hold back before it moves to a thread (which logs as it goes).
+const MAX_INLINE_LOG_BYTES: usize = 64 << 10;
+
+/// The prelude's control object, kept in the runtime's user data while its context lives.
+type Control<'js> = Box<Object<'js>>;
+
+/// The context's compiled hooks by body (at most [`MAX_CACHED_HOOKS`]), in the runtime's user
+/// data while the context lives.
+type HookCache<'js> = RefCell<HashMap<String, Function<'js>>>;
+
+/// A context with the platform's globals, made once and reused by many executions: frozen by
+/// [`LOCKDOWN`], per-execution data set and cleared around each run (a cloud-function call
+/// imports its modules under names of its own).
 struct Prepared {
-    // Dropped before the context they live in.
-    control: Persistent<Object<'static>>,
-    hooks: HashMap<Arc<str>, Persistent<Function<'static>>>,
     current: Shared,
-    /// Cloud-function calls run here so far (each leaves its module instances behind).
+    /// Cloud-function calls with modules of their own run here so far (each leaves its
+    /// module instances behind).
     function_calls: u32,
+    /// The module sets whose shared instances live here.
+    shared_sets: Vec<u64>,
     ctx: Context,
 }
 
-/// Cloud-function calls per kept context before it is replaced.
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Values of this context must not outlive it in the runtime's user data.
+        self.ctx.with(|ctx| {
+            let _ = ctx.remove_userdata::<Control<'_>>();
+            let _ = ctx.remove_userdata::<HookCache<'_>>();
+        });
+    }
+}
+
+/// Cloud-function calls with modules of their own per kept context before it is replaced.
 const FUNCTION_CALLS_PER_CONTEXT: u32 = 64;
+
+/// Module sets with shared instances per kept context (an app reloaded gets a new set).
+const MAX_SHARED_SETS: usize = 8;
 
 /// At most this many compiled hooks are kept per context.
 const MAX_CACHED_HOOKS: usize = 256;
@@ -844,7 +1003,7 @@ fn thrown<'js>(ctx: &Ctx<'js>, e: rquickjs::Error) -> Failure {
     Failure::Thrown(reason_json(ctx, &v), stack)
 }
 
-/// The channels between a worker and the caller of one execution.
+/// The channels between a worker thread and the caller of one execution.
 struct Link {
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     reply_tx: mpsc::Sender<Reply>,
@@ -852,11 +1011,11 @@ struct Link {
 }
 
 impl Prepared {
-    fn new(rt: &Runtime, lockdown: bool) -> Result<Prepared, Failure> {
+    fn new(rt: &Runtime) -> Result<Prepared, Failure> {
         let ctx = Context::full(rt)
             .map_err(|e| Failure::Limit(format!("cannot create a context: {e}")))?;
-        let current: Shared = Rc::default();
-        let control = ctx.with(|ctx| -> Result<_, Failure> {
+        let current: Shared = Arc::default();
+        ctx.with(|ctx| -> Result<_, Failure> {
             let host = host_function(&ctx, current.clone()).map_err(|e| thrown(&ctx, e))?;
             let log = {
                 let current = current.clone();
@@ -867,75 +1026,89 @@ impl Prepared {
             };
             let prelude: Function = ctx.eval(PRELUDE).map_err(|e| thrown(&ctx, e))?;
             let control: Object = prelude.call((host, log)).map_err(|e| thrown(&ctx, e))?;
-            if lockdown {
-                let lock: Function = ctx.eval(LOCKDOWN).map_err(|e| thrown(&ctx, e))?;
-                lock.call::<_, ()>(()).map_err(|e| thrown(&ctx, e))?;
+            let lock: Function = ctx.eval(LOCKDOWN).map_err(|e| thrown(&ctx, e))?;
+            lock.call::<_, ()>(()).map_err(|e| thrown(&ctx, e))?;
+            let stored = ctx.store_userdata::<Control<'_>>(Box::new(control)).is_ok()
+                && ctx
+                    .store_userdata::<HookCache<'_>>(RefCell::default())
+                    .is_ok();
+            if !stored {
+                return Err(Failure::Limit("cannot keep the context's state".into()));
             }
-            Ok(Persistent::save(&ctx, control))
+            Ok(())
         })?;
         Ok(Prepared {
-            control,
-            hooks: HashMap::new(),
             current,
             function_calls: 0,
+            shared_sets: Vec::new(),
             ctx,
         })
     }
 
-    /// Runs one execution in this context.
-    fn run(&mut self, exec: &Execution, link: &Link, deadline: Instant) -> Result<Json, Failure> {
-        *self.current.borrow_mut() = Some(Current {
-            events: link.events.clone(),
-            reply_tx: link.reply_tx.clone(),
+    /// Runs one execution in this context; `link: None` runs it on the caller's thread.
+    fn run(
+        &mut self,
+        exec: &Execution,
+        link: Option<&Link>,
+        deadline: Instant,
+        instance: &str,
+    ) -> Result<Json, Failure> {
+        *lock(&self.current) = Some(Current {
+            events: link.map(|l| l.events.clone()),
+            reply_tx: link.map(|l| l.reply_tx.clone()),
             calls: 0,
             max_calls: exec.limits.max_host_calls,
-            pending: HashMap::new(),
+            pending: HashSet::new(),
+            inline: link.is_none(),
+            moved: false,
+            logs: Vec::new(),
+            log_bytes: 0,
             request_id: exec.request_id.clone(),
             app: exec.session.app_uid.clone(),
             name: exec.name.clone(),
         });
-        let Prepared {
-            control,
-            hooks,
-            current,
-            function_calls,
-            ctx,
-        } = self;
-        let call = *function_calls;
+        let Prepared { current, ctx, .. } = self;
         let out = ctx.with(|ctx| {
-            let control = control.clone().restore(&ctx).map_err(|e| thrown(&ctx, e))?;
+            let control = ctx
+                .userdata::<Control<'_>>()
+                .map(|c| Object::clone(&c))
+                .ok_or_else(|| Failure::Limit("the context lost its state".into()))?;
             let at = At {
                 link,
                 deadline,
-                call,
+                instance,
             };
-            let out = run_with(&ctx, &control, hooks, current, exec, &at);
+            let out = run_with(&ctx, &control, current, exec, &at);
             if let Ok(teardown) = control.get::<_, Function>("teardown") {
                 let _ = teardown.call::<_, ()>(());
             }
-            // The unsettled calls' functions are JS values: free them while the context is
-            // entered, not after.
-            *current.borrow_mut() = None;
             out
         });
-        *self.current.borrow_mut() = None;
+        let Some(cur) = lock(&self.current).take() else {
+            return out;
+        };
+        if cur.moved {
+            return Err(Failure::Moved);
+        }
+        for (level, text) in &cur.logs {
+            emit_log(cur.request_id.as_deref(), &cur.app, &cur.name, level, text);
+        }
         out
     }
 }
 
-/// Where an execution runs: its channels, its deadline, and which cloud-function call of the
-/// context it is (its modules are imported under that number).
+/// Where an execution runs: its channels (`None`: the caller's thread), its deadline, and the
+/// suffix its module is imported under (see [`split_instance`]).
 #[derive(Clone, Copy)]
 struct At<'a> {
-    link: &'a Link,
+    link: Option<&'a Link>,
     deadline: Instant,
-    call: u32,
+    instance: &'a str,
 }
 
 fn run_with<'js>(
     ctx: &Ctx<'js>,
     control: &Object<'js>,
-    hooks: &mut HashMap<Arc<str>, Persistent<Function<'static>>>,
     current: &Shared,
     exec: &Execution,
     at: &At<'_>,
@@ -943,12 +1116,11 @@ fn run_with<'js>(
     let At {
         link,
         deadline,
-        call: call_number,
+        instance,
     } = *at;
     let input_js = to_js(ctx, &exec.input).map_err(|e| thrown(ctx, e))?;
     if let Some(o) = input_js.as_object() {
-        let session = serde_json::to_value(&exec.session).unwrap_or(Json::Null);
-        to_js(ctx, &session)
+        session_js(ctx, &exec.session)
             .and_then(|v| o.set("session", v))
             .map_err(|e| thrown(ctx, e))?;
     }
@@ -962,8 +1134,11 @@ fn run_with<'js>(
         .map_err(|e| thrown(ctx, e))?;
     let promise: Promise<'js> = match &exec.program {
         Program::Hook { body } => {
-            let hook = match hooks.get(body) {
-                Some(f) => f.clone().restore(ctx).map_err(|e| thrown(ctx, e))?,
+            let cached = ctx
+                .userdata::<HookCache<'js>>()
+                .and_then(|c| c.borrow().get(&**body).cloned());
+            let hook = match cached {
+                Some(f) => f,
                 None => {
                     let f: Function<'js> =
                         ctx.eval(hook_source(body)).map_err(|e| thrown(ctx, e))?;
@@ -974,10 +1149,13 @@ fn run_with<'js>(
                         .and_then(|o| o.get::<_, Function<'js>>("freeze"))
                         .and_then(|freeze| freeze.call((f.clone(),)))
                         .map_err(|e| thrown(ctx, e))?;
-                    if hooks.len() >= MAX_CACHED_HOOKS {
-                        hooks.clear();
+                    if let Some(cache) = ctx.userdata::<HookCache<'js>>() {
+                        let mut cache = cache.borrow_mut();
+                        if cache.len() >= MAX_CACHED_HOOKS {
+                            cache.clear();
+                        }
+                        cache.insert(body.to_string(), frozen.clone());
                     }
-                    hooks.insert(body.clone(), Persistent::save(ctx, frozen.clone()));
                     frozen
                 }
             };
@@ -991,12 +1169,13 @@ fn run_with<'js>(
                 .and_then(|o| o.get::<_, Value<'js>>("arg").ok())
                 .unwrap_or_else(|| Value::new_null(ctx.clone()));
             call("fn")?
-                .call((format!("{module}@{call_number}"), function.as_str(), arg))
+                .call((format!("{module}{instance}"), function.as_str(), arg))
                 .map_err(|e| thrown(ctx, e))?
         }
     };
     drive(
         ctx,
+        control,
         &promise,
         current,
         link,
@@ -1005,73 +1184,104 @@ fn run_with<'js>(
     )
 }
 
+/// The session as the prelude reads it (`cur.session`), built directly.
+fn session_js<'js>(ctx: &Ctx<'js>, s: &crate::SessionInfo) -> rquickjs::Result<Object<'js>> {
+    let o = Object::new(ctx.clone())?;
+    o.set("userName", s.user_name.as_str())?;
+    o.set("orgUid", s.org_uid.as_str())?;
+    o.set("appUid", s.app_uid.as_str())?;
+    let roles = rquickjs::Array::new(ctx.clone())?;
+    for (i, r) in s.roles.iter().enumerate() {
+        roles.set(i, r.as_str())?;
+    }
+    o.set("roles", roles)?;
+    Ok(o)
+}
+
 fn host_function<'js>(ctx: &Ctx<'js>, current: Shared) -> rquickjs::Result<Function<'js>> {
     Function::new(
         ctx.clone(),
-        move |ctx: Ctx<'js>, op: String, args: String| -> rquickjs::Result<Promise<'js>> {
+        move |ctx: Ctx<'js>, op: String, args: String| -> rquickjs::Result<Value<'js>> {
             host_call(&ctx, &current, op, &args)
         },
     )
 }
 
-/// `host(op, argsJson)`: forwards a `db` call to the caller; returns the promise its reply
-/// settles.
+/// `host(op, argsJson)`: forwards a `db` call to the caller. Returns the call's id (the
+/// prelude makes the promise its reply settles), or the message it is refused with.
 fn host_call<'js>(
     ctx: &Ctx<'js>,
     current: &Shared,
     op: String,
     args: &str,
-) -> rquickjs::Result<Promise<'js>> {
-    let (promise, resolve, reject) = ctx.promise()?;
-    let refusal = {
-        let mut guard = current.borrow_mut();
+) -> rquickjs::Result<Value<'js>> {
+    let outcome: Result<u32, String> = {
+        let mut guard = lock(current);
         match guard.as_mut() {
-            None => Some("no execution is running".to_string()),
+            None => Err("no execution is running".to_string()),
             Some(cur) => {
                 cur.calls = cur.calls.saturating_add(1);
                 let n = cur.calls;
                 if n > cur.max_calls {
-                    Some(format!(
+                    Err(format!(
                         "at most {} db calls per execution (this was call {n})",
                         cur.max_calls
                     ))
+                } else if cur.inline {
+                    // Calls are served on the pool's threads: start again there. The promise
+                    // never settles here.
+                    cur.moved = true;
+                    Ok(n)
                 } else {
                     let id = u64::from(n);
-                    let call = HostCall {
-                        op,
-                        args: serde_json::from_str(args).unwrap_or(Json::Null),
-                        id,
-                        reply: cur.reply_tx.clone(),
-                    };
-                    if cur.events.send(Event::Call(call)).is_err() {
-                        Some("the request ended".to_string())
-                    } else {
-                        cur.pending.insert(
-                            id,
-                            (
-                                Persistent::save(ctx, resolve),
-                                Persistent::save(ctx, reject.clone()),
-                            ),
-                        );
-                        None
+                    match (&cur.events, &cur.reply_tx) {
+                        (Some(events), Some(reply)) => {
+                            let call = HostCall {
+                                op,
+                                args: serde_json::from_str(args).unwrap_or(Json::Null),
+                                id,
+                                reply: reply.clone(),
+                            };
+                            if events.send(Event::Call(call)).is_ok() {
+                                cur.pending.insert(id);
+                                Ok(n)
+                            } else {
+                                Err("the request ended".to_string())
+                            }
+                        }
+                        _ => Err("the request ended".to_string()),
                     }
                 }
             }
         }
     };
-    if let Some(m) = refusal {
-        reject.call::<_, ()>((m,))?;
+    match outcome {
+        Ok(n) => Ok(Value::new_int(
+            ctx.clone(),
+            i32::try_from(n).unwrap_or(i32::MAX),
+        )),
+        Err(m) => Ok(rquickjs::String::from_str(ctx.clone(), &m)?.into_value()),
     }
-    Ok(promise)
 }
 
 /// `log(level, text)`: a line in the server log, tagged with the execution.
 fn log_line(current: &Shared, level: &str, text: &str) {
-    let guard = current.borrow();
-    let (rid, app, name) = match guard.as_ref() {
-        Some(c) => (c.request_id.as_deref(), c.app.as_str(), c.name.as_str()),
-        None => (None, "", ""),
-    };
+    let mut guard = lock(current);
+    match guard.as_mut() {
+        Some(c) if c.inline => {
+            c.log_bytes += text.len();
+            if c.log_bytes > MAX_INLINE_LOG_BYTES {
+                c.moved = true;
+            } else {
+                c.logs.push((level.to_string(), text.to_string()));
+            }
+        }
+        Some(c) => emit_log(c.request_id.as_deref(), &c.app, &c.name, level, text),
+        None => emit_log(None, "", "", level, text),
+    }
+}
+
+fn emit_log(rid: Option<&str>, app: &str, name: &str, level: &str, text: &str) {
     match level {
         "error" => {
             tracing::error!(target: "script", request_id = rid, app = %app, script = %name, "{text:?}")
@@ -1092,14 +1302,21 @@ fn log_line(current: &Shared, level: &str, text: &str) {
 /// arrive; the wall clock bounds the whole.
 fn drive<'js>(
     ctx: &Ctx<'js>,
+    control: &Object<'js>,
     promise: &Promise<'js>,
     current: &Shared,
-    link: &Link,
+    link: Option<&Link>,
     deadline: Instant,
     max_result_bytes: usize,
 ) -> Result<Json, Failure> {
     loop {
         while ctx.execute_pending_job() {}
+        let (moved, waiting) = lock(current)
+            .as_ref()
+            .map_or((false, 0), |c| (c.moved, c.pending.len()));
+        if moved {
+            return Err(Failure::Moved);
+        }
         match promise.state() {
             PromiseState::Resolved => {
                 let v: Value<'js> = match promise.result::<Value<'js>>() {
@@ -1127,12 +1344,11 @@ fn drive<'js>(
             }
             PromiseState::Pending => {}
         }
-        let waiting = current.borrow().as_ref().map_or(0, |c| c.pending.len());
-        if waiting == 0 {
+        let Some(link) = link.filter(|_| waiting > 0) else {
             return Err(Failure::Limit(
                 "the script awaits something that can never happen (no timers exist here)".into(),
             ));
-        }
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         let (id, result) = match link.replies.recv_timeout(left) {
             Ok(reply) => reply,
@@ -1145,26 +1361,24 @@ fn drive<'js>(
                 return Err(Failure::Limit("the request ended".into()));
             }
         };
-        let entry = current
-            .borrow_mut()
+        let known = lock(current)
             .as_mut()
-            .and_then(|c| c.pending.remove(&id));
-        let Some((resolve, reject)) = entry else {
+            .is_some_and(|c| c.pending.remove(&id));
+        if !known {
             continue;
+        }
+        let (ok, value) = match result {
+            Ok(v) => (true, v),
+            Err(Refusal::Error(m)) => (false, serde_json::json!({"message": m, "user": false})),
+            Err(Refusal::User(m)) => (false, serde_json::json!({"message": m, "user": true})),
         };
-        let resolve = resolve.restore(ctx).map_err(|e| thrown(ctx, e))?;
-        let reject = reject.restore(ctx).map_err(|e| thrown(ctx, e))?;
-        let settled = match result {
-            Ok(v) => to_js(ctx, &v).and_then(|v| resolve.call::<_, ()>((v,))),
-            Err(refusal) => {
-                let (message, user) = match refusal {
-                    Refusal::Error(m) => (m, false),
-                    Refusal::User(m) => (m, true),
-                };
-                to_js(ctx, &serde_json::json!({"message": message, "user": user}))
-                    .and_then(|v| reject.call::<_, ()>((v,)))
-            }
-        };
-        settled.map_err(|e| thrown(ctx, e))?;
+        let id = i32::try_from(id).unwrap_or(i32::MAX);
+        control
+            .get::<_, Function<'js>>("settle")
+            .and_then(|settle| {
+                let value = to_js(ctx, &value)?;
+                settle.call::<_, ()>((id, ok, value))
+            })
+            .map_err(|e| thrown(ctx, e))?;
     }
 }

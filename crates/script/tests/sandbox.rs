@@ -597,22 +597,118 @@ async fn a_full_pool_answers_busy_after_the_wall_clock() {
     let pool = Pool::new(1);
     let mut slow = hook("while (true) {}", rows_input(json!([])));
     slow.limits.wall = Duration::from_millis(800);
-    // One running and one waiting for the worker: the pool is full.
-    let first = pool.start(slow.clone(), false).await.unwrap();
-    let second = pool.start(slow, false).await.unwrap();
+    // One running: the pool is full.
+    let mut first = pool.start(slow, false).await.unwrap();
     let mut quick = hook("rows.push(1);", rows_input(json!([])));
     quick.limits.wall = Duration::from_millis(100);
     let e = pool.start(quick.clone(), false).await.err().unwrap();
     assert_eq!(e, ScriptError::Busy);
     assert_eq!(pool.stats().busy, 1);
-    // The waiting one runs once the first ends, with its own full wall clock, and then the
-    // pool takes work again.
-    for mut running in [first, second] {
-        match running.next().await {
-            Event::Done(Err(ScriptError::Script(m))) => assert!(m.contains("800 ms"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+    // The slow one ends at its own wall clock (not at the slice it first ran on the caller's
+    // thread), and then the pool takes work again.
+    match first.next().await {
+        Event::Done(Err(ScriptError::Script(m))) => assert!(m.contains("800 ms"), "{m}"),
+        other => panic!("{other:?}"),
     }
     let out = run(&pool, quick).await.unwrap();
     assert_eq!(out["rows"], json!([1]));
+}
+
+#[tokio::test]
+async fn executions_run_on_the_callers_thread_until_they_call_db_or_run_long() {
+    let pool = Pool::new(1);
+    // A pure hook runs whole on the caller's thread, every time.
+    for _ in 0..3 {
+        let out = run(
+            &pool,
+            hook("rows.push(rows.length);", rows_input(json!([]))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["rows"], json!([0]));
+    }
+    assert_eq!(pool.stats().inline, 3);
+    // One that calls `db` starts again on a thread, where its call is served once, and its
+    // log line is written once; it runs there from then on.
+    let body = "Logger.info('before'); rows.push(await db.find('X', {}));";
+    for _ in 0..2 {
+        let mut calls = 0;
+        let out = run_with(&pool, hook(body, rows_input(json!([]))), |op, _| {
+            calls += 1;
+            assert_eq!(op, "find");
+            Ok(json!(["found"]))
+        })
+        .await
+        .unwrap();
+        assert_eq!(out["rows"], json!([["found"]]));
+        assert_eq!(calls, 1);
+    }
+    assert_eq!(pool.stats().inline, 3);
+    // One that computes longer than the slice finishes on a thread, with its own wall clock.
+    let long = "let x = 0; for (let i = 0; i < 3e6; i++) { x = (x + i) % 1000003; } rows.push(x);";
+    let out = run(&pool, hook(long, rows_input(json!([])))).await.unwrap();
+    assert!(out["rows"][0].is_number(), "{out}");
+    let stats = pool.stats();
+    assert_eq!((stats.inline, stats.ok, stats.failed), (3, 6, 0));
+    // Caught by the script or not, a `db` call made on the caller's thread never counts.
+    let sneaky = "db.find('X', {}).catch(() => {}); rows.push('done');";
+    let mut calls = 0;
+    let out = run_with(&pool, hook(sneaky, rows_input(json!([]))), |_, _| {
+        calls += 1;
+        Ok(json!([]))
+    })
+    .await
+    .unwrap();
+    assert_eq!((out["rows"].clone(), calls), (json!(["done"]), 1));
+}
+
+#[tokio::test]
+async fn stateless_modules_share_one_instance_that_nothing_can_change() {
+    let pool = Pool::new(1);
+    let set = |answer: &str| {
+        let mut m = Modules::new();
+        m.insert(
+            "calc".into(),
+            compile(
+                "functions/calc.js",
+                &format!(
+                    "const answer = '{answer}';\n\
+                     export function get() {{ return answer; }}\n\
+                     export function tamper() {{ get.hidden = 1; return 'changed'; }}\n\
+                     export function peek() {{ return get.hidden === undefined; }}"
+                ),
+                Kind::Module,
+            )
+            .unwrap()
+            .into(),
+        );
+        Arc::new(m)
+    };
+    let call = |modules: &Arc<Modules>, function: &str| Execution {
+        program: Program::Function {
+            modules: modules.clone(),
+            module: "calc".into(),
+            function: function.into(),
+        },
+        name: format!("calc.{function}"),
+        request_id: None,
+        session: SessionInfo::default(),
+        input: json!({"arg": null}),
+        limits: Limits::FUNCTION,
+    };
+    // Two apps (or one app before and after an update) with the same module name: each set
+    // answers with its own code, also past the point where unshared calls replace the context.
+    let (a, b) = (set("a"), set("b"));
+    for _ in 0..80 {
+        assert_eq!(run(&pool, call(&a, "get")).await.unwrap(), json!("a"));
+        assert_eq!(run(&pool, call(&b, "get")).await.unwrap(), json!("b"));
+    }
+    // The shared functions are frozen: hanging state on one fails (modules are strict code),
+    // and nothing was hung.
+    let e = run(&pool, call(&a, "tamper")).await.unwrap_err();
+    assert!(
+        matches!(&e, ScriptError::Script(m) if m.contains("TypeError")),
+        "{e:?}"
+    );
+    assert_eq!(run(&pool, call(&a, "peek")).await.unwrap(), json!(true));
 }

@@ -297,6 +297,12 @@ pub fn render_scripts(s: &script::PoolStats) -> String {
     let _ = writeln!(out, "cloudio_script_limit_hits_total {}", s.limits);
     let _ = writeln!(out, "# TYPE cloudio_script_busy_refusals_total counter");
     let _ = writeln!(out, "cloudio_script_busy_refusals_total {}", s.busy);
+    let _ = writeln!(
+        out,
+        "# HELP cloudio_script_inline_total Executions run whole on the request's own thread."
+    );
+    let _ = writeln!(out, "# TYPE cloudio_script_inline_total counter");
+    let _ = writeln!(out, "cloudio_script_inline_total {}", s.inline);
     let _ = writeln!(out, "# TYPE cloudio_script_seconds_total counter");
     let _ = writeln!(out, "cloudio_script_seconds_total {:.6}", s.seconds);
     let _ = writeln!(out, "# TYPE cloudio_script_workers gauge");

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use query::{RowOp, WriteContext, WriteRow, compile_select, parse_query, parse_row};
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Map, Value as Json};
 use store::WriteConn;
 
 use super::exec::{self, Exec};
@@ -482,17 +482,25 @@ fn run_hook<'a, E: Exec>(
                 "{name}: hooks nested deeper than {MAX_HOOK_DEPTH} levels"
             )));
         }
-        let keys: Vec<&String> = if a.ds.key_generation == query::KeyGeneration::None {
+        let keys: Vec<Json> = if a.ds.key_generation == query::KeyGeneration::None {
             Vec::new()
         } else {
-            a.ds.primary_key.iter().collect()
+            a.ds.primary_key
+                .iter()
+                .map(|k| Json::from(k.as_str()))
+                .collect()
         };
+        // Moved in, not copied (as `json!` would, through serde): the rows can be many.
+        let mut input = Map::with_capacity(3);
+        input.insert("query".into(), query);
+        input.insert("rows".into(), Json::Array(rows));
+        input.insert("keys".into(), Json::Array(keys));
         let execution = script::Execution {
             program: script::Program::Hook { body },
             name: name.clone(),
             request_id: ctx.who.request_id.clone(),
             session: session_info(ctx.who, &a.ds.app_uid),
-            input: json!({"query": query, "rows": rows, "keys": keys}),
+            input: Json::Object(input),
             limits: ctx.engine.limits(&a.ds.app_uid).0,
         };
         let out = run_script(exec, ctx, execution, Some((&a.ds.app_uid, &a.ds.name))).await?;
@@ -621,7 +629,10 @@ pub(crate) async fn run_function_ungranted(
         name: format!("{module}.{function}"),
         request_id: who.request_id.clone(),
         session: session_info(who, app),
-        input: json!({"arg": arg, "keys": []}),
+        input: Json::Object(Map::from_iter([
+            ("arg".to_string(), arg),
+            ("keys".to_string(), Json::Array(Vec::new())),
+        ])),
         limits: engine.limits(app).1,
     };
     let mut tx = exec::Lazy::new(&engine.store.db);
