@@ -68,7 +68,13 @@ POSTQUERY_JS = ("// bench/compare.py, W6: a computed field on every row.\n"
                 "for (const r of rows) r.x = 1;\n")
 FN_MODULE, FN_NAME = "bench", "hello"
 FN_JS = ("// bench/compare.py, W5: a cloud function answering a small JSON.\n"
-         "export function hello(arg) {\n  return { hello: \"world\", n: arg.n };\n}\n")
+         "export function hello(arg) {\n  return { hello: \"world\", n: arg.n };\n}\n"
+         "// The memory phase's second run: the same answer after a `db` call, so that each\n"
+         "// execution waits (on the pool's threads) and up to `workers` of them are running.\n"
+         "export async function held(arg) {\n"
+         "  const r = await db.executeQuery(\"select 1 as one\");\n"
+         "  return { hello: \"world\", n: arg.n, one: r.length };\n}\n")
+FN_HELD = "held"
 W5_ARG = {"n": 42}
 W5_ANSWER = {"hello": "world", "n": 42}
 W5_PB_PATH = "/api/bench/hello"
@@ -440,6 +446,39 @@ class RssSampler:
         self._t.join()
 
 
+class RunningSampler:
+    """Polls our `/metrics` every `every` seconds in a thread; `peak` is the highest
+    `cloudio_script_running` (executions holding a runtime at once)."""
+
+    def __init__(self, addr, every: float = 0.02):
+        self.addr, self.every, self.peak = addr, every, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        host, port = self.addr
+        while not self._stop.is_set():
+            try:
+                c = http.client.HTTPConnection(host, port, timeout=5)
+                c.request("GET", "/metrics")
+                text = c.getresponse().read().decode()
+                c.close()
+                m = re.search(r"^cloudio_script_running (\d+)", text, re.M)
+                if m:
+                    self.peak = max(self.peak, int(m.group(1)))
+            except OSError:
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "RunningSampler":
+        self._t.start()
+        return self
+
+    def __exit__(self, *a) -> None:
+        self._stop.set()
+        self._t.join()
+
+
 # --------------------------------------------------------------------------------------------
 # Setting up both systems
 
@@ -565,8 +604,8 @@ def ours_query(addr, tok, query: dict, ds: str = "Employees") -> list[dict]:
     return body["data"]["E"]
 
 
-def ours_fn_path(csrf: str) -> str:
-    return f"/v1/fn/{APP_UID}/{FN_MODULE}/{FN_NAME}?csrf={csrf}"
+def ours_fn_path(csrf: str, name: str = FN_NAME) -> str:
+    return f"/v1/fn/{APP_UID}/{FN_MODULE}/{name}?csrf={csrf}"
 
 
 def num(x) -> float | None:
@@ -718,6 +757,8 @@ def script_workloads(tmp: str, ours_tok: tuple[str, str], pb_tok: str) -> dict:
     return {
         ("W5", "ours"): fixed_request(d, "ours-w5", "POST", ours_fn_path(csrf),
                                       ours_headers(jwt), W5_ARG),
+        ("W5db", "ours"): fixed_request(d, "ours-w5db", "POST", ours_fn_path(csrf, FN_HELD),
+                                        ours_headers(jwt), W5_ARG),
         ("W5", "pb"): fixed_request(d, "pb-w5", "POST", W5_PB_PATH, pb_h, W5_ARG),
         ("W6", "ours"): fixed_request(d, "ours-w6", "POST", f"/v1/api?csrf={csrf}",
                                       ours_headers(jwt), W6_OURS_BODY),
@@ -846,11 +887,12 @@ def measure_scripts(opts, tmp: str, logdir: str, js: dict, pb: dict, pb_tok: str
         f"{out['rss_end']['pb']['VmHWM']} kB (VmHWM)")
 
     # Our pool runs one execution per core and queues the rest: with `[scripts] workers` = the
-    # connections, every connection has an execution (a QuickJS runtime) of its own.
+    # connections (and as many requests of one user at once), every connection can have an
+    # execution (a QuickJS runtime) of its own.
     n = opts.script_workers_peak
     if n:
         cfg = write_file(os.path.join(tmp, f"ours-{n}-workers.toml"),
-                         f"[scripts]\nworkers = {n}\n")
+                         f"user_max_inflight = {n}\n[scripts]\nworkers = {n}\n")
         loadavgs["scripts_workers"] = loadavg()
         s = ours(["--config", cfg]).start()
         try:
@@ -868,6 +910,23 @@ def measure_scripts(opts, tmp: str, logdir: str, js: dict, pb: dict, pb_tok: str
                       "rss_after": after, "peak_sampled_kb": sampler.peak_kb})
             out["many_workers"] = r
             log(f"scripts-{n}-workers: {r['rps']:.0f} req/s, VmHWM {after['VmHWM']} kB, errors "
+                f"{r['non2xx']}+{r['sock_errors']}")
+            # W5 runs whole on the request's threads (a couple of executions at once); with a
+            # `db` call each execution moves to the pool's threads and waits there, so up to
+            # `n` run at once, each in a runtime of its own.
+            script, env = spec[("W5db", "ours")]
+            log(f"scripts-{n}-workers: W5 with a db call, wrk -c{opts.script_conns} "
+                f"{opts.duration}s")
+            with RssSampler(s.pid) as sampler, RunningSampler(s.addr) as running:
+                r = run_wrk(s, script, env, opts.threads, opts.script_conns, opts.duration,
+                            f"W5db-ours-{n}-workers", logdir)
+            after = proc_status(s.pid)
+            errors["ours"] += r["non2xx"] + r["sock_errors"]
+            r.update({"workers": n, "rss_after": after, "peak_sampled_kb": sampler.peak_kb,
+                      "peak_running": running.peak})
+            out["many_workers_db"] = r
+            log(f"scripts-{n}-workers: W5 with a db call {r['rps']:.0f} req/s, up to "
+                f"{running.peak} executions at once, VmHWM {after['VmHWM']} kB, errors "
                 f"{r['non2xx']}+{r['sock_errors']}")
         finally:
             s.stop()
@@ -1113,6 +1172,10 @@ def figures(res: dict) -> dict:
         if sc.get("many_workers"):
             mw = sc["many_workers"]
             fig["script_rss_many.ours"] = max(mw["peak_sampled_kb"], mw["rss_after"]["VmHWM"])
+        if sc.get("many_workers_db"):
+            mw = sc["many_workers_db"]
+            fig["script_rss_many_db.ours"] = max(mw["peak_sampled_kb"],
+                                                 mw["rss_after"]["VmHWM"])
     return fig
 
 
@@ -1227,6 +1290,13 @@ def script_rows(res: dict, f: dict, opts_d: dict) -> list[tuple]:
                      f"({mw['rps']:.0f} req/s, p99 {fmt_lat(mw['p99_us'])})",
                      mb(f["script_rss_many.ours"]), "", "", f"< {SCRIPT_RSS_TARGET_MB:g} MB",
                      pf(f["script_rss_many.ours"] / 1024 < SCRIPT_RSS_TARGET_MB)))
+    mw = sc.get("many_workers_db")
+    if mw:
+        rows.append((f"  the same process, W5 with a db call: up to {mw['peak_running']} "
+                     f"executions at once ({mw['rps']:.0f} req/s, p99 {fmt_lat(mw['p99_us'])})",
+                     mb(f["script_rss_many_db.ours"]), "", "",
+                     f"< {SCRIPT_RSS_TARGET_MB:g} MB",
+                     pf(f["script_rss_many_db.ours"] / 1024 < SCRIPT_RSS_TARGET_MB)))
     rows.append(("errors, W5-W6 phases (non-2xx + socket)", str(f["script_errors.ours"]),
                  str(f["script_errors.pb"]), "", "0",
                  pf(f["script_errors.ours"] == 0 and f["script_errors.pb"] == 0)))
