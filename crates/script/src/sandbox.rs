@@ -168,14 +168,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Which program an execution runs, for [`Pool::threaded`]: a hook's body, a function's name in
-/// its app's modules.
+/// Which program an execution runs, for [`Pool::threaded`]: a hook's body (by address: a
+/// body freed and another allocated there only runs on the threads sooner than it must), a
+/// function's name in its app's modules.
 fn program_key(exec: &Execution) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     match &exec.program {
         Program::Hook { body } => {
             0u8.hash(&mut h);
-            body.hash(&mut h);
+            (Arc::as_ptr(body) as *const u8 as usize).hash(&mut h);
         }
         Program::Function {
             modules,
@@ -262,16 +263,19 @@ impl Pool {
             let worker = Worker::new(self.counters.clone());
             return spawn_thread(exec, worker, None);
         }
-        let permit = match tokio::time::timeout(
-            exec.limits.wall,
-            self.permits.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.counters.busy.fetch_add(1, Ordering::Relaxed);
-                return Err(ScriptError::Busy);
+        // A free runtime is the common case: no timer for it.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                match tokio::time::timeout(exec.limits.wall, self.permits.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                        return Err(ScriptError::Busy);
+                    }
+                }
             }
         };
         let popped = lock(&self.idle).pop();
