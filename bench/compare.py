@@ -420,63 +420,68 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-class RssSampler:
-    """Samples VmRSS of a process every `every` seconds in a thread; `peak_kb` is the highest."""
+class Poller:
+    """Calls `sample()` every `every` seconds in a thread, inside a `with` block."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> bool:
+        """One sample; False stops the polling."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.sample():
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *a) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+class RssSampler(Poller):
+    """Samples VmRSS of a process every `every` seconds; `peak_kb` is the highest."""
 
     def __init__(self, pid: int, every: float = 0.05):
-        self.pid, self.every, self.peak_kb, self.samples = pid, every, 0, 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every)
+        self.pid, self.peak_kb, self.samples = pid, 0, 0
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak_kb = max(self.peak_kb, proc_status(self.pid)["VmRSS"])
-                self.samples += 1
-            except OSError:
-                return
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "RssSampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *a) -> None:
-        self._stop.set()
-        self._t.join()
+    def sample(self) -> bool:
+        try:
+            self.peak_kb = max(self.peak_kb, proc_status(self.pid)["VmRSS"])
+        except OSError:
+            return False
+        self.samples += 1
+        return True
 
 
-class RunningSampler:
-    """Polls our `/metrics` every `every` seconds in a thread; `peak` is the highest
-    `cloudio_script_running` (executions holding a runtime at once)."""
+class RunningSampler(Poller):
+    """Polls our `/metrics`; `peak` is the highest `cloudio_script_running` (executions
+    holding a runtime at once)."""
 
     def __init__(self, addr, every: float = 0.02):
-        self.addr, self.every, self.peak = addr, every, 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every)
+        self.addr, self.peak = addr, 0
 
-    def _run(self) -> None:
+    def sample(self) -> bool:
         host, port = self.addr
-        while not self._stop.is_set():
-            try:
-                c = http.client.HTTPConnection(host, port, timeout=5)
-                c.request("GET", "/metrics")
-                text = c.getresponse().read().decode()
-                c.close()
-                m = re.search(r"^cloudio_script_running (\d+)", text, re.M)
-                if m:
-                    self.peak = max(self.peak, int(m.group(1)))
-            except OSError:
-                pass
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "RunningSampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *a) -> None:
-        self._stop.set()
-        self._t.join()
+        try:
+            c = http.client.HTTPConnection(host, port, timeout=5)
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+            c.close()
+        except OSError:
+            return True
+        m = re.search(r"^cloudio_script_running (\d+)", text, re.M)
+        if m:
+            self.peak = max(self.peak, int(m.group(1)))
+        return True
 
 
 # --------------------------------------------------------------------------------------------
