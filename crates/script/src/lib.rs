@@ -116,7 +116,8 @@ pub struct Execution {
     pub request_id: Option<String>,
     pub session: SessionInfo,
     /// Hooks: `{"query": .., "rows": [..]}`; functions: `{"arg": ..}`. `keys`: the attributes
-    /// `utils.toNewRow` removes besides WHO columns.
+    /// `utils.toNewRow` removes besides WHO columns. A hook with `"rowsOnly": true` gives back
+    /// only `rows` and `skipDML` (its caller has no use for the query it leaves).
     pub input: Json,
     pub limits: Limits,
 }

@@ -499,8 +499,10 @@ const PRELUDE: &str = r#"(function (host, log) {
       if (f) { pending.delete(id); f[ok ? 0 : 1](value); }
     },
     hook(fn) {
-      return fn().then(() => ({
-        query: g.query, rows: g.rows, skipQuery: !!g.skipQuery, skipDML: !!g.skipDML }));
+      const withQuery = !cur.rowsOnly;
+      return fn().then(() => withQuery
+        ? { query: g.query, rows: g.rows, skipQuery: !!g.skipQuery, skipDML: !!g.skipDML }
+        : { rows: g.rows, skipDML: !!g.skipDML });
     },
     fn(module, name, arg) {
       return import(module).then((ns) => {

@@ -712,3 +712,20 @@ async fn stateless_modules_share_one_instance_that_nothing_can_change() {
     );
     assert_eq!(run(&pool, call(&a, "peek")).await.unwrap(), json!(true));
 }
+
+#[tokio::test]
+async fn a_rows_only_hook_gives_back_rows_and_skip_dml_alone() {
+    let pool = Pool::new(1);
+    let mut input = rows_input(json!([{"n": 1}]));
+    input["rowsOnly"] = json!(true);
+    let out = run(
+        &pool,
+        hook(
+            "rows[0].n = query.filter.length + 2; skipDML = true;",
+            input,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, json!({"rows": [{"n": 2}], "skipDML": true}));
+}

@@ -495,6 +495,10 @@ fn run_hook<'a, E: Exec>(
         input.insert("query".into(), query);
         input.insert("rows".into(), Json::Array(rows));
         input.insert("keys".into(), Json::Array(keys));
+        if !matches!(hook, Hook::PreQuery) {
+            // Only a preQuery's query is used after it: not read back out of the sandbox.
+            input.insert("rowsOnly".into(), Json::Bool(true));
+        }
         let execution = script::Execution {
             program: script::Program::Hook { body },
             name: name.clone(),
