@@ -9,8 +9,11 @@ Driven by bench/memory.sh; runnable on its own:
    throughput phase does, then W1 at `--peak-conns` (1,000) connections, its VmRSS sampled
    every 50 ms: the peak (target < 60 MB), then the RSS once idle again (`--settle-after`
    seconds later, target < 20 MB), with its split into anonymous and file-backed pages.
-2. A fresh process with `[scripts] workers = 64` serves W5 (a cloud function) at -c64: the
-   peak with 64 QuickJS executions at once (target < 100 MB).
+2. A fresh process with `[scripts] workers = 64` (and `user_max_inflight = 64`) serves W5's
+   variant that awaits a `db` call at -c64, so that each execution waits on a pool thread: the
+   peak with up to 64 QuickJS executions at once (target < 100 MB; the highest
+   `cloudio_script_running` seen is printed with it). Plain W5 would run whole on the
+   request's threads, a couple of executions at once.
 
 Each figure is printed with PASS/FAIL and the load average when it was taken; the report also
 goes to bench/out/memory-<date>-<time>.md (and .json). Standard library only; the machinery
@@ -128,24 +131,25 @@ def script_workers(opts, tmp: str, logdir: str, res: dict) -> None:
         s.stop()
     spec = c.script_workloads(tmp, tok, "unused")
     cfg = c.write_file(os.path.join(tmp, f"ours-{n}-workers.toml"),
-                       f"[scripts]\nworkers = {n}\n")
+                       f"user_max_inflight = {n}\n[scripts]\nworkers = {n}\n")
     res["loadavg"]["scripts"] = c.loadavg()
     s = c.Server("ours", opts.bin, setup["data_dir"], setup["logfile"],
                  extra_args=["--config", cfg]).start()
     try:
         before = snapshot(s.pid)
-        script, env = spec[("W5", "ours")]
-        with c.RssSampler(s.pid) as sampler:
+        script, env = spec[("W5db", "ours")]
+        with c.RssSampler(s.pid) as sampler, c.RunningSampler(s.addr) as running:
             r = c.run_wrk(s, script, env, opts.threads, opts.script_conns, opts.duration,
-                          f"W5-{n}-workers", logdir)
+                          f"W5db-{n}-workers", logdir)
         end = snapshot(s.pid)
         time.sleep(opts.settle_after)
         res["scripts"] = {"workers": n, "threads": c.script_workers(s.pid), "rps": r["rps"],
                           "errors": r["non2xx"] + r["sock_errors"], "before": before,
                           "end": end, "idle_after": snapshot(s.pid),
-                          "sampled_kb": sampler.peak_kb, "loadavg": c.loadavg()}
+                          "sampled_kb": sampler.peak_kb, "peak_running": running.peak,
+                          "loadavg": c.loadavg()}
         c.log(f"{n} script workers: peak {max(sampler.peak_kb, end['VmHWM'])} kB, "
-              f"{r['rps']:.0f} req/s")
+              f"{r['rps']:.0f} req/s, up to {running.peak} executions at once")
         if opts.hold:
             c.log(f"holding process {s.pid} for {opts.hold:g} s (to inspect /proc/{s.pid})")
             time.sleep(opts.hold)
@@ -186,7 +190,8 @@ def report(doc: dict) -> str:
                      f"{'PASS' if r['errors'] == 0 else 'FAIL'} |")
     if "scripts" in r:
         s = r["scripts"]
-        row(f"peak VmRSS, W5 at -c{o['script_conns']} with {s['workers']} script workers "
+        row(f"peak VmRSS, W5 with a db call at -c{o['script_conns']} with {s['workers']} "
+            f"script workers: up to {s.get('peak_running', '?')} executions at once "
             f"({s['rps']:.0f} req/s)", max(s["sampled_kb"], s["end"]["VmHWM"]),
             c.SCRIPT_RSS_TARGET_MB)
         row(f"VmRSS {o['settle_after']:g} s after it", s["idle_after"]["VmRSS"])
