@@ -261,7 +261,7 @@ impl Pool {
     pub async fn start(&self, exec: Execution, nested: bool) -> Result<Running, ScriptError> {
         if nested {
             let worker = Worker::new(self.counters.clone());
-            return spawn_thread(exec, worker, None);
+            return spawn_nested(exec, worker);
         }
         // A free runtime is the common case: no timer for it.
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -313,12 +313,8 @@ impl Pool {
     }
 }
 
-/// Runs a job on a thread of its own (a nested execution).
-fn spawn_thread(
-    exec: Execution,
-    worker: Worker,
-    permit: Option<OwnedSemaphorePermit>,
-) -> Result<Running, ScriptError> {
+/// Runs a nested execution on a thread of its own, outside the pool's bound.
+fn spawn_nested(exec: Execution, worker: Worker) -> Result<Running, ScriptError> {
     let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (reply_tx, replies) = mpsc::channel();
     let job = Job {
@@ -327,7 +323,7 @@ fn spawn_thread(
         events,
         reply_tx,
         replies,
-        permit,
+        permit: None,
     };
     std::thread::Builder::new()
         .name("script-nested".into())
@@ -638,6 +634,17 @@ struct Worker {
     modules: AppModules,
 }
 
+/// Which instance of its module a cloud-function call imports (see [`split_instance`]).
+#[derive(Clone, Copy)]
+enum Instance {
+    /// A hook: no module.
+    None,
+    /// The shared instance of module set `id`.
+    Shared(u64),
+    /// One of its own, fresh for this call.
+    Own,
+}
+
 /// How an execution ended inside the worker.
 enum Failure {
     Thrown(Json, String),
@@ -746,21 +753,22 @@ impl Worker {
             Err(e) => return Some(Err(script_err(e.to_string()))),
         };
         // A function's module: the shared instance of its set, or one of its own.
-        let shared = match &exec.program {
+        let instance = match &exec.program {
+            Program::Hook { .. } => Instance::None,
             Program::Function {
                 modules, module, ..
-            } => Some(modules.shared(module).then(|| modules.id())),
-            Program::Hook { .. } => None,
+            } if modules.shared(module) => Instance::Shared(modules.id()),
+            Program::Function { .. } => Instance::Own,
         };
         if let Program::Function { modules, .. } = &exec.program {
             *lock(&self.modules.0) = modules.clone();
             // Module instances stay in the context until it is dropped: start a new one every
             // so often.
-            if self.prepared.as_ref().is_some_and(|p| {
-                p.function_calls >= FUNCTION_CALLS_PER_CONTEXT
-                    || shared.flatten().is_some_and(|id| {
-                        !p.shared_sets.contains(&id) && p.shared_sets.len() >= MAX_SHARED_SETS
-                    })
+            if self.prepared.as_ref().is_some_and(|p| match instance {
+                Instance::Shared(id) => {
+                    !p.shared_sets.contains(&id) && p.shared_sets.len() >= MAX_SHARED_SETS
+                }
+                _ => p.function_calls >= FUNCTION_CALLS_PER_CONTEXT,
             }) {
                 self.prepared = None;
             }
@@ -775,15 +783,15 @@ impl Worker {
                 }
             },
         };
-        let instance = match shared {
-            None => String::new(),
-            Some(Some(id)) => {
+        let instance = match instance {
+            Instance::None => String::new(),
+            Instance::Shared(id) => {
                 if !prepared.shared_sets.contains(&id) {
                     prepared.shared_sets.push(id);
                 }
                 format!("#{id}")
             }
-            Some(None) => {
+            Instance::Own => {
                 prepared.function_calls += 1;
                 format!("@{}", prepared.function_calls)
             }
