@@ -2,10 +2,20 @@
 //! hook's rows cross twice per execution, and `JSON.parse`/`JSON.stringify` with serde on the
 //! other side were two thirds of a trivial hook's cost.
 //!
+//! A hook's rows usually come back as they went in, with a field or two changed or added:
+//! [`to_js_input`] remembers the JS values it made for each row ([`Made`]), and [`from_js`],
+//! given them, reads only a row's changed and added fields out of QuickJS; [`put_back`] then
+//! moves the input row itself into the result, once the execution can no longer start again
+//! elsewhere (a field is unchanged when it holds the very string, integer, boolean or null it
+//! was given: JS strings are immutable, and a value kept referenced cannot be reused for
+//! another).
+//!
 //! `to_js` gives what `JSON.parse` would (own, writable, enumerable data properties, so a key
 //! such as `__proto__` is an ordinary property). `from_js` gives what `JSON.stringify` would,
 //! `toJSON` included (a `Date` becomes its ISO string), bounded in depth and size because the
 //! result lives outside the runtime's memory limit.
+
+use std::collections::HashMap;
 
 use rquickjs::function::This;
 use rquickjs::object::Property;
@@ -21,6 +31,56 @@ pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<Value<'js
         keys: Vec::new(),
     }
     .value(v, 0)
+}
+
+/// The JS values made for the rows of a hook's input (`input.rows`), row by row: the row
+/// object and the value of each of its fields, in order.
+#[derive(Default)]
+pub(crate) struct Made<'js> {
+    rows: Vec<(Value<'js>, Vec<Value<'js>>)>,
+}
+
+/// A hook's input (`{query, rows, ...}`) as `to_js` makes it, remembering what it made for
+/// the rows that are objects.
+pub(crate) fn to_js_input<'js>(
+    ctx: &Ctx<'js>,
+    input: &Json,
+) -> rquickjs::Result<(Value<'js>, Made<'js>)> {
+    let mut made = Made::default();
+    let mut to = ToJs {
+        ctx,
+        keys: Vec::new(),
+    };
+    let Json::Object(m) = input else {
+        return Ok((to.value(input, 0)?, made));
+    };
+    let o = Object::new(ctx.clone())?;
+    for (k, item) in m {
+        let value = match item {
+            Json::Array(rows) if k == "rows" => {
+                let a = Array::new(ctx.clone())?;
+                for (i, row) in rows.iter().enumerate() {
+                    let value = match row {
+                        Json::Object(fields) => {
+                            let mut values = Vec::with_capacity(fields.len());
+                            let obj = to.object(fields, 2, Some(&mut values))?.into_value();
+                            made.rows.push((obj.clone(), values));
+                            obj
+                        }
+                        other => to.value(other, 2)?,
+                    };
+                    a.set(i, value)?;
+                }
+                a.into_value()
+            }
+            other => to.value(other, 1)?,
+        };
+        o.prop(
+            k.as_str(),
+            Property::from(value).writable().enumerable().configurable(),
+        )?;
+    }
+    Ok((o.into_value(), made))
 }
 
 /// Builds JS values; `keys[depth]` remembers the property names (as atoms) of the last object
@@ -49,50 +109,127 @@ impl<'a, 'js> ToJs<'a, 'js> {
                 }
                 a.into_value()
             }
-            Json::Object(m) => {
-                let o = Object::new(ctx.clone())?;
-                if self.keys.len() <= depth {
-                    self.keys.resize_with(depth + 1, Vec::new);
-                }
-                for (i, (k, item)) in m.iter().enumerate() {
-                    let value = self.value(item, depth + 1)?;
-                    let known = self.keys[depth]
-                        .get(i)
-                        .filter(|(text, _)| *text == k.as_str())
-                        .map(|(_, atom)| atom.clone());
-                    let atom = match known {
-                        Some(atom) => atom,
-                        None => {
-                            let atom = Atom::from_str(ctx.clone(), k)?;
-                            let seen = &mut self.keys[depth];
-                            seen.truncate(i);
-                            seen.push((k.as_str(), atom.clone()));
-                            atom
-                        }
-                    };
-                    let p = Property::from(value).writable().enumerable().configurable();
-                    o.prop(atom, p)?;
-                }
-                o.into_value()
-            }
+            Json::Object(m) => self.object(m, depth, None)?.into_value(),
         })
+    }
+
+    /// `made`: where to keep each field's value, in order (a row of a hook's input).
+    fn object(
+        &mut self,
+        m: &'a Map<String, Json>,
+        depth: usize,
+        mut made: Option<&mut Vec<Value<'js>>>,
+    ) -> rquickjs::Result<Object<'js>> {
+        let ctx = self.ctx;
+        let o = Object::new(ctx.clone())?;
+        if self.keys.len() <= depth {
+            self.keys.resize_with(depth + 1, Vec::new);
+        }
+        for (i, (k, item)) in m.iter().enumerate() {
+            let value = self.value(item, depth + 1)?;
+            if let Some(made) = made.as_deref_mut() {
+                made.push(value.clone());
+            }
+            let known = self.keys[depth]
+                .get(i)
+                .filter(|(text, _)| *text == k.as_str())
+                .map(|(_, atom)| atom.clone());
+            let atom = match known {
+                Some(atom) => atom,
+                None => {
+                    let atom = Atom::from_str(ctx.clone(), k)?;
+                    let seen = &mut self.keys[depth];
+                    seen.truncate(i);
+                    seen.push((k.as_str(), atom.clone()));
+                    atom
+                }
+            };
+            let p = Property::from(value).writable().enumerable().configurable();
+            o.prop(atom, p)?;
+        }
+        Ok(o)
     }
 }
 
 /// A JS value as `JSON.stringify` would give it (`undefined`, functions and symbols: `None`).
-/// `max_bytes` bounds the result's size as JSON text, roughly.
+/// `max_bytes` bounds the result's size as JSON text, roughly. `input`: what
+/// [`to_js_input`] made of a hook's input and the input's rows, to copy the unchanged fields
+/// of the result's `rows` from (none for anything else).
 pub(crate) fn from_js<'js>(
     ctx: &Ctx<'js>,
     v: Value<'js>,
     max_bytes: usize,
-) -> Result<Option<Json>, String> {
+    input: (&Made<'js>, &[Json]),
+) -> Result<(Option<Json>, Vec<FromInput>), String> {
     let mut walk = Walk {
         to_json: Atom::from_str(ctx.clone(), "toJSON").map_err(|e| e.to_string())?,
         bytes: 0,
         max_bytes,
         keys: Vec::new(),
+        reuse: Reuse {
+            made: input.0,
+            rows: input.1,
+            index: None,
+            used: Vec::new(),
+        },
+        moved: Vec::new(),
     };
-    walk.value(v, Key::Name(""), 0)
+    let v = walk.value(v, Key::Name(""), 0)?;
+    Ok((v, walk.moved))
+}
+
+/// A row of a hook's result that is an input row with some fields changed: `rows[at]` of the
+/// result is the input's `rows[row]`, `changed` fields replaced (`None`: left out), `added`
+/// ones appended. Applied by [`put_back`] once the execution is over for good, moving the
+/// input row rather than copying it.
+#[derive(Debug)]
+pub(crate) struct FromInput {
+    at: usize,
+    row: usize,
+    changed: Vec<(String, Option<Json>)>,
+    added: Vec<(String, Json)>,
+}
+
+/// Moves the input rows `moved` names into the result's `rows` (see [`FromInput`]).
+pub(crate) fn put_back(out: &mut Json, input: &mut Json, moved: Vec<FromInput>) {
+    let (Some(Json::Array(rows)), Some(Json::Array(input))) =
+        (out.get_mut("rows"), input.get_mut("rows"))
+    else {
+        return;
+    };
+    for m in moved {
+        let (Some(slot), Some(from)) = (rows.get_mut(m.at), input.get_mut(m.row)) else {
+            continue;
+        };
+        let mut row = std::mem::take(from);
+        if let Json::Object(fields) = &mut row {
+            for (name, value) in m.changed {
+                match value {
+                    Some(v) => {
+                        if let Some(field) = fields.get_mut(&name) {
+                            *field = v;
+                        }
+                    }
+                    // `undefined` or a function: JSON leaves the field out.
+                    None => {
+                        fields.shift_remove(&name);
+                    }
+                }
+            }
+            fields.extend(m.added);
+        }
+        *slot = row;
+    }
+}
+
+/// The input rows a hook's result may hand back.
+struct Reuse<'r, 'js> {
+    made: &'r Made<'js>,
+    rows: &'r [Json],
+    /// Made row object -> its index, built when a row is not found at its own place.
+    index: Option<HashMap<Value<'js>, usize>>,
+    /// Input rows already handed back (a second time, a row is read).
+    used: Vec<bool>,
 }
 
 /// The property name (or index) `toJSON` is called with.
@@ -102,16 +239,142 @@ enum Key<'a> {
     Index(usize),
 }
 
-struct Walk<'js> {
+struct Walk<'r, 'js> {
     to_json: Atom<'js>,
     bytes: usize,
     max_bytes: usize,
     /// Per depth, the property names of the last object read there, as atoms and as text:
     /// rows have the same keys, and an atom's text costs more to get than to copy.
     keys: Vec<Vec<(Atom<'js>, String)>>,
+    reuse: Reuse<'r, 'js>,
+    moved: Vec<FromInput>,
 }
 
-impl<'js> Walk<'js> {
+impl<'js> Walk<'_, 'js> {
+    /// Makes `keys[depth][i]` the name `atom` stands for.
+    fn learn_key(&mut self, depth: usize, i: usize, atom: Atom<'js>) -> Result<(), String> {
+        if self.keys.len() <= depth {
+            self.keys.resize_with(depth + 1, Vec::new);
+        }
+        if self.keys[depth].get(i).is_some_and(|(a, _)| *a == atom) {
+            return Ok(());
+        }
+        let k = atom.to_string().map_err(|e| e.to_string())?;
+        let seen = &mut self.keys[depth];
+        seen.truncate(i);
+        seen.push((atom, k));
+        Ok(())
+    }
+
+    /// Row `i` of a hook's `rows`, when it is one of the input's row objects (met for the first
+    /// time) and has no `toJSON`: `Json::Null` standing for the input row, with the fields that
+    /// changed or were added recorded in `moved`, when its fields still begin with the input's,
+    /// in order; else the row read whole. `None`: read it as any value.
+    fn hook_row(
+        &mut self,
+        i: usize,
+        item: &Value<'js>,
+        depth: usize,
+        at: usize,
+    ) -> Result<Option<Json>, String> {
+        let reuse = &mut self.reuse;
+        let made = reuse.made;
+        let j = match made.rows.get(i) {
+            Some((o, _)) if o == item => i,
+            _ if made.rows.is_empty() || !item.is_object() => return Ok(None),
+            _ => {
+                let index = reuse.index.get_or_insert_with(|| {
+                    made.rows
+                        .iter()
+                        .enumerate()
+                        .map(|(j, (o, _))| (o.clone(), j))
+                        .collect()
+                });
+                match index.get(item) {
+                    Some(&j) => j,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let (Some((_, fields)), Some(Json::Object(input)), Some(o)) =
+            (made.rows.get(j), reuse.rows.get(j), item.as_object())
+        else {
+            return Ok(None);
+        };
+        if reuse.used.len() < made.rows.len() {
+            reuse.used.resize(made.rows.len(), false);
+        }
+        if std::mem::replace(&mut reuse.used[j], true) {
+            return Ok(None);
+        }
+        // A `toJSON` decides what the row becomes.
+        match o.get::<_, Value>(self.to_json.clone()) {
+            Ok(f) if f.is_function() => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(thrown(o.ctx(), e)),
+        }
+        self.spend(8)?;
+        // Each property read once (a getter runs once), its name checked against the input's.
+        let mut values = Vec::with_capacity(input.len() + 1);
+        let mut names = input.keys();
+        let mut in_order = true;
+        for (p, prop) in o.props::<Atom<'js>, Value<'js>>().enumerate() {
+            let (atom, value) = prop.map_err(|e| thrown(o.ctx(), e))?;
+            self.learn_key(depth, p, atom)?;
+            if let Some(name) = names.next() {
+                in_order &= *name == self.keys[depth][p].1;
+            }
+            values.push(value);
+        }
+        if !in_order || values.len() < input.len() {
+            return self.fields(values, depth).map(Some);
+        }
+        let mut patch = FromInput {
+            at,
+            row: j,
+            changed: Vec::new(),
+            added: Vec::new(),
+        };
+        let mut values = values.into_iter();
+        for (p, ((name, was), value)) in input.iter().zip(values.by_ref()).enumerate() {
+            let same = matches!(
+                value.type_of(),
+                Type::String | Type::Int | Type::Bool | Type::Null
+            ) && fields.get(p) == Some(&value);
+            if same {
+                self.spend(8 + name.len() + was.as_str().map_or(0, str::len))?;
+            } else {
+                let v = self.value(value, Key::Name(name), depth + 1)?;
+                if v.is_some() {
+                    self.spend(name.len())?;
+                }
+                patch.changed.push((name.clone(), v));
+            }
+        }
+        for (p, value) in (input.len()..).zip(values) {
+            let k = self.keys[depth][p].1.clone();
+            if let Some(v) = self.value(value, Key::Name(&k), depth + 1)? {
+                self.spend(k.len())?;
+                patch.added.push((k, v));
+            }
+        }
+        self.moved.push(patch);
+        Ok(Some(Json::Null))
+    }
+
+    /// An object's fields, given each one's value in order (names in `keys[depth]`).
+    fn fields(&mut self, values: Vec<Value<'js>>, depth: usize) -> Result<Json, String> {
+        let mut out = Map::with_capacity(values.len());
+        for (i, item) in values.into_iter().enumerate() {
+            let k = self.keys[depth][i].1.clone();
+            if let Some(item) = self.value(item, Key::Name(&k), depth + 1)? {
+                self.spend(k.len())?;
+                out.insert(k, item);
+            }
+        }
+        Ok(Json::Object(out))
+    }
+
     fn spend(&mut self, n: usize) -> Result<(), String> {
         self.bytes = self.bytes.saturating_add(n);
         if self.bytes > self.max_bytes {
@@ -173,8 +436,13 @@ impl<'js> Walk<'js> {
             Type::Array => {
                 let a = v.as_array().ok_or("not an array")?;
                 let mut out = Vec::with_capacity(a.len().min(1 << 16));
+                let hook_rows = depth == 1 && matches!(key, Key::Name("rows"));
                 for i in 0..a.len() {
                     let item: Value = a.get(i).map_err(|e| thrown(a.ctx(), e))?;
+                    if hook_rows && let Some(row) = self.hook_row(i, &item, depth + 1, out.len())? {
+                        out.push(row);
+                        continue;
+                    }
                     let item = self.value(item, Key::Index(i), depth + 1)?;
                     out.push(item.unwrap_or(Json::Null));
                 }
@@ -184,25 +452,10 @@ impl<'js> Walk<'js> {
                 let o = v.as_object().ok_or("not an object")?;
                 let props = o.props::<Atom<'js>, Value<'js>>();
                 let mut out = Map::with_capacity(props.len());
-                if self.keys.len() <= depth {
-                    self.keys.resize_with(depth + 1, Vec::new);
-                }
                 for (i, prop) in props.enumerate() {
                     let (atom, item) = prop.map_err(|e| thrown(o.ctx(), e))?;
-                    let known = self.keys[depth]
-                        .get(i)
-                        .filter(|(a, _)| *a == atom)
-                        .map(|(_, text)| text.clone());
-                    let k = match known {
-                        Some(k) => k,
-                        None => {
-                            let k = atom.to_string().map_err(|e| e.to_string())?;
-                            let seen = &mut self.keys[depth];
-                            seen.truncate(i);
-                            seen.push((atom, k.clone()));
-                            k
-                        }
-                    };
+                    self.learn_key(depth, i, atom)?;
+                    let k = self.keys[depth][i].1.clone();
                     if let Some(item) = self.value(item, Key::Name(&k), depth + 1)? {
                         self.spend(k.len())?;
                         out.insert(k, item);

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::compile::Kind;
-use crate::convert::{from_js, to_js};
+use crate::convert::{FromInput, Made, from_js, put_back, to_js, to_js_input};
 use crate::modules::module_key;
 use crate::{CompileError, Execution, Modules, Program, ScriptError};
 
@@ -258,7 +258,7 @@ impl Pool {
     /// ([`ScriptError::Busy`] after that). A `nested` execution (a hook run by a script's own
     /// `db` call, whose caller holds a runtime already) runs in a fresh runtime on a thread of
     /// its own instead, so nesting can never wait for itself.
-    pub async fn start(&self, exec: Execution, nested: bool) -> Result<Running, ScriptError> {
+    pub async fn start(&self, mut exec: Execution, nested: bool) -> Result<Running, ScriptError> {
         if nested {
             let worker = Worker::new(self.counters.clone());
             return spawn_nested(exec, worker);
@@ -282,7 +282,7 @@ impl Pool {
         let mut worker = popped.unwrap_or_else(|| Worker::new(self.counters.clone()));
         let key = program_key(&exec);
         if !lock(&self.threaded).contains(&key) {
-            if let Some(out) = worker.run_inline(&exec) {
+            if let Some(out) = worker.run_inline(&mut exec) {
                 lock(&self.idle).push(worker);
                 drop(permit);
                 return Ok(Running {
@@ -339,7 +339,7 @@ fn spawn_nested(exec: Execution, worker: Worker) -> Result<Running, ScriptError>
 /// once the runtime is back in the idle list, so at most `size` runtimes ever exist).
 fn run_job(job: Job) -> (Worker, Option<OwnedSemaphorePermit>) {
     let Job {
-        exec,
+        mut exec,
         mut worker,
         events,
         reply_tx,
@@ -351,7 +351,7 @@ fn run_job(job: Job) -> (Worker, Option<OwnedSemaphorePermit>) {
         reply_tx,
         replies,
     };
-    let out = worker.run(&exec, &link);
+    let out = worker.run(&mut exec, &link);
     let _ = link.events.send(Event::Done(out));
     (worker, permit)
 }
@@ -699,7 +699,7 @@ impl Worker {
     }
 
     /// Runs an execution to its end on this thread, serving its `db` calls through `link`.
-    fn run(&mut self, exec: &Execution, link: &Link) -> Result<Json, ScriptError> {
+    fn run(&mut self, exec: &mut Execution, link: &Link) -> Result<Json, ScriptError> {
         self.execute(exec, Some(link)).unwrap_or_else(|| {
             Err(ScriptError::Script(format!(
                 "{}: the script could not run",
@@ -710,19 +710,24 @@ impl Worker {
 
     /// Runs an execution on the caller's thread for at most [`INLINE_SLICE`]; `None` if it
     /// must start again on a thread of the pool (it made a `db` call or ran too long).
-    fn run_inline(&mut self, exec: &Execution) -> Option<Result<Json, ScriptError>> {
+    fn run_inline(&mut self, exec: &mut Execution) -> Option<Result<Json, ScriptError>> {
         self.execute(exec, None)
     }
 
     fn execute(
         &mut self,
-        exec: &Execution,
+        exec: &mut Execution,
         link: Option<&Link>,
     ) -> Option<Result<Json, ScriptError>> {
         let started = Instant::now();
         let out = self.attempt(exec, link);
         *lock(&self.modules.0) = Arc::default();
-        let out = out?;
+        // Over for good (it will not start again elsewhere): the input rows a hook handed
+        // back can be moved into its result.
+        let out = out?.map(|(mut v, moved)| {
+            put_back(&mut v, &mut exec.input, moved);
+            v
+        });
         let c = &self.counters;
         c.micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -746,7 +751,7 @@ impl Worker {
         &mut self,
         exec: &Execution,
         link: Option<&Link>,
-    ) -> Option<Result<Json, ScriptError>> {
+    ) -> Option<Result<Output, ScriptError>> {
         let script_err = |m: String| ScriptError::Script(format!("{}: {m}", exec.name));
         let rt = match self.runtime(exec.limits) {
             Ok(rt) => rt,
@@ -830,7 +835,7 @@ impl Worker {
                 Err(script_err(m))
             }
             Err(Failure::Thrown(reason, stack)) => {
-                let out = classify(exec, &reason);
+                let out = classify(exec, &reason).map(|v| (v, Vec::new()));
                 if let Err(ScriptError::Script(m)) = &out {
                     tracing::warn!(
                         target: "script",
@@ -1066,7 +1071,7 @@ impl Prepared {
         link: Option<&Link>,
         deadline: Instant,
         instance: &str,
-    ) -> Result<Json, Failure> {
+    ) -> Result<Output, Failure> {
         *lock(&self.current) = Some(Current {
             events: link.map(|l| l.events.clone()),
             reply_tx: link.map(|l| l.reply_tx.clone()),
@@ -1111,6 +1116,9 @@ impl Prepared {
     }
 }
 
+/// An execution's result, and the input rows to move into it (see [`put_back`]).
+type Output = (Json, Vec<FromInput>);
+
 /// Where an execution runs: its channels (`None`: the caller's thread), its deadline, and the
 /// suffix its module is imported under (see [`split_instance`]).
 #[derive(Clone, Copy)]
@@ -1126,13 +1134,19 @@ fn run_with<'js>(
     current: &Shared,
     exec: &Execution,
     at: &At<'_>,
-) -> Result<Json, Failure> {
-    let At {
-        link,
-        deadline,
-        instance,
-    } = *at;
-    let input_js = to_js(ctx, &exec.input).map_err(|e| thrown(ctx, e))?;
+) -> Result<Output, Failure> {
+    let instance = at.instance;
+    // A hook's rows: what was made of them is kept, to recognise them in its result.
+    let (input_js, made) = match exec.program {
+        Program::Hook { .. } => to_js_input(ctx, &exec.input),
+        Program::Function { .. } => to_js(ctx, &exec.input).map(|v| (v, Made::default())),
+    }
+    .map_err(|e| thrown(ctx, e))?;
+    let input_rows = exec
+        .input
+        .get("rows")
+        .and_then(Json::as_array)
+        .map_or(&[][..], Vec::as_slice);
     if let Some(o) = input_js.as_object() {
         session_js(ctx, &exec.session)
             .and_then(|v| o.set("session", v))
@@ -1192,9 +1206,9 @@ fn run_with<'js>(
         control,
         &promise,
         current,
-        link,
-        deadline,
+        at,
         exec.limits.memory_bytes,
+        (&made, input_rows),
     )
 }
 
@@ -1319,10 +1333,11 @@ fn drive<'js>(
     control: &Object<'js>,
     promise: &Promise<'js>,
     current: &Shared,
-    link: Option<&Link>,
-    deadline: Instant,
+    at: &At<'_>,
     max_result_bytes: usize,
-) -> Result<Json, Failure> {
+    input: (&Made<'js>, &[Json]),
+) -> Result<Output, Failure> {
+    let At { link, deadline, .. } = *at;
     loop {
         while ctx.execute_pending_job() {}
         let (moved, waiting) = lock(current)
@@ -1339,8 +1354,8 @@ fn drive<'js>(
                 };
                 // As `JSON.stringify` would give it, but built directly (not the script's own
                 // `JSON`, which it may have replaced).
-                return match from_js(ctx, v, max_result_bytes) {
-                    Ok(v) => Ok(v.unwrap_or(Json::Null)),
+                return match from_js(ctx, v, max_result_bytes, input) {
+                    Ok((v, moved)) => Ok((v.unwrap_or(Json::Null), moved)),
                     Err(m) => Err(Failure::Thrown(
                         serde_json::json!({ "message": m }),
                         String::new(),

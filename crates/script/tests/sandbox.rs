@@ -164,6 +164,78 @@ async fn rows_cross_as_json_would_carry_them() {
     assert_eq!(keys[0], "s", "keys keep their order");
 }
 
+/// A hook's rows come back as `JSON.stringify` writes them, whatever the hook did to them.
+/// Rows that are still the input's objects are moved back from the input with only their
+/// changed and added fields read out of QuickJS: this compares that with QuickJS's own
+/// `JSON.stringify`, key order included.
+#[tokio::test]
+async fn rows_handed_back_are_what_json_stringify_makes_of_them() {
+    let pool = Pool::new(1);
+    let rows: Vec<Json> = (0..13)
+        .map(|i| {
+            json!({"empId": i, "name": format!("n{i}"), "salary": 1000.5 + f64::from(i),
+                   "active": i % 2 == 0, "note": null, "email": format!("e{i}@example.com"),
+                   "tags": ["a", i]})
+        })
+        .collect();
+    let body = r#"
+        rows[0].x = 1;
+        rows[1].name = 'changed';
+        rows[2].salary = undefined;
+        delete rows[3].email;
+        rows[4] = { ...rows[4] };
+        rows.push(rows[5]);
+        rows[6].when = new Date(Date.UTC(2026, 0, 2));
+        rows[7].toJSON = function () { return { only: this.empId }; };
+        const r8 = rows[8]; rows[8] = rows[9]; rows[9] = r8;
+        rows[10].name = rows[10].name;
+        rows[10].active = 'yes';
+        rows[10].tags.push('more');
+        rows[11].fn = function () {};
+        rows[11].nested = { a: [1, 2] };
+        rows[11].note = 0;
+        Object.defineProperty(rows[12], 'name', { get() { return 'got'; }, enumerable: true });
+        rows.push(rows.splice(0, 1)[0]);
+        rows.push({ expected: JSON.stringify(rows) });
+    "#;
+    for _ in 0..3 {
+        let out = run(&pool, hook(body, rows_input(Json::Array(rows.clone()))))
+            .await
+            .unwrap();
+        let mut got = out["rows"].as_array().unwrap().clone();
+        let expected = got.pop().unwrap()["expected"].as_str().unwrap().to_string();
+        assert_eq!(serde_json::to_string(&got).unwrap(), expected);
+        assert_eq!(got.len(), 14);
+        assert_eq!(got[0]["name"], "changed");
+        assert_eq!(got[13]["x"], 1, "the first row, moved to the end");
+    }
+    assert_eq!(pool.stats().inline, 3);
+}
+
+/// An execution that must start again on a thread while its result is being read (a row's
+/// `toJSON` calls `db` on the caller's thread) finds its input rows whole there.
+#[tokio::test]
+async fn an_execution_moved_while_its_rows_are_read_finds_its_input_whole() {
+    let pool = Pool::new(1);
+    let rows =
+        json!([{"empId": 1, "name": "a"}, {"empId": 2, "name": "b"}, {"empId": 3, "name": "c"}]);
+    let body = "rows[1].x = 2;\n\
+                rows[2].toJSON = function () { db.find('X', {}).catch(() => {}); return { third: true }; };";
+    let mut calls = 0;
+    let out = run_with(&pool, hook(body, rows_input(rows)), |_, _| {
+        calls += 1;
+        Ok(json!([]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out["rows"],
+        json!([{"empId": 1, "name": "a"}, {"empId": 2, "name": "b", "x": 2}, {"third": true}])
+    );
+    assert_eq!(calls, 1);
+    assert_eq!(pool.stats().inline, 0, "it ran on a thread in the end");
+}
+
 /// A result that cannot be JSON fails the execution with a clear message: cycles, depth, a
 /// BigInt, and a result far larger than the runtime's memory (a shared object repeated).
 #[tokio::test]
