@@ -314,20 +314,16 @@ impl<'js> Walk<'_, 'js> {
             Err(e) => return Err(thrown(o.ctx(), e)),
         }
         self.spend(8)?;
-        // Each property read once (a getter runs once), its name checked against the input's.
-        let mut values = Vec::with_capacity(input.len() + 1);
-        let mut names = input.keys();
-        let mut in_order = true;
-        for (p, prop) in o.props::<Atom<'js>, Value<'js>>().enumerate() {
-            let (atom, value) = prop.map_err(|e| thrown(o.ctx(), e))?;
-            self.learn_key(depth, p, atom)?;
-            if let Some(name) = names.next() {
-                in_order &= *name == self.keys[depth][p].1;
-            }
-            values.push(value);
-        }
-        if !in_order || values.len() < input.len() {
-            return self.fields(values, depth).map(Some);
+        // The names first, as `JSON.stringify` takes them; each value is read when its turn
+        // comes (a getter runs then, after the fields before it were written).
+        let n = self.learn_keys(o, depth)?;
+        let in_order = n >= input.len()
+            && input
+                .keys()
+                .zip(&self.keys[depth])
+                .all(|(name, (_, k))| name == k);
+        if !in_order {
+            return self.fields(o, n, depth).map(Some);
         }
         let mut patch = FromInput {
             at,
@@ -335,8 +331,8 @@ impl<'js> Walk<'_, 'js> {
             changed: Vec::new(),
             added: Vec::new(),
         };
-        let mut values = values.into_iter();
-        for (p, ((name, was), value)) in input.iter().zip(values.by_ref()).enumerate() {
+        for (p, (name, was)) in input.iter().enumerate() {
+            let value = self.field(o, depth, p)?;
             let same = matches!(
                 value.type_of(),
                 Type::String | Type::Int | Type::Bool | Type::Null
@@ -351,7 +347,8 @@ impl<'js> Walk<'_, 'js> {
                 patch.changed.push((name.clone(), v));
             }
         }
-        for (p, value) in (input.len()..).zip(values) {
+        for p in input.len()..n {
+            let value = self.field(o, depth, p)?;
             let k = self.keys[depth][p].1.clone();
             if let Some(v) = self.value(value, Key::Name(&k), depth + 1)? {
                 self.spend(k.len())?;
@@ -362,10 +359,27 @@ impl<'js> Walk<'_, 'js> {
         Ok(Some(Json::Null))
     }
 
-    /// An object's fields, given each one's value in order (names in `keys[depth]`).
-    fn fields(&mut self, values: Vec<Value<'js>>, depth: usize) -> Result<Json, String> {
-        let mut out = Map::with_capacity(values.len());
-        for (i, item) in values.into_iter().enumerate() {
+    /// Learns the names of an object's own enumerable properties into `keys[depth]`; how many.
+    fn learn_keys(&mut self, o: &Object<'js>, depth: usize) -> Result<usize, String> {
+        let mut n = 0;
+        for (i, atom) in o.keys::<Atom<'js>>().enumerate() {
+            self.learn_key(depth, i, atom.map_err(|e| thrown(o.ctx(), e))?)?;
+            n = i + 1;
+        }
+        Ok(n)
+    }
+
+    /// The value of property `keys[depth][i]` of `o`.
+    fn field(&self, o: &Object<'js>, depth: usize, i: usize) -> Result<Value<'js>, String> {
+        o.get::<_, Value<'js>>(self.keys[depth][i].0.clone())
+            .map_err(|e| thrown(o.ctx(), e))
+    }
+
+    /// An object's first `n` fields (named in `keys[depth]`) as JSON, in order.
+    fn fields(&mut self, o: &Object<'js>, n: usize, depth: usize) -> Result<Json, String> {
+        let mut out = Map::with_capacity(n);
+        for i in 0..n {
+            let item = self.field(o, depth, i)?;
             let k = self.keys[depth][i].1.clone();
             if let Some(item) = self.value(item, Key::Name(&k), depth + 1)? {
                 self.spend(k.len())?;
@@ -450,18 +464,8 @@ impl<'js> Walk<'_, 'js> {
             }
             _ => {
                 let o = v.as_object().ok_or("not an object")?;
-                let props = o.props::<Atom<'js>, Value<'js>>();
-                let mut out = Map::with_capacity(props.len());
-                for (i, prop) in props.enumerate() {
-                    let (atom, item) = prop.map_err(|e| thrown(o.ctx(), e))?;
-                    self.learn_key(depth, i, atom)?;
-                    let k = self.keys[depth][i].1.clone();
-                    if let Some(item) = self.value(item, Key::Name(&k), depth + 1)? {
-                        self.spend(k.len())?;
-                        out.insert(k, item);
-                    }
-                }
-                Json::Object(out)
+                let n = self.learn_keys(o, depth)?;
+                self.fields(o, n, depth)?
             }
         }))
     }

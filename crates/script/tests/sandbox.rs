@@ -194,9 +194,13 @@ async fn rows_handed_back_are_what_json_stringify_makes_of_them() {
         rows[11].fn = function () {};
         rows[11].nested = { a: [1, 2] };
         rows[11].note = 0;
-        Object.defineProperty(rows[12], 'name', { get() { return 'got'; }, enumerable: true });
+        let seen = false;
+        rows[12].empId = { toJSON() { seen = true; return 'x'; } };
+        Object.defineProperty(rows[12], 'name', {
+            get() { return seen ? 'after' : 'before'; }, enumerable: true });
         rows.push(rows.splice(0, 1)[0]);
         rows.push({ expected: JSON.stringify(rows) });
+        seen = false;
     "#;
     for _ in 0..3 {
         let out = run(&pool, hook(body, rows_input(Json::Array(rows.clone()))))
@@ -208,6 +212,10 @@ async fn rows_handed_back_are_what_json_stringify_makes_of_them() {
         assert_eq!(got.len(), 14);
         assert_eq!(got[0]["name"], "changed");
         assert_eq!(got[13]["x"], 1, "the first row, moved to the end");
+        assert_eq!(
+            got[11]["name"], "after",
+            "a getter runs when its turn comes, after the fields before it were written"
+        );
     }
     assert_eq!(pool.stats().inline, 3);
 }
