@@ -1,7 +1,7 @@
 //! One trivial `postQuery` hook (`for (const r of rows) r.x = 1;`) over W1's 10 rows (and
-//! over none), run again and again on one worker: the sandbox's own cost per execution (channels, rows in and out,
-//! the run in the kept context), without HTTP or SQL. Prints figures; run with
-//! `cargo bench -p script --bench hook`.
+//! over none, and under 4 KiB of comments), run again and again on one worker: the sandbox's
+//! own cost per execution (rows in and out, the run in the kept context), without HTTP or SQL.
+//! Prints figures; run with `cargo bench -p script --bench hook`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -48,9 +48,14 @@ fn execution(body: &std::sync::Arc<str>, rows: &Json) -> Execution {
 }
 
 fn main() {
-    let body: std::sync::Arc<str> = compile("b.js", "for (const r of rows) r.x = 1;", Kind::Hook)
-        .unwrap()
-        .into();
+    let hook = "for (const r of rows) r.x = 1;";
+    let body: std::sync::Arc<str> = compile("b.js", hook, Kind::Hook).unwrap().into();
+    // The same hook under 4 KiB of comments: what a hook's length costs per execution.
+    let long = format!(
+        "{}{hook}",
+        "// an explanation of the hook, as real ones have\n".repeat(80)
+    );
+    let long: std::sync::Arc<str> = compile("long.js", &long, Kind::Hook).unwrap().into();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -58,13 +63,14 @@ fn main() {
     let pool = Pool::new(1);
     rt.block_on(async {
         let mut seconds_before = 0.0;
-        // W1's 10 rows, then none: what a row costs, and what an execution costs without any.
-        for n_rows in [10, 0] {
+        // W1's 10 rows, then none: what a row costs, and what an execution costs without any;
+        // then 10 rows through the long hook.
+        for (n_rows, body, what) in [(10, &body, ""), (0, &body, ""), (10, &long, ", 4 KiB hook")] {
             let rows = rows(n_rows);
             for (label, n) in [("warm-up", 2_000u32), ("measured", 10_000), ("measured", 10_000), ("measured", 10_000)] {
                 let started = Instant::now();
                 for _ in 0..n {
-                    let mut running = pool.start(execution(&body, &rows), false).await.unwrap();
+                    let mut running = pool.start(execution(body, &rows), false).await.unwrap();
                     match running.next().await {
                         Event::Done(Ok(out)) => {
                             assert_eq!(out["rows"].as_array().map(Vec::len), Some(n_rows));
@@ -76,7 +82,7 @@ fn main() {
                 let stats = pool.stats();
                 let cpu = (stats.seconds - seconds_before) * 1e6 / f64::from(n);
                 seconds_before = stats.seconds;
-                println!("{n_rows} rows, {label}: {n} executions, {per:.1} us each (wall, one at a time), {cpu:.1} us in the sandbox");
+                println!("{n_rows} rows{what}, {label}: {n} executions, {per:.1} us each (wall, one at a time), {cpu:.1} us in the sandbox");
             }
         }
     });

@@ -980,9 +980,11 @@ const MAX_INLINE_LOG_BYTES: usize = 64 << 10;
 /// The prelude's control object, kept in the runtime's user data while its context lives.
 type Control<'js> = Box<Object<'js>>;
 
-/// The context's compiled hooks by body (at most [`MAX_CACHED_HOOKS`]), in the runtime's user
-/// data while the context lives.
-type HookCache<'js> = RefCell<HashMap<String, Function<'js>>>;
+/// The context's compiled hooks (at most [`MAX_CACHED_HOOKS`]) by the address of their body,
+/// in the runtime's user data while the context lives: found without hashing the body's text
+/// on every execution. [`Prepared::hook_bodies`] keeps each cached body alive, so that an
+/// address names one body for as long as it is cached.
+type HookCache<'js> = RefCell<HashMap<usize, Function<'js>>>;
 
 /// A context with the platform's globals, made once and reused by many executions: frozen by
 /// [`LOCKDOWN`], per-execution data set and cleared around each run (a cloud-function call
@@ -994,6 +996,8 @@ struct Prepared {
     function_calls: u32,
     /// The module sets whose shared instances live here.
     shared_sets: Vec<u64>,
+    /// The bodies of the hooks in the context's [`HookCache`], by address.
+    hook_bodies: HashMap<usize, Arc<str>>,
     ctx: Context,
 }
 
@@ -1060,6 +1064,7 @@ impl Prepared {
             current,
             function_calls: 0,
             shared_sets: Vec::new(),
+            hook_bodies: HashMap::new(),
             ctx,
         })
     }
@@ -1086,7 +1091,12 @@ impl Prepared {
             app: exec.session.app_uid.clone(),
             name: exec.name.clone(),
         });
-        let Prepared { current, ctx, .. } = self;
+        let Prepared {
+            current,
+            ctx,
+            hook_bodies,
+            ..
+        } = self;
         let out = ctx.with(|ctx| {
             let control = ctx
                 .userdata::<Control<'_>>()
@@ -1097,7 +1107,7 @@ impl Prepared {
                 deadline,
                 instance,
             };
-            let out = run_with(&ctx, &control, current, exec, &at);
+            let out = run_with(&ctx, &control, current, exec, &at, hook_bodies);
             if let Ok(teardown) = control.get::<_, Function>("teardown") {
                 let _ = teardown.call::<_, ()>(());
             }
@@ -1134,6 +1144,7 @@ fn run_with<'js>(
     current: &Shared,
     exec: &Execution,
     at: &At<'_>,
+    hook_bodies: &mut HashMap<usize, Arc<str>>,
 ) -> Result<Output, Failure> {
     let instance = at.instance;
     // A hook's rows: what was made of them is kept, to recognise them in its result.
@@ -1162,9 +1173,10 @@ fn run_with<'js>(
         .map_err(|e| thrown(ctx, e))?;
     let promise: Promise<'js> = match &exec.program {
         Program::Hook { body } => {
+            let key = Arc::as_ptr(body) as *const u8 as usize;
             let cached = ctx
                 .userdata::<HookCache<'js>>()
-                .and_then(|c| c.borrow().get(&**body).cloned());
+                .and_then(|c| c.borrow().get(&key).cloned());
             let hook = match cached {
                 Some(f) => f,
                 None => {
@@ -1181,8 +1193,10 @@ fn run_with<'js>(
                         let mut cache = cache.borrow_mut();
                         if cache.len() >= MAX_CACHED_HOOKS {
                             cache.clear();
+                            hook_bodies.clear();
                         }
-                        cache.insert(body.to_string(), frozen.clone());
+                        cache.insert(key, frozen.clone());
+                        hook_bodies.insert(key, body.clone());
                     }
                     frozen
                 }
