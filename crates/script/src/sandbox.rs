@@ -176,7 +176,7 @@ fn program_key(exec: &Execution) -> u64 {
     match &exec.program {
         Program::Hook { body } => {
             0u8.hash(&mut h);
-            (Arc::as_ptr(body) as *const u8 as usize).hash(&mut h);
+            body_address(body).hash(&mut h);
         }
         Program::Function {
             modules,
@@ -190,6 +190,12 @@ fn program_key(exec: &Execution) -> u64 {
         }
     }
     h.finish()
+}
+
+/// Where a hook's body lives: the key it is known by, in [`program_key`] and the
+/// [`HookCache`] (cheaper than hashing the text; the cache keeps the body alive).
+fn body_address(body: &Arc<str>) -> usize {
+    Arc::as_ptr(body) as *const u8 as usize
 }
 
 impl Pool {
@@ -1173,7 +1179,7 @@ fn run_with<'js>(
         .map_err(|e| thrown(ctx, e))?;
     let promise: Promise<'js> = match &exec.program {
         Program::Hook { body } => {
-            let key = Arc::as_ptr(body) as *const u8 as usize;
+            let key = body_address(body);
             let cached = ctx
                 .userdata::<HookCache<'js>>()
                 .and_then(|c| c.borrow().get(&key).cloned());
