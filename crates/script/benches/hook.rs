@@ -1,6 +1,7 @@
 //! One trivial `postQuery` hook (`for (const r of rows) r.x = 1;`) over W1's 10 rows (and
 //! over none, and under 4 KiB of comments), run again and again on one worker: the sandbox's
 //! own cost per execution (rows in and out, the run in the kept context), without HTTP or SQL.
+//! As the server runs a `postQuery` hook: `rowsOnly`, its query not read back.
 //! Prints figures; run with `cargo bench -p script --bench hook`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,7 +43,7 @@ fn execution(body: &std::sync::Arc<str>, rows: &Json) -> Execution {
         input: json!({
             "query": {"filter": [{"name": {"like": "ab"}}, {"salary": {"gte": 50000}}],
                       "sort": {"name": 1}, "limit": 10},
-            "rows": rows, "keys": ["empId"]}),
+            "rows": rows, "keys": ["empId"], "rowsOnly": true}),
         limits: Limits::HOOK,
     }
 }

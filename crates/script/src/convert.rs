@@ -88,7 +88,29 @@ pub(crate) fn to_js_input<'js>(
 /// text costs more than comparing the text with the last one.
 struct ToJs<'a, 'js> {
     ctx: &'a Ctx<'js>,
-    keys: Vec<Vec<(&'a str, Atom<'js>)>>,
+    /// Each name with its atom, and whether it may be assigned (see [`assignable`]).
+    keys: Vec<Vec<(&'a str, Atom<'js>, bool)>>,
+}
+
+/// Whether an object made here may get property `name` by assignment, which costs less than
+/// defining it: not when `Object.prototype` has a property of that name (`__proto__` would set
+/// the prototype, a frozen method would refuse, an accessor the lockdown put there would run).
+fn assignable(name: &str) -> bool {
+    !matches!(
+        name,
+        "__proto__"
+            | "constructor"
+            | "__defineGetter__"
+            | "__defineSetter__"
+            | "__lookupGetter__"
+            | "__lookupSetter__"
+            | "hasOwnProperty"
+            | "isPrototypeOf"
+            | "propertyIsEnumerable"
+            | "toString"
+            | "toLocaleString"
+            | "valueOf"
+    )
 }
 
 impl<'a, 'js> ToJs<'a, 'js> {
@@ -132,20 +154,25 @@ impl<'a, 'js> ToJs<'a, 'js> {
             }
             let known = self.keys[depth]
                 .get(i)
-                .filter(|(text, _)| *text == k.as_str())
-                .map(|(_, atom)| atom.clone());
-            let atom = match known {
-                Some(atom) => atom,
+                .filter(|(text, _, _)| *text == k.as_str())
+                .map(|(_, atom, plain)| (atom.clone(), *plain));
+            let (atom, plain) = match known {
+                Some(known) => known,
                 None => {
                     let atom = Atom::from_str(ctx.clone(), k)?;
+                    let plain = assignable(k);
                     let seen = &mut self.keys[depth];
                     seen.truncate(i);
-                    seen.push((k.as_str(), atom.clone()));
-                    atom
+                    seen.push((k.as_str(), atom.clone(), plain));
+                    (atom, plain)
                 }
             };
-            let p = Property::from(value).writable().enumerable().configurable();
-            o.prop(atom, p)?;
+            if plain {
+                o.set(atom, value)?;
+            } else {
+                let p = Property::from(value).writable().enumerable().configurable();
+                o.prop(atom, p)?;
+            }
         }
         Ok(o)
     }

@@ -98,7 +98,7 @@ pub enum Program {
 }
 
 /// Who runs the script and what it sees; logged with every line the script writes.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
     pub user_name: String,

@@ -495,7 +495,7 @@ const PRELUDE: &str = r#"(function (host, log) {
   }
   return freeze({
     setup: reset,
-    teardown() { reset(null); pending = new Map(); },
+    teardown() { reset(null); if (pending.size) pending = new Map(); },
     settle(id, ok, value) {
       const f = pending.get(id);
       if (f) { pending.delete(id); f[ok ? 0 : 1](value); }
@@ -983,14 +983,28 @@ type Shared = Arc<Mutex<Option<Current>>>;
 /// Log text an inline run may hold back before it moves to a thread (which logs as it goes).
 const MAX_INLINE_LOG_BYTES: usize = 64 << 10;
 
-/// The prelude's control object, kept in the runtime's user data while its context lives.
-type Control<'js> = Box<Object<'js>>;
+/// The prelude's control functions, kept in the runtime's user data while its context lives
+/// (in [`CONTROL`]'s order): found by index, not by name, on every execution.
+type Control<'js> = Vec<Function<'js>>;
+
+/// The names of the prelude's control functions, in [`Control`]'s order.
+const CONTROL: [&str; 5] = ["setup", "teardown", "settle", "hook", "fn"];
+const SETUP: usize = 0;
+const TEARDOWN: usize = 1;
+const SETTLE: usize = 2;
+const HOOK: usize = 3;
+const FN: usize = 4;
 
 /// The context's compiled hooks (at most [`MAX_CACHED_HOOKS`]) by the address of their body,
 /// in the runtime's user data while the context lives: found without hashing the body's text
 /// on every execution. [`Prepared::hook_bodies`] keeps each cached body alive, so that an
 /// address names one body for as long as it is cached.
 type HookCache<'js> = RefCell<HashMap<usize, Function<'js>>>;
+
+/// The session object of the last execution ([`Prepared::session`] says whose), in the
+/// runtime's user data while the context lives: the next execution of the same user in the
+/// same app reuses it. Only the prelude reads it (`cur.session`), and never changes it.
+type LastSession<'js> = RefCell<Option<Object<'js>>>;
 
 /// A context with the platform's globals, made once and reused by many executions: frozen by
 /// [`LOCKDOWN`], per-execution data set and cleared around each run (a cloud-function call
@@ -1004,6 +1018,8 @@ struct Prepared {
     shared_sets: Vec<u64>,
     /// The bodies of the hooks in the context's [`HookCache`], by address.
     hook_bodies: HashMap<usize, Arc<str>>,
+    /// Whose session the context's [`LastSession`] is.
+    session: Option<crate::SessionInfo>,
     ctx: Context,
 }
 
@@ -1013,6 +1029,7 @@ impl Drop for Prepared {
         self.ctx.with(|ctx| {
             let _ = ctx.remove_userdata::<Control<'_>>();
             let _ = ctx.remove_userdata::<HookCache<'_>>();
+            let _ = ctx.remove_userdata::<LastSession<'_>>();
         });
     }
 }
@@ -1055,11 +1072,19 @@ impl Prepared {
             };
             let prelude: Function = ctx.eval(PRELUDE).map_err(|e| thrown(&ctx, e))?;
             let control: Object = prelude.call((host, log)).map_err(|e| thrown(&ctx, e))?;
+            let control = CONTROL
+                .iter()
+                .map(|name| control.get::<_, Function>(*name))
+                .collect::<rquickjs::Result<Control<'_>>>()
+                .map_err(|e| thrown(&ctx, e))?;
             let lock: Function = ctx.eval(LOCKDOWN).map_err(|e| thrown(&ctx, e))?;
             lock.call::<_, ()>(()).map_err(|e| thrown(&ctx, e))?;
-            let stored = ctx.store_userdata::<Control<'_>>(Box::new(control)).is_ok()
+            let stored = ctx.store_userdata::<Control<'_>>(control).is_ok()
                 && ctx
                     .store_userdata::<HookCache<'_>>(RefCell::default())
+                    .is_ok()
+                && ctx
+                    .store_userdata::<LastSession<'_>>(RefCell::default())
                     .is_ok();
             if !stored {
                 return Err(Failure::Limit("cannot keep the context's state".into()));
@@ -1071,6 +1096,7 @@ impl Prepared {
             function_calls: 0,
             shared_sets: Vec::new(),
             hook_bodies: HashMap::new(),
+            session: None,
             ctx,
         })
     }
@@ -1101,22 +1127,22 @@ impl Prepared {
             current,
             ctx,
             hook_bodies,
+            session,
             ..
         } = self;
         let out = ctx.with(|ctx| {
             let control = ctx
                 .userdata::<Control<'_>>()
-                .map(|c| Object::clone(&c))
+                .map(|c| Control::clone(&c))
+                .filter(|c| c.len() == CONTROL.len())
                 .ok_or_else(|| Failure::Limit("the context lost its state".into()))?;
             let at = At {
                 link,
                 deadline,
                 instance,
             };
-            let out = run_with(&ctx, &control, current, exec, &at, hook_bodies);
-            if let Ok(teardown) = control.get::<_, Function>("teardown") {
-                let _ = teardown.call::<_, ()>(());
-            }
+            let out = run_with(&ctx, &control, current, exec, &at, hook_bodies, session);
+            let _ = control[TEARDOWN].call::<_, ()>(());
             out
         });
         let Some(cur) = lock(&self.current).take() else {
@@ -1146,11 +1172,12 @@ struct At<'a> {
 
 fn run_with<'js>(
     ctx: &Ctx<'js>,
-    control: &Object<'js>,
+    control: &Control<'js>,
     current: &Shared,
     exec: &Execution,
     at: &At<'_>,
     hook_bodies: &mut HashMap<usize, Arc<str>>,
+    session: &mut Option<crate::SessionInfo>,
 ) -> Result<Output, Failure> {
     let instance = at.instance;
     // A hook's rows: what was made of them is kept, to recognise them in its result.
@@ -1165,16 +1192,25 @@ fn run_with<'js>(
         .and_then(Json::as_array)
         .map_or(&[][..], Vec::as_slice);
     if let Some(o) = input_js.as_object() {
-        session_js(ctx, &exec.session)
-            .and_then(|v| o.set("session", v))
-            .map_err(|e| thrown(ctx, e))?;
+        let last = ctx.userdata::<LastSession<'js>>();
+        let kept = last
+            .as_ref()
+            .filter(|_| session.as_ref() == Some(&exec.session))
+            .and_then(|l| l.borrow().clone());
+        let v = match kept {
+            Some(v) => v,
+            None => {
+                let v = session_js(ctx, &exec.session).map_err(|e| thrown(ctx, e))?;
+                if let Some(l) = &last {
+                    *l.borrow_mut() = Some(v.clone());
+                    *session = Some(exec.session.clone());
+                }
+                v
+            }
+        };
+        o.set("session", v).map_err(|e| thrown(ctx, e))?;
     }
-    let call = |name: &str| {
-        control
-            .get::<_, Function<'js>>(name)
-            .map_err(|e| thrown(ctx, e))
-    };
-    call("setup")?
+    control[SETUP]
         .call::<_, ()>((input_js.clone(),))
         .map_err(|e| thrown(ctx, e))?;
     let promise: Promise<'js> = match &exec.program {
@@ -1207,7 +1243,7 @@ fn run_with<'js>(
                     frozen
                 }
             };
-            call("hook")?.call((hook,)).map_err(|e| thrown(ctx, e))?
+            control[HOOK].call((hook,)).map_err(|e| thrown(ctx, e))?
         }
         Program::Function {
             module, function, ..
@@ -1216,7 +1252,7 @@ fn run_with<'js>(
                 .as_object()
                 .and_then(|o| o.get::<_, Value<'js>>("arg").ok())
                 .unwrap_or_else(|| Value::new_null(ctx.clone()));
-            call("fn")?
+            control[FN]
                 .call((format!("{module}{instance}"), function.as_str(), arg))
                 .map_err(|e| thrown(ctx, e))?
         }
@@ -1350,7 +1386,7 @@ fn emit_log(rid: Option<&str>, app: &str, name: &str, level: &str, text: &str) {
 /// arrive; the wall clock bounds the whole.
 fn drive<'js>(
     ctx: &Ctx<'js>,
-    control: &Object<'js>,
+    control: &Control<'js>,
     promise: &Promise<'js>,
     current: &Shared,
     at: &At<'_>,
@@ -1422,12 +1458,8 @@ fn drive<'js>(
             Err(Refusal::User(m)) => (false, serde_json::json!({"message": m, "user": true})),
         };
         let id = i32::try_from(id).unwrap_or(i32::MAX);
-        control
-            .get::<_, Function<'js>>("settle")
-            .and_then(|settle| {
-                let value = to_js(ctx, &value)?;
-                settle.call::<_, ()>((id, ok, value))
-            })
+        to_js(ctx, &value)
+            .and_then(|value| control[SETTLE].call::<_, ()>((id, ok, value)))
             .map_err(|e| thrown(ctx, e))?;
     }
 }

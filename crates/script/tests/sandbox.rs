@@ -101,6 +101,41 @@ async fn rows_may_be_replaced_and_flags_set() {
     assert_eq!(out["skipDML"], true);
 }
 
+/// Keys that `Object.prototype` also has are a row's own properties, as `JSON.parse` makes
+/// them: made by definition, not by assignment (which would reach the prototype's setter,
+/// frozen method or `__proto__`), in rows and in objects inside them.
+#[tokio::test]
+async fn keys_object_prototype_also_has_are_own_properties_of_a_row() {
+    let pool = Pool::new(1);
+    let fields = json!({
+        "a": 1, "constructor": "c", "toString": "t", "__defineGetter__": 2, "valueOf": {"x": 1},
+        "hasOwnProperty": null, "__proto__": [1], "isPrototypeOf": true, "z": 3
+    });
+    let input = json!([fields.clone(), {"nested": fields.clone()}]);
+    let names =
+        "a,constructor,toString,__defineGetter__,valueOf,hasOwnProperty,__proto__,isPrototypeOf,z";
+    let out = run(
+        &pool,
+        hook(
+            "const look = (o) => [Object.keys(o).join(','),\n\
+               Object.keys(o).every(k => Object.prototype.hasOwnProperty.call(o, k)),\n\
+               Object.getPrototypeOf(o) === Object.prototype, o.toString, o.constructor];\n\
+             rows[0].seen = look(rows[0]);\n\
+             rows[1].seen = look(rows[1].nested);",
+            rows_input(input.clone()),
+        ),
+    )
+    .await
+    .unwrap();
+    for (i, row) in out["rows"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(row["seen"], json!([names, true, true, "t", "c"]), "row {i}");
+    }
+    let mut first = out["rows"][0].clone();
+    first.as_object_mut().unwrap().remove("seen");
+    assert_eq!(first, fields);
+    assert_eq!(out["rows"][1]["nested"], fields);
+}
+
 /// Rows cross into and out of a script as `JSON.parse` and `JSON.stringify` would carry them
 /// (built directly, not through text): the same values, key order, `toJSON`, omissions.
 #[tokio::test]
