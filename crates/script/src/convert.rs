@@ -29,6 +29,7 @@ pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<Value<'js
     ToJs {
         ctx,
         keys: Vec::new(),
+        columns: Vec::new(),
     }
     .value(v, 0)
 }
@@ -50,6 +51,7 @@ pub(crate) fn to_js_input<'js>(
     let mut to = ToJs {
         ctx,
         keys: Vec::new(),
+        columns: Vec::new(),
     };
     let Json::Object(m) = input else {
         return Ok((to.value(input, 0)?, made));
@@ -90,6 +92,11 @@ struct ToJs<'a, 'js> {
     ctx: &'a Ctx<'js>,
     /// Each name with its atom, and whether it may be assigned (see [`assignable`]).
     keys: Vec<Vec<(&'a str, Atom<'js>, bool)>>,
+    /// Per field of the rows, the last string made for it: a row whose field holds the same
+    /// text gets the same (immutable) JS string, not a copy. Columns repeat their values (flags,
+    /// WHO columns, `_rs`), and a string found here costs a comparison instead of an allocation
+    /// now and a free later. Sound for [`Made`]: the same string means the same text.
+    columns: Vec<Option<(&'a str, Value<'js>)>>,
 }
 
 /// Whether an object made here may get property `name` by assignment, which costs less than
@@ -114,6 +121,22 @@ fn assignable(name: &str) -> bool {
 }
 
 impl<'a, 'js> ToJs<'a, 'js> {
+    /// Field `i` of a row, a string: the one made for the field of the row before when the
+    /// text is the same (see [`ToJs::columns`]).
+    fn column_string(&mut self, i: usize, text: &'a str) -> rquickjs::Result<Value<'js>> {
+        if self.columns.len() <= i {
+            self.columns.resize_with(i + 1, || None);
+        }
+        if let Some((last, v)) = &self.columns[i]
+            && *last == text
+        {
+            return Ok(v.clone());
+        }
+        let v = rquickjs::String::from_str(self.ctx.clone(), text)?.into_value();
+        self.columns[i] = Some((text, v.clone()));
+        Ok(v)
+    }
+
     fn value(&mut self, v: &'a Json, depth: usize) -> rquickjs::Result<Value<'js>> {
         let ctx = self.ctx;
         Ok(match v {
@@ -148,7 +171,10 @@ impl<'a, 'js> ToJs<'a, 'js> {
             self.keys.resize_with(depth + 1, Vec::new);
         }
         for (i, (k, item)) in m.iter().enumerate() {
-            let value = self.value(item, depth + 1)?;
+            let value = match (item, made.is_some()) {
+                (Json::String(text), true) => self.column_string(i, text)?,
+                _ => self.value(item, depth + 1)?,
+            };
             if let Some(made) = made.as_deref_mut() {
                 made.push(value.clone());
             }

@@ -210,11 +210,16 @@ async fn rows_handed_back_are_what_json_stringify_makes_of_them() {
         .map(|i| {
             json!({"empId": i, "name": format!("n{i}"), "salary": 1000.5 + f64::from(i),
                    "active": i % 2 == 0, "note": null, "email": format!("e{i}@example.com"),
-                   "tags": ["a", i]})
+                   "tags": ["a", i], "dept": "sales", "who": if i % 2 == 0 { "a" } else { "b" }})
         })
         .collect();
+    // `dept` and `who` repeat their text down the rows (one JS string per column and text).
     let body = r#"
         rows[0].x = 1;
+        rows[1].dept = rows[2].who;
+        rows[3].who = 'b';
+        rows[5].who = rows[6].who;
+        rows[6].dept = rows[7].dept + '';
         rows[1].name = 'changed';
         rows[2].salary = undefined;
         delete rows[3].email;
