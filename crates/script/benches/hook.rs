@@ -62,13 +62,19 @@ fn main() {
         .build()
         .unwrap();
     let pool = Pool::new(1);
+    // `HOOK_BENCH_RUNS`: executions per measured round (10,000 unless set), fewer to run the
+    // bench under a profiler or valgrind.
+    let runs: u32 = std::env::var("HOOK_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     rt.block_on(async {
         let mut seconds_before = 0.0;
         // W1's 10 rows, then none: what a row costs, and what an execution costs without any;
         // then 10 rows through the long hook.
         for (n_rows, body, what) in [(10, &body, ""), (0, &body, ""), (10, &long, ", 4 KiB hook")] {
             let rows = rows(n_rows);
-            for (label, n) in [("warm-up", 2_000u32), ("measured", 10_000), ("measured", 10_000), ("measured", 10_000)] {
+            for (label, n) in [("warm-up", 2_000u32), ("measured", runs), ("measured", runs), ("measured", runs)] {
                 let started = Instant::now();
                 for _ in 0..n {
                     let mut running = pool.start(execution(body, &rows), false).await.unwrap();

@@ -34,15 +34,16 @@ pub(crate) fn to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<Value<'js
     .value(v, 0)
 }
 
-/// The JS values made for the rows of a hook's input (`input.rows`), row by row: the row
-/// object and the value of each of its fields, in order.
+/// The JS values made for the rows of a hook's input (`input.rows`), row by row, at the
+/// rows' own indices: the row object and the value of each of its fields, in order (none for
+/// a row that is not an object).
 #[derive(Default)]
 pub(crate) struct Made<'js> {
     rows: Vec<(Value<'js>, Vec<Value<'js>>)>,
 }
 
 /// A hook's input (`{query, rows, ...}`) as `to_js` makes it, remembering what it made for
-/// the rows that are objects.
+/// the rows.
 pub(crate) fn to_js_input<'js>(
     ctx: &Ctx<'js>,
     input: &Json,
@@ -61,17 +62,23 @@ pub(crate) fn to_js_input<'js>(
         let value = match item {
             Json::Array(rows) if k == "rows" => {
                 let a = Array::new(ctx.clone())?;
-                for (i, row) in rows.iter().enumerate() {
-                    let value = match row {
-                        Json::Object(fields) => {
-                            let mut values = Vec::with_capacity(fields.len());
-                            let obj = to.object(fields, 2, Some(&mut values))?.into_value();
-                            made.rows.push((obj.clone(), values));
-                            obj
-                        }
-                        other => to.value(other, 2)?,
-                    };
-                    a.set(i, value)?;
+                if rows.len() > 1 && same_keys(rows) {
+                    to.rows_by_column(rows, 2, &mut made)?;
+                } else {
+                    for row in rows {
+                        let value = match row {
+                            Json::Object(fields) => {
+                                let mut values = Vec::with_capacity(fields.len());
+                                let obj = to.object(fields, 2, Some(&mut values))?;
+                                (obj.into_value(), values)
+                            }
+                            other => (to.value(other, 2)?, Vec::new()),
+                        };
+                        made.rows.push(value);
+                    }
+                }
+                for (i, (row, _)) in made.rows.iter().enumerate() {
+                    a.set(i, row.clone())?;
                 }
                 a.into_value()
             }
@@ -83,6 +90,17 @@ pub(crate) fn to_js_input<'js>(
         )?;
     }
     Ok((o.into_value(), made))
+}
+
+/// Whether every row is an object with the first one's keys, in its order.
+fn same_keys(rows: &[Json]) -> bool {
+    let Some(Json::Object(first)) = rows.first() else {
+        return false;
+    };
+    rows[1..].iter().all(|r| match r {
+        Json::Object(m) => m.len() == first.len() && m.keys().eq(first.keys()),
+        _ => false,
+    })
 }
 
 /// Builds JS values; `keys[depth]` remembers the property names (as atoms) of the last object
@@ -165,11 +183,7 @@ impl<'a, 'js> ToJs<'a, 'js> {
         depth: usize,
         mut made: Option<&mut Vec<Value<'js>>>,
     ) -> rquickjs::Result<Object<'js>> {
-        let ctx = self.ctx;
-        let o = Object::new(ctx.clone())?;
-        if self.keys.len() <= depth {
-            self.keys.resize_with(depth + 1, Vec::new);
-        }
+        let o = Object::new(self.ctx.clone())?;
         for (i, (k, item)) in m.iter().enumerate() {
             let value = match (item, made.is_some()) {
                 (Json::String(text), true) => self.column_string(i, text)?,
@@ -178,29 +192,86 @@ impl<'a, 'js> ToJs<'a, 'js> {
             if let Some(made) = made.as_deref_mut() {
                 made.push(value.clone());
             }
-            let known = self.keys[depth]
-                .get(i)
-                .filter(|(text, _, _)| *text == k.as_str())
-                .map(|(_, atom, plain)| (atom.clone(), *plain));
-            let (atom, plain) = match known {
-                Some(known) => known,
-                None => {
-                    let atom = Atom::from_str(ctx.clone(), k)?;
-                    let plain = assignable(k);
-                    let seen = &mut self.keys[depth];
-                    seen.truncate(i);
-                    seen.push((k.as_str(), atom.clone(), plain));
-                    (atom, plain)
-                }
-            };
-            if plain {
-                o.set(atom, value)?;
-            } else {
-                let p = Property::from(value).writable().enumerable().configurable();
-                o.prop(atom, p)?;
-            }
+            let key = self.key(depth, i, k)?;
+            put(&o, key, value)?;
         }
         Ok(o)
+    }
+
+    /// Rows that all have the same keys in the same order (at least two), built a field at a
+    /// time across the rows rather than a row at a time, into `made`: each row then moves to
+    /// the shape the row before it made for the same keys, and QuickJS makes one shape per
+    /// field in all, not one per row (an object's shape is changed in place while it alone
+    /// uses it, so row by row no row leaves the shapes between behind for the next).
+    fn rows_by_column(
+        &mut self,
+        rows: &'a [Json],
+        depth: usize,
+        made: &mut Made<'js>,
+    ) -> rquickjs::Result<()> {
+        let mut fields: Vec<_> = rows
+            .iter()
+            .filter_map(|r| r.as_object().map(|m| m.iter()))
+            .collect();
+        let width = rows.first().and_then(Json::as_object).map_or(0, Map::len);
+        for _ in &fields {
+            made.rows.push((
+                Object::new(self.ctx.clone())?.into_value(),
+                Vec::with_capacity(width),
+            ));
+        }
+        for i in 0..width {
+            let mut key = None;
+            for (row, (o, values)) in fields.iter_mut().zip(made.rows.iter_mut()) {
+                let Some((k, item)) = row.next() else {
+                    continue;
+                };
+                let (atom, plain) = match &key {
+                    Some((atom, plain)) => (Atom::clone(atom), *plain),
+                    None => {
+                        let found = self.key(depth, i, k)?;
+                        key = Some(found.clone());
+                        found
+                    }
+                };
+                let value = match item {
+                    Json::String(text) => self.column_string(i, text)?,
+                    _ => self.value(item, depth + 1)?,
+                };
+                values.push(value.clone());
+                if let Some(o) = o.as_object() {
+                    put(o, (atom, plain), value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The atom of key `k`, the `i`th of an object at `depth`, and whether it may be assigned.
+    fn key(&mut self, depth: usize, i: usize, k: &'a str) -> rquickjs::Result<(Atom<'js>, bool)> {
+        if self.keys.len() <= depth {
+            self.keys.resize_with(depth + 1, Vec::new);
+        }
+        if let Some((_, atom, plain)) = self.keys[depth].get(i).filter(|(text, _, _)| *text == k) {
+            return Ok((atom.clone(), *plain));
+        }
+        let atom = Atom::from_str(self.ctx.clone(), k)?;
+        let plain = assignable(k);
+        let seen = &mut self.keys[depth];
+        seen.truncate(i);
+        seen.push((k, atom.clone(), plain));
+        Ok((atom, plain))
+    }
+}
+
+/// Gives `o` property `key` (see [`assignable`]).
+fn put<'js>(o: &Object<'js>, key: (Atom<'js>, bool), value: Value<'js>) -> rquickjs::Result<()> {
+    match key {
+        (atom, true) => o.set(atom, value),
+        (atom, false) => o.prop(
+            atom,
+            Property::from(value).writable().enumerable().configurable(),
+        ),
     }
 }
 
@@ -332,14 +403,18 @@ impl<'js> Walk<'_, 'js> {
     ) -> Result<Option<Json>, String> {
         let reuse = &mut self.reuse;
         let made = reuse.made;
+        if !item.is_object() {
+            return Ok(None);
+        }
         let j = match made.rows.get(i) {
             Some((o, _)) if o == item => i,
-            _ if made.rows.is_empty() || !item.is_object() => return Ok(None),
+            _ if made.rows.is_empty() => return Ok(None),
             _ => {
                 let index = reuse.index.get_or_insert_with(|| {
                     made.rows
                         .iter()
                         .enumerate()
+                        .filter(|(_, (o, _))| o.is_object())
                         .map(|(j, (o, _))| (o.clone(), j))
                         .collect()
                 });

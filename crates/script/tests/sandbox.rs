@@ -260,6 +260,31 @@ async fn rows_handed_back_are_what_json_stringify_makes_of_them() {
     assert_eq!(pool.stats().inline, 3);
 }
 
+/// Rows that are not objects (a hook's input is whatever the caller gives) keep every object
+/// row paired with its own input: none is handed back as another's.
+#[tokio::test]
+async fn rows_that_are_not_objects_leave_the_others_paired_with_their_own() {
+    let pool = Pool::new(1);
+    let rows = json!([null, {"a": 1}, 7, {"a": 2}, "s", {"a": 3}]);
+    for body in [
+        "",
+        "rows[3].b = 1;",
+        "rows.reverse();",
+        "rows.splice(0, 1);",
+    ] {
+        let out = run(&pool, hook(body, rows_input(rows.clone())))
+            .await
+            .unwrap();
+        let expected = match body {
+            "" => rows.clone(),
+            "rows[3].b = 1;" => json!([null, {"a": 1}, 7, {"a": 2, "b": 1}, "s", {"a": 3}]),
+            "rows.reverse();" => json!([{"a": 3}, "s", {"a": 2}, 7, {"a": 1}, null]),
+            _ => json!([{"a": 1}, 7, {"a": 2}, "s", {"a": 3}]),
+        };
+        assert_eq!(out["rows"], expected, "after `{body}`");
+    }
+}
+
 /// An execution that must start again on a thread while its result is being read (a row's
 /// `toJSON` calls `db` on the caller's thread) finds its input rows whole there.
 #[tokio::test]
