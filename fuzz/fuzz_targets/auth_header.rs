@@ -13,10 +13,20 @@ mod header;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    for value in [text.to_string(), format!("Token {text}"), format!("Bearer {text}")] {
+    for value in [
+        text.to_string(),
+        format!("Token {text}"),
+        format!("Bearer {text}"),
+    ] {
         if let Ok(c) = header::parse_token(&value) {
-            assert!(!c.user_name.is_empty() && !c.user_name.contains(':'), "{value:?}");
-            let again = format!("Token {}", STANDARD.encode(format!("{}:{}", c.user_name, c.password)));
+            assert!(
+                !c.user_name.is_empty() && !c.user_name.contains(':'),
+                "{value:?}"
+            );
+            let again = format!(
+                "Token {}",
+                STANDARD.encode(format!("{}:{}", c.user_name, c.password))
+            );
             assert_eq!(header::parse_token(&again), Ok(c), "{value:?}");
         }
         if let Ok(t) = header::parse_bearer(&value) {

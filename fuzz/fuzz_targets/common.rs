@@ -66,4 +66,3 @@ pub fn check_placeholders(d: Dialect, sql: &str, params: usize) {
     };
     assert_eq!(found, params, "{sql}");
 }
-

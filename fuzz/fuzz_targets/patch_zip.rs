@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(total as u64 <= appzip::MAX_UNPACKED);
         for path in files.keys() {
             assert!(appzip::is_app_file(path), "{path:?}");
-            assert!(!path.split('/').any(|p| p == ".." || p.is_empty()), "{path:?}");
+            assert!(
+                !path.split('/').any(|p| p == ".." || p.is_empty()),
+                "{path:?}"
+            );
         }
         let again = appzip::write_zip("app", &files).expect("write");
         assert_eq!(appzip::read_zip(&again).expect("read again"), files);

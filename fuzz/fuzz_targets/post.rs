@@ -14,7 +14,8 @@ use common::{check_placeholders, datasource};
 
 fuzz_target!(|data: &[u8]| {
     let started = Instant::now();
-    let Ok(serde_json::Value::Array(rows)) = serde_json::from_slice::<serde_json::Value>(data) else {
+    let Ok(serde_json::Value::Array(rows)) = serde_json::from_slice::<serde_json::Value>(data)
+    else {
         return;
     };
     let ds = datasource();
@@ -24,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         for d in [Dialect::Sqlite, Dialect::Postgres] {
-            let ctx = WriteContext { dialect: d, user: "fuzz", now };
+            let ctx = WriteContext {
+                dialect: d,
+                user: "fuzz",
+                now,
+            };
             if let Ok(st) = compile_write(&ds, &row, &ctx) {
                 check_placeholders(d, &st.sql, st.params.len());
             }
@@ -35,5 +40,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert!(started.elapsed() < Duration::from_millis(100), "slow input: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "slow input: {:?}",
+        started.elapsed()
+    );
 });

@@ -30,5 +30,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert!(started.elapsed() < Duration::from_millis(100), "slow input: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "slow input: {:?}",
+        started.elapsed()
+    );
 });

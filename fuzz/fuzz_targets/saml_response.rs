@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(v.assertion_id, "_assertion-fixture", "{text}");
         assert_eq!(v.in_response_to, "_request-fixture", "{text}");
         assert_eq!(v.display_name.as_deref(), Some("Alice Example"), "{text}");
-        assert_eq!(v.email_address.as_deref(), Some("alice@example.com"), "{text}");
+        assert_eq!(
+            v.email_address.as_deref(),
+            Some("alice@example.com"),
+            "{text}"
+        );
     }
     // The same bytes as the form field: base64 decoding never panics either.
     let _ = saml_xml::decode_response(&text);

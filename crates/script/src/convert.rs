@@ -489,6 +489,10 @@ impl<'js> Walk<'_, 'js> {
 
     /// Learns the names of an object's own enumerable properties into `keys[depth]`; how many.
     fn learn_keys(&mut self, o: &Object<'js>, depth: usize) -> Result<usize, String> {
+        // `keys[depth]` exists afterwards even for an object without keys.
+        if self.keys.len() <= depth {
+            self.keys.resize_with(depth + 1, Vec::new);
+        }
         let mut n = 0;
         for (i, atom) in o.keys::<Atom<'js>>().enumerate() {
             self.learn_key(depth, i, atom.map_err(|e| thrown(o.ctx(), e))?)?;

@@ -266,6 +266,12 @@ async fn rows_handed_back_are_what_json_stringify_makes_of_them() {
 async fn rows_that_are_not_objects_leave_the_others_paired_with_their_own() {
     let pool = Pool::new(1);
     let rows = json!([null, {"a": 1}, 7, {"a": 2}, "s", {"a": 3}]);
+    // An empty row handed back (it once indexed past the names learned: a panic inside the
+    // context, which aborts the process).
+    let out = run(&pool, hook("", rows_input(json!([{}, {}]))))
+        .await
+        .unwrap();
+    assert_eq!(out["rows"], json!([{}, {}]));
     for body in [
         "",
         "rows[3].b = 1;",
