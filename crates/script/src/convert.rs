@@ -62,21 +62,7 @@ pub(crate) fn to_js_input<'js>(
         let value = match item {
             Json::Array(rows) if k == "rows" => {
                 let a = Array::new(ctx.clone())?;
-                if rows.len() > 1 && same_keys(rows) {
-                    to.rows_by_column(rows, 2, &mut made)?;
-                } else {
-                    for row in rows {
-                        let value = match row {
-                            Json::Object(fields) => {
-                                let mut values = Vec::with_capacity(fields.len());
-                                let obj = to.object(fields, 2, Some(&mut values))?;
-                                (obj.into_value(), values)
-                            }
-                            other => (to.value(other, 2)?, Vec::new()),
-                        };
-                        made.rows.push(value);
-                    }
-                }
+                to.rows(rows, 2, &mut made)?;
                 for (i, (row, _)) in made.rows.iter().enumerate() {
                     a.set(i, row.clone())?;
                 }
@@ -90,17 +76,6 @@ pub(crate) fn to_js_input<'js>(
         )?;
     }
     Ok((o.into_value(), made))
-}
-
-/// Whether every row is an object with the first one's keys, in its order.
-fn same_keys(rows: &[Json]) -> bool {
-    let Some(Json::Object(first)) = rows.first() else {
-        return false;
-    };
-    rows[1..].iter().all(|r| match r {
-        Json::Object(m) => m.len() == first.len() && m.keys().eq(first.keys()),
-        _ => false,
-    })
 }
 
 /// Builds JS values; `keys[depth]` remembers the property names (as atoms) of the last object
@@ -172,76 +147,62 @@ impl<'a, 'js> ToJs<'a, 'js> {
                 }
                 a.into_value()
             }
-            Json::Object(m) => self.object(m, depth, None)?.into_value(),
+            Json::Object(m) => self.object(m, depth)?.into_value(),
         })
     }
 
-    /// `made`: where to keep each field's value, in order (a row of a hook's input).
-    fn object(
-        &mut self,
-        m: &'a Map<String, Json>,
-        depth: usize,
-        mut made: Option<&mut Vec<Value<'js>>>,
-    ) -> rquickjs::Result<Object<'js>> {
+    fn object(&mut self, m: &'a Map<String, Json>, depth: usize) -> rquickjs::Result<Object<'js>> {
         let o = Object::new(self.ctx.clone())?;
         for (i, (k, item)) in m.iter().enumerate() {
-            let value = match (item, made.is_some()) {
-                (Json::String(text), true) => self.column_string(i, text)?,
-                _ => self.value(item, depth + 1)?,
-            };
-            if let Some(made) = made.as_deref_mut() {
-                made.push(value.clone());
-            }
+            let value = self.value(item, depth + 1)?;
             let key = self.key(depth, i, k)?;
             put(&o, key, value)?;
         }
         Ok(o)
     }
 
-    /// Rows that all have the same keys in the same order (at least two), built a field at a
-    /// time across the rows rather than a row at a time, into `made`: each row then moves to
-    /// the shape the row before it made for the same keys, and QuickJS makes one shape per
-    /// field in all, not one per row (an object's shape is changed in place while it alone
-    /// uses it, so row by row no row leaves the shapes between behind for the next).
-    fn rows_by_column(
+    /// The rows of a hook's input, into `made` at their own indices. The objects among them are
+    /// built a field at a time across the rows rather than a row at a time: QuickJS changes an
+    /// object's shape in place while that object alone uses it, so row by row each row would
+    /// make a chain of shapes of its own; this way each row moves to the shape the row before
+    /// it made for the same keys, one shape per field in all when the rows have the same keys
+    /// (as a query's do).
+    fn rows(
         &mut self,
         rows: &'a [Json],
         depth: usize,
         made: &mut Made<'js>,
     ) -> rquickjs::Result<()> {
-        let mut fields: Vec<_> = rows
-            .iter()
-            .filter_map(|r| r.as_object().map(|m| m.iter()))
-            .collect();
-        let width = rows.first().and_then(Json::as_object).map_or(0, Map::len);
-        for _ in &fields {
-            made.rows.push((
-                Object::new(self.ctx.clone())?.into_value(),
-                Vec::with_capacity(width),
-            ));
+        let mut fields = Vec::with_capacity(rows.len());
+        let mut width = 0;
+        for row in rows {
+            match row {
+                Json::Object(m) => {
+                    width = width.max(m.len());
+                    let o = Object::new(self.ctx.clone())?.into_value();
+                    made.rows.push((o, Vec::with_capacity(m.len())));
+                    fields.push(Some(m.iter()));
+                }
+                other => {
+                    made.rows.push((self.value(other, depth)?, Vec::new()));
+                    fields.push(None);
+                }
+            }
         }
         for i in 0..width {
-            let mut key = None;
             for (row, (o, values)) in fields.iter_mut().zip(made.rows.iter_mut()) {
-                let Some((k, item)) = row.next() else {
+                let (Some((k, item)), Some(o)) =
+                    (row.as_mut().and_then(Iterator::next), o.as_object())
+                else {
                     continue;
                 };
-                let (atom, plain) = match &key {
-                    Some((atom, plain)) => (Atom::clone(atom), *plain),
-                    None => {
-                        let found = self.key(depth, i, k)?;
-                        key = Some(found.clone());
-                        found
-                    }
-                };
+                let key = self.key(depth, i, k)?;
                 let value = match item {
                     Json::String(text) => self.column_string(i, text)?,
                     _ => self.value(item, depth + 1)?,
                 };
                 values.push(value.clone());
-                if let Some(o) = o.as_object() {
-                    put(o, (atom, plain), value)?;
-                }
+                put(o, key, value)?;
             }
         }
         Ok(())
