@@ -1434,15 +1434,14 @@ fn drive<'js>(
                 "the script awaits something that can never happen (no timers exist here)".into(),
             ));
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (id, result) = match link.replies.recv_timeout(left) {
+        let (id, result) = match wait_reply(link, deadline) {
             Ok(reply) => reply,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(Waited::PastDeadline) => {
                 return Err(Failure::Limit(format!(
                     "the script waited on db calls past its wall-clock limit ({waiting} pending)"
                 )));
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(Waited::RequestEnded) => {
                 return Err(Failure::Limit("the request ended".into()));
             }
         };
@@ -1461,5 +1460,35 @@ fn drive<'js>(
         to_js(ctx, &value)
             .and_then(|value| control[SETTLE].call::<_, ()>((id, ok, value)))
             .map_err(|e| thrown(ctx, e))?;
+    }
+}
+
+/// How often an execution waiting on its `db` calls checks that its request is still there.
+const REQUEST_CHECK: Duration = Duration::from_millis(20);
+
+enum Waited {
+    PastDeadline,
+    RequestEnded,
+}
+
+/// The next reply to one of the execution's host calls. The worker keeps a sender of the
+/// replies itself (for the calls to come), so the channel never says that the request went
+/// away: a request dropped while its calls were pending (its client disconnected) is noticed
+/// by its events' receiver being gone, and the execution ends then, giving back its thread
+/// and its runtime, not at its wall-clock limit.
+fn wait_reply(link: &Link, deadline: Instant) -> Result<Reply, Waited> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match link.replies.recv_timeout(left.min(REQUEST_CHECK)) {
+            Ok(reply) => return Ok(reply),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Waited::RequestEnded),
+            Err(mpsc::RecvTimeoutError::Timeout) if link.events.is_closed() => {
+                return Err(Waited::RequestEnded);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if left <= REQUEST_CHECK => {
+                return Err(Waited::PastDeadline);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
     }
 }

@@ -551,6 +551,42 @@ async fn a_host_call_never_answered_ends_at_the_wall_clock() {
     assert!(out.unwrap_err().to_string().contains("wall-clock"));
 }
 
+/// A request that goes away while its script awaits a `db` call (its client disconnected, and
+/// the server dropped the request) gives its runtime back at once, not at the script's
+/// wall-clock limit: otherwise clients that hang up could hold every runtime of the pool.
+#[tokio::test]
+async fn a_request_dropped_while_its_script_awaits_frees_the_runtime_at_once() {
+    let pool = Pool::new(1);
+    let mut exec = hook(
+        "await db.find('A', {}); rows.push(1);",
+        rows_input(json!([])),
+    );
+    exec.limits.wall = Duration::from_secs(30);
+    let mut running = pool.start(exec, false).await.unwrap();
+    let call = match running.next().await {
+        Event::Call(call) => call,
+        Event::Done(out) => panic!("ended without a call: {out:?}"),
+    };
+    assert_eq!(pool.busy(), 1);
+    let dropped = Instant::now();
+    drop(running);
+    drop(call);
+    while pool.busy() > 0 {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(5),
+            "the runtime is still taken {:?} after the request went away",
+            dropped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // And the pool serves the next request.
+    let mut quick = hook("rows.push(2);", rows_input(json!([])));
+    quick.limits.wall = Duration::from_millis(500);
+    let out = run(&pool, quick).await.unwrap();
+    assert_eq!(out["rows"], json!([2]));
+    assert_eq!(pool.stats().failed, 1);
+}
+
 #[tokio::test]
 async fn nothing_leaks_between_executions() {
     let pool = Pool::new(1);
