@@ -557,3 +557,52 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+on_all!(
+    a_client_hanging_up_frees_its_scripts_runtime_at_once,
+    |kind| async move {
+        // An "external" service that accepts and never answers: the function waits on it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let app = spawn_with(kind, |c| {
+            c.scripts.fetch_allow = vec![format!("127.0.0.1:{port}")];
+            c.scripts.workers = 1;
+        })
+        .await;
+        let admin = app.admin().await;
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let hung_up = impatient
+            .post(app.url(&format!(
+                "/v1/fn/hooks/samples/external?csrf={}",
+                admin.csrf
+            )))
+            .header("Authorization", format!("Bearer {}", admin.jwt))
+            .header("content-type", "application/json")
+            .body(json!({"url": format!("http://127.0.0.1:{port}/echo")}).to_string())
+            .send()
+            .await;
+        assert!(hung_up.is_err(), "the client gave up: {hung_up:?}");
+        let gone = Instant::now();
+        // The one runtime comes back as soon as the server drops the request, not at the
+        // function's wall clock (30 s) or db.fetch's timeout (10 s).
+        while app.state.engine.scripts.busy() > 0 {
+            assert!(
+                gone.elapsed() < Duration::from_secs(3),
+                "the runtime is still taken {:?} after the client hung up",
+                gone.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (s, b) = call(&app, &admin, "samples/fetchMany", json!({})).await;
+        assert_eq!(s, 200, "{b}");
+    }
+);
