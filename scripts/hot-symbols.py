@@ -106,10 +106,9 @@ def serve_demo(opts, tmp: str, logdir: str, profile: str) -> None:
     s = c.Server("ours", wrapper(tmp, opts.bin, profile), data,
                  os.path.join(logdir, "demo.log"), extra_args=["--demo"]).start(timeout=600)
     try:
-        tok = c.ours_login(s.addr)
+        c.ours_login(s.addr)
         c.http_once(s.addr, "GET", "/v1/status")
         c.http_once(s.addr, "GET", "/playground")
-        del tok
     finally:
         s.stop(timeout=120)
 
