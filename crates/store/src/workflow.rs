@@ -739,7 +739,7 @@ impl Store {
     ) -> Result<Option<Claimed>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         if self.dialect() == Dialect::Mysql {
-            return self.wf_claim_mysql(token, owner, now, lease_until).await;
+            return retrying(|| self.wf_claim_mysql(token.clone(), owner, now, lease_until)).await;
         }
         let lock = match self.dialect() {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -864,18 +864,19 @@ impl Store {
     /// Extends a running execution's lease; false when it no longer runs (cancelled, timed
     /// out, or taken over after its lease ran out).
     pub async fn wf_renew(&self, execution_id: &str, lease_until: i64) -> Result<bool> {
-        let mut tx = self.db.begin_write().await?;
-        let n = tx
-            .raw()
-            .execute(
-                &self.wf_sql(
-                    "UPDATE {exec} SET LEASE_UNTIL = ? WHERE EXECUTION_ID = ? AND STATE = 'running'",
-                ),
-                &[Value::Int(lease_until), text(execution_id)],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(n == 1)
+        let sql = self.wf_sql(
+            "UPDATE {exec} SET LEASE_UNTIL = ? WHERE EXECUTION_ID = ? AND STATE = 'running'",
+        );
+        retrying(|| async {
+            let mut tx = self.db.begin_write().await?;
+            let n = tx
+                .raw()
+                .execute(&sql, &[Value::Int(lease_until), text(execution_id)])
+                .await?;
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     /// The statements that record `c`, for a caller's own transaction (a script node's, whose
@@ -986,12 +987,18 @@ impl Store {
                 Err(Undone::Store(e)) => Err(e),
             };
         }
-        let mut tx = self.db.begin_write().await?;
-        if !self.wf_run_completion(&mut tx, c).await? {
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+        // MySQL may pick the completion as a deadlock's victim (gap locks on the queue's
+        // indexes, taken by other nodes claiming and completing): it runs again, or the
+        // execution would sit as running until its lease ran out and then run twice.
+        retrying(|| async {
+            let mut tx = self.db.begin_write().await?;
+            if !self.wf_run_completion(&mut tx, c).await? {
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn wf_run_completion(&self, tx: &mut Tx, c: &Completion) -> Result<bool> {
