@@ -11,7 +11,8 @@ How: `valgrind --tool=callgrind` (instruction counts per function, with the name
 knows, not demangled) records a release `cloudio` that starts on the bench's app and serves
 W1-W6 of bench/compare.py with wrk, plus a second one started with `serve --demo`; the
 functions run in either are written out, the most instructions first. Run it again after the
-toolchain, Cargo.lock or the release profile changed (symbol names carry hashes of those):
+toolchain, Cargo.lock or the release profile changed (symbol names carry hashes of those; ThinLTO's `.llvm.<hash>` suffixes, which change
+with any code change, are left out and found again at link time by scripts/cc-hot-first):
 
     cargo build --release -p cli
     python3 scripts/hot-symbols.py --bin $CARGO_TARGET_DIR/release/cloudio
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,10 +115,20 @@ def serve_demo(opts, tmp: str, logdir: str, profile: str) -> None:
         s.stop(timeout=120)
 
 
+LLVM_SUFFIX = re.compile(r"\.llvm\.[0-9]+$")
+
+
+def base(name: str) -> str:
+    """A name without the `.llvm.<hash>` ThinLTO gives the local functions it shares between
+    modules: the hash changes with the module's code, so the list keeps the name without it
+    and scripts/cc-hot-first finds the current one at link time."""
+    return LLVM_SUFFIX.sub("", name)
+
+
 def symbols(binary: str) -> set[str]:
     p = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
                        check=True)
-    return {line.split()[-1] for line in p.stdout.splitlines() if line.split()}
+    return {base(line.split()[-1]) for line in p.stdout.splitlines() if line.split()}
 
 
 def check(opts) -> int:
@@ -151,7 +163,7 @@ def main() -> int:
         found = costs(profile)
         c.log(f"{run.__name__}: {len(found)} functions ran ({time.monotonic() - t0:.0f} s)")
         for k, v in found.items():
-            total[k] = total.get(k, 0) + v
+            total[base(k)] = total.get(base(k), 0) + v
     shutil.rmtree(tmp)  # kept (with its logs) when a run failed
     # Only names the linker knows: not valgrind's own, nor the shared libraries'.
     names = [k for k in total if k in have]

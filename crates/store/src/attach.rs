@@ -51,7 +51,17 @@ pub struct SqlitePools {
     limit: usize,
     main: PathBuf,
     size: u32,
+    /// Bumped by every use of the pool (`current`): how [`SqlitePools::shrink_when_idle`]
+    /// tells a pool that worked from one that sat idle.
+    used: AtomicU64,
+    /// How many times the idle pool's connections gave their caches back.
+    shrinks: AtomicU64,
+    /// How many times the idle writer gave its cache back.
+    writer_shrinks: AtomicU64,
 }
+
+/// How long the pool must go unused before its connections give back their page caches.
+pub(crate) const IDLE_SHRINK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct State {
@@ -76,11 +86,74 @@ impl SqlitePools {
             limit,
             main: main.to_path_buf(),
             size,
+            used: AtomicU64::new(0),
+            shrinks: AtomicU64::new(0),
+            writer_shrinks: AtomicU64::new(0),
         })
+    }
+
+    /// Gives the page caches of the pool's connections back (`PRAGMA shrink_memory`) once the
+    /// pool has gone unused for [`IDLE_SHRINK`] after being used: a burst of reads otherwise
+    /// leaves every connection holding its full cache (512 KiB per attached database) for as
+    /// long as the server then sits idle. The pages are in the kernel's page cache, so the
+    /// first reads afterwards cost a `pread` each, not a disk read. Ends when the pools go.
+    pub(crate) async fn shrink_when_idle(pools: std::sync::Weak<SqlitePools>) {
+        let mut seen = 0;
+        let mut pending = false;
+        loop {
+            tokio::time::sleep(IDLE_SHRINK).await;
+            let Some(pools) = pools.upgrade() else {
+                return;
+            };
+            let used = pools.used.load(Ordering::Relaxed);
+            if used != seen {
+                seen = used;
+                pending = true;
+                continue;
+            }
+            if !pending {
+                continue;
+            }
+            let pool = pools
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pool
+                .clone();
+            if pool.is_closed() {
+                return;
+            }
+            // Only connections no request holds; each taken once (held until all are done).
+            let mut taken = Vec::new();
+            while let Some(conn) = pool.try_acquire() {
+                taken.push(conn);
+            }
+            for conn in &mut taken {
+                if let Err(e) = conn.execute("PRAGMA shrink_memory").await {
+                    tracing::debug!(error = %e, "shrinking an idle connection's cache failed");
+                }
+            }
+            drop(taken);
+            pending = false;
+            pools.shrinks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many times the idle pool, and the idle writer, gave their caches back.
+    pub fn idle_shrinks(&self) -> (u64, u64) {
+        (
+            self.shrinks.load(Ordering::Relaxed),
+            self.writer_shrinks.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn writer_shrunk(&self) {
+        self.writer_shrinks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The pool to take connections from now (a handle: cheap to clone, use it at once).
     pub fn current(&self) -> SqlitePool {
+        self.used.fetch_add(1, Ordering::Relaxed);
         self.state
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -187,6 +260,15 @@ async fn open_pool(
 }
 
 impl Db {
+    /// SQLite: how many times the idle reader pool, and the idle writer, gave their page
+    /// caches back (see [`SqlitePools::shrink_when_idle`]); `None` on other databases.
+    pub fn sqlite_idle_shrinks(&self) -> Option<(u64, u64)> {
+        match self {
+            Db::Sqlite { pools, .. } => Some(pools.idle_shrinks()),
+            _ => None,
+        }
+    }
+
     /// SQLite: why a new app's file could not be attached, if it could not: every connection
     /// attaches every app file, and SQLite attaches at most `SQLITE_MAX_ATTACHED` (10 unless
     /// built otherwise).

@@ -159,6 +159,7 @@ impl Db {
                 let health = Arc::new(FileHealth::open(&files)?);
                 let write_lock = Arc::<tokio::sync::Mutex<()>>::default();
                 let pools = Arc::new(pools);
+                tokio::spawn(SqlitePools::shrink_when_idle(Arc::downgrade(&pools)));
                 let writer =
                     Writer::start(&main, pools.clone(), write_lock.clone(), health.clone())?;
                 Ok(Db::Sqlite {

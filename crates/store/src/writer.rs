@@ -25,7 +25,7 @@ use query::{AttrType, Dialect, Value};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::attach::SqlitePools;
+use crate::attach::{IDLE_SHRINK, SqlitePools};
 use crate::db::{SQLITE_BUSY_TIMEOUT, SqliteParam, attach_statements, coerce, sqlite_param};
 use crate::error::{Result, StoreError};
 use crate::health::FileHealth;
@@ -246,14 +246,35 @@ fn run(
     // A job that wants its own transaction, taken from the queue while filling a batch.
     let mut next: Option<Box<dyn Job>> = None;
     let mut stopping = false;
+    // Whether the connection has worked since it last gave its page cache back: after
+    // `IDLE_SHRINK` without a job it does (`PRAGMA shrink_memory`), as the pool's do.
+    let mut dirty = false;
     while !stopping {
         let first = match next.take() {
             Some(j) => j,
-            None => match rx.recv() {
-                Ok(Msg::Job(j)) => j,
-                Ok(Msg::Stop) | Err(_) => break,
-            },
+            None => {
+                let msg = if dirty {
+                    match rx.recv_timeout(IDLE_SHRINK) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = conn.conn.execute_batch("PRAGMA shrink_memory") {
+                                tracing::debug!(error = %e, "shrinking the writer's cache failed");
+                            }
+                            conn.pools.writer_shrunk();
+                            dirty = false;
+                            continue;
+                        }
+                        other => other.ok(),
+                    }
+                } else {
+                    rx.recv().ok()
+                };
+                match msg {
+                    Some(Msg::Job(j)) => j,
+                    Some(Msg::Stop) | None => break,
+                }
+            }
         };
+        dirty = true;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && !batch[0].alone() {
             match rx.try_recv() {

@@ -273,3 +273,57 @@ async fn a_job_that_runs_alone_keeps_its_place_between_batches() {
     assert_eq!(got.len(), 20, "{got:?}");
     assert!(got.iter().all(|n| !n.starts_with("big")));
 }
+
+/// Waits up to `within` for `f` to hold.
+async fn eventually(within: std::time::Duration, f: impl Fn() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_give_their_page_caches_back_once_after_work() {
+    use std::time::Duration;
+    let (_dir, db) = db().await;
+    let w = db.writer().unwrap().clone();
+    let shrinks = || db.sqlite_idle_shrinks().unwrap();
+    // Busy (a read and a write every 100 ms for 2.5 s): nobody shrinks meanwhile, except
+    // once for the set-up's work if it came before the first read.
+    let before = shrinks();
+    for i in 0..25 {
+        insert(&w, format!("busy{i:02}")).await.unwrap();
+        assert_eq!(names(&db).await.len(), i + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let busy = shrinks();
+    assert!(
+        busy.0 <= before.0 + 1 && busy.1 <= before.1 + 1,
+        "{before:?} -> {busy:?}"
+    );
+    // Idle: the pool and the writer each give their caches back, once.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = shrinks();
+            s.0 > busy.0 && s.1 > busy.1
+        })
+        .await,
+        "no shrink after going idle: {busy:?} -> {:?}",
+        shrinks()
+    );
+    let once = shrinks();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        shrinks(),
+        once,
+        "an idle database shrinks once, not on every tick"
+    );
+    // Nothing is lost, and the next work is served as before.
+    assert_eq!(names(&db).await.len(), 25);
+    insert(&w, "after".into()).await.unwrap();
+    assert_eq!(names(&db).await.len(), 26);
+}
