@@ -9,6 +9,7 @@ mod apikeys;
 mod cluster;
 mod config;
 mod crash;
+mod link;
 mod patches;
 mod playground;
 mod seed_sample;
