@@ -59,7 +59,11 @@ fn the_hot_list_is_resolved_against_the_objects_linked() {
         .current_dir(d)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "the linker's status is the driver's");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the linker's status is the driver's"
+    );
     let order = std::fs::read_to_string(d.join("order")).unwrap();
     assert_eq!(
         order.lines().collect::<Vec<_>>(),
